@@ -1,0 +1,103 @@
+"""Defaults shared by every config: the paper's FSAF model and the BoT training recipe.
+
+Not a runnable config itself: the files beside it call `get_base_config()` and change
+what differs. Every field a run can set is declared here, so a misspelt
+`--config.x.y=...` override is an error rather than a silently ignored value.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the full default config (FSAF `full` on Market-1501, BoT recipe)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- Network (DESIGN.md section 1). -------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.stage_sizes = (3, 4, 6, 3)  # bottlenecks in Conv2_x..Conv5_x
+  config.model.stem_width = 64
+  config.model.widths = (64, 128, 256, 512)  # bottleneck planes; outputs are 4x these
+  config.model.ibn_stages = (2, 3, 4)  # Conv{n}_x whose bottlenecks use IBN-a
+  config.model.mhsa_stages = (4, 5)  # Conv{n}_x whose 3x3 convs become BoTNet MHSA
+  config.model.num_heads = 4
+  config.model.last_stride = 2  # paper: 2 (Conv5_x 8x4); BoT / fast-reid recipe: 1
+  config.model.eca_placement = "stage"  # 'stage' | 'block' | 'none'
+  config.model.fusion = "concat"  # 'concat' | 'none'
+  config.model.pooling = "avg"  # 'avg' | 'gem'
+  config.model.gem_p = 3.0
+  # Training identities. -1: taken from the dataset's metadata when training starts;
+  # a positive value must equal it.
+  config.model.num_classes = -1
+  config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params f32)
+
+  # --- Initialisation (DESIGN.md section 2). -----------------------------------------
+  config.init = ml_collections.ConfigDict()
+  # Flax-native file written by `python -m fsaf_jax.convert_ibn`; '' = random init.
+  config.init.pretrained = ""
+
+  # --- Data (DESIGN.md section 3). ----------------------------------------------------
+  config.input = ml_collections.ConfigDict()
+  config.input.dataset = "market1501"  # TFDS builder name (optionally 'name/config')
+  config.input.data_dir = "~/tensorflow_datasets"  # where TFDS writes/reads ArrayRecord
+  config.input.manual_dir = ""  # extracted dataset folder or archive; '' = TFDS default
+  config.input.image_size = (256, 128)  # (H, W)
+  config.input.num_identities = 16  # P
+  config.input.num_instances = 4  # K
+  config.input.flip_prob = 0.5
+  config.input.pad = 10
+  config.input.erasing_prob = 0.5
+  config.input.erasing_area = (0.02, 0.4)
+  config.input.erasing_aspect = (0.3, 3.3)
+  config.input.num_workers = 2  # grain worker processes (0 = in-process)
+  config.input.prefetch = 2  # batches prefetched onto the devices
+  config.input.eval_batch_size = 128
+
+  # --- Losses (DESIGN.md section 4). --------------------------------------------------
+  config.loss = ml_collections.ConfigDict()
+  config.loss.ce_weight = 1.0
+  config.loss.label_smoothing = 0.1
+  config.loss.triplet_weight = 1.0
+  # None = soft-margin triplet (log(1 + exp(d_ap - d_an))).
+  config.loss.triplet_margin = config_dict.placeholder(float)
+  config.loss.triplet_margin = 0.3
+  config.loss.center_weight = 0.0  # centre loss off by default (BoT: 5e-4 when on)
+
+  # --- Optimiser and schedule: the BoT recipe. ---------------------------------------
+  config.optim = ml_collections.ConfigDict()
+  config.optim.base_lr = 3.5e-4
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.weight_decay = 5e-4  # coupled: added to the gradient before Adam
+  config.optim.weight_decay_bias = 5e-4
+  config.optim.weight_decay_norm = 5e-4  # BN/IN scales and shifts
+  config.optim.warmup_epochs = 10
+  config.optim.warmup_factor = 0.01
+  config.optim.milestones = (40, 70)
+  config.optim.gamma = 0.1
+  config.optim.center_lr = 0.5  # SGD lr of the centre-loss centres
+
+  # --- Loop. ---------------------------------------------------------------------------
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 120
+  # Steps per epoch; -1 = num_train_identities // P (an epoch visits every identity).
+  config.train.steps_per_epoch = -1
+  config.train.log_every_steps = 20
+  config.train.checkpoint_every_steps = 500
+  config.train.keep_checkpoints = 3
+  config.train.eval_every_epochs = 40
+
+  # --- Evaluation (DESIGN.md section 5). ----------------------------------------------
+  config.eval = ml_collections.ConfigDict()
+  config.eval.metric = "cosine"  # 'cosine' | 'euclidean'
+  config.eval.flip = False  # average the embeddings of the image and its mirror
+  config.eval.max_rank = 50
+  config.eval.query_chunk = 1024  # queries scored per chunk (bounds memory)
+  config.eval.rerank = False
+  config.eval.rerank_k1 = 20
+  config.eval.rerank_k2 = 6
+  config.eval.rerank_lambda = 0.3
+  config.eval.num_figure_queries = 8  # rows of the ranked-list figure
+  return config

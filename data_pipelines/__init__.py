@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders, the embedded synthetic generator) and grain input pipelines."""

@@ -1,0 +1,32 @@
+"""Test-session setup: simulated CPU devices and the persistent compilation cache.
+
+XLA_FLAGS must be set before JAX initialises its backends, so this runs at import of
+the conftest, before any test module imports jax.
+"""
+
+import os
+import pathlib
+
+NUM_SIMULATED_DEVICES = 4
+
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (
+      f"{_flags} --xla_force_host_platform_device_count={NUM_SIMULATED_DEVICES}"
+  ).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+_CACHE_DIR = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE_DIR))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def num_devices() -> int:
+  """Number of simulated CPU devices this test session runs with."""
+  return jax.device_count()
