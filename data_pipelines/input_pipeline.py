@@ -1,0 +1,453 @@
+"""Training and evaluation input pipelines on grain.
+
+Written against any random-access source (`__len__`, `__getitem__`) of records
+`{'image': encoded JPEG/PNG bytes, 'person_id': int, 'camera_id': int, 'file_name': str}`,
+e.g. `data_pipelines.datasets.source.load_source(...)`.
+
+Training (`create_train_iterator`): P x K identity batches (`pk_sampler.PKSampler`),
+decoded and augmented (`augment.train_transforms`) in grain, delivered as global
+`jax.Array`s sharded over the mesh axis `'data'` and prefetched onto the devices.
+
+The batch is the grain element: the P x K sampler positions are grouped into batches in a
+`MapDataset` *before* the worker processes split the work, so a batch's content is a pure
+function of `(seed, batch number)` whatever the worker / thread count. The iterator state
+is therefore the number of batches consumed (plus a fingerprint of the sampler). Save it
+with the model through orbax and grain's checkpoint handler:
+
+    import grain, orbax.checkpoint as ocp
+    it = create_train_iterator(source, config, mesh, seed=config.seed)
+    mngr = ocp.CheckpointManager(workdir / 'checkpoints')
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(train_state),
+        data_iter=grain.checkpoint.CheckpointSave(it)))
+    ...
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_train_state),
+        data_iter=grain.checkpoint.CheckpointRestore(it)))  # calls it.set_state(...)
+
+The handler writes one `process_{i}-of-{n}.json` per JAX process; `it` then yields
+exactly the batch an uninterrupted run would have yielded next. The state can also be
+restored with a different worker count or process count (the batch number is global).
+
+Evaluation (`create_eval_batches`): the source in order, decoded in parallel, as
+fixed-size host NumPy batches with the last one padded and a `mask`.
+"""
+
+import collections
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from data_pipelines import augment
+from data_pipelines.pk_sampler import PKSampler
+
+_STATE_VERSION = 1
+# Records read per call when collecting the identity labels of a source.
+_LABEL_READ_CHUNK = 1024
+
+
+def ensure_absl_flags_parsed() -> None:
+  """Marks absl flags parsed if the program has not parsed them.
+
+  grain reads its absl flags when it starts worker processes (in the parent and in the
+  workers) and fails with `UnparsedFlagAccessError` otherwise; programs started with
+  `absl.app.run` have parsed them already. Default flag values are used.
+  """
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  del worker_index, worker_count
+  ensure_absl_flags_parsed()
+
+
+def read_labels(source: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Identity and camera of every record of a random-access source.
+
+  Reads each record once (with the source's batched `__getitems__` when it has one).
+
+  Returns:
+    (person_ids int64 [N], camera_ids int64 [N]) in source order.
+  """
+  n = len(source)
+  person_ids = np.empty(n, np.int64)
+  camera_ids = np.empty(n, np.int64)
+  get_many = getattr(source, "__getitems__", None)
+  for start in range(0, n, _LABEL_READ_CHUNK):
+    indices = range(start, min(n, start + _LABEL_READ_CHUNK))
+    records = get_many(list(indices)) if get_many else [source[i] for i in indices]
+    for i, record in zip(indices, records, strict=True):
+      try:
+        person_ids[i] = record["person_id"]
+        camera_ids[i] = record["camera_id"]
+      except (KeyError, TypeError) as e:
+        raise ValueError(
+          f"record {i} of the source has no integer 'person_id' / 'camera_id': "
+          f"keys {sorted(record) if isinstance(record, dict) else type(record)}"
+        ) from e
+  return person_ids, camera_ids
+
+
+def _as_str(x: Any) -> str:
+  return x.decode() if isinstance(x, bytes) else str(x)
+
+
+class ReadTrainRecord(grain.transforms.Map):
+  """Sampler position -> decoded, augmented training record.
+
+  Element `j` is the source record at sampler position `j`, as a dict `image` uint8
+  [H, W, 3], `label` int32 (the source's `person_id`), `camera_id` int32, `index` int64
+  (source record index). The random transforms draw from the rng the sampler derives
+  from `(seed, global position)`.
+  """
+
+  def __init__(self, source: Any, sampler: PKSampler, transforms: Sequence[Any]):
+    self._source = source
+    self._sampler = sampler
+    self._transforms = tuple(transforms)
+
+  def map(self, position: int) -> dict[str, np.ndarray]:
+    metadata = self._sampler[position]
+    record = self._source[metadata.record_key]
+    element = {
+      "image": record["image"],
+      "file_name": _as_str(record.get("file_name", "")),
+    }
+    for transform in self._transforms:
+      if isinstance(transform, grain.transforms.RandomMap):
+        element = transform.random_map(element, metadata.rng)
+      else:
+        element = transform.map(element)
+    return {
+      "image": element["image"],
+      "label": np.int32(record["person_id"]),
+      "camera_id": np.int32(record["camera_id"]),
+      "index": np.int64(metadata.record_key),
+    }
+
+
+def _check_batch_divisibility(global_batch: int, num_devices: int, num_processes: int, p: int):
+  if global_batch % num_devices:
+    raise ValueError(
+      f"global batch P x K = {global_batch} must be divisible by the device count "
+      f"{num_devices} (data-parallel over mesh axis 'data'): change "
+      "config.input.num_identities / num_instances"
+    )
+  if p % num_processes:
+    raise ValueError(
+      f"each process gets whole identities: P = config.input.num_identities = {p} must "
+      f"be divisible by the process count {num_processes}"
+    )
+
+
+class TrainIterator(Iterator[dict[str, jax.Array]]):
+  """Infinite iterator of global training batches with checkpointable state.
+
+  Yields dicts of global `jax.Array`s sharded on axis 0 over the mesh axis `'data'`:
+  `image` uint8 [B, H, W, 3], `label` int32 [B], `camera_id` int32 [B], `index` [B]
+  (source record indices; int64 on the host, int32 on the device unless
+  `jax_enable_x64`: exact, sources are checked to have < 2**31 records). `B = P * K`;
+  process `i` of `n` provides the identities `i * P/n .. (i+1) * P/n - 1` of every global
+  batch, which are rows `i * B/n .. (i+1) * B/n - 1` when the mesh orders its devices by
+  process (`fsaf_jax.training.mesh.make_mesh` does). `prefetch` batches beyond the one
+  returned are already on their way to the devices.
+
+  `get_state()` / `set_state()` (JSON bytes, the interface grain's orbax
+  `CheckpointHandler` uses) hold the number of batches consumed: restoring continues with
+  the exact next batch.
+  """
+
+  def __init__(
+    self,
+    batches: grain.MapDataset,
+    *,
+    sampler: PKSampler,
+    sharding: jax.sharding.Sharding,
+    num_workers: int,
+    num_threads: int,
+    prefetch: int,
+  ):
+    self._batches = batches
+    self._sampler = sampler
+    self._sharding = sharding
+    self._num_workers = num_workers
+    self._num_threads = num_threads
+    self._prefetch = prefetch
+    self._position = 0  # batches returned to the caller
+    self._host_iterator = None
+    self._device_buffer = collections.deque()
+
+  @property
+  def sampler(self) -> PKSampler:
+    return self._sampler
+
+  @property
+  def batches_per_epoch(self) -> int:
+    """Global batches in which every identity (but the `num_ids % P` left over) is seen."""
+    return self._sampler.batches_per_epoch
+
+  def host_batch(self, batch: int) -> dict[str, np.ndarray]:
+    """This process's part of global batch number `batch`, on the host (no iterator state).
+
+    Computed directly from the dataset (random access); for inspection and tests.
+    """
+    return self._batches[batch]
+
+  def _start(self) -> None:
+    read = grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=self._num_threads)
+    ds = self._batches[self._position :].to_iter_dataset(read)
+    if self._num_workers:
+      ensure_absl_flags_parsed()
+      ds = ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=self._num_workers, per_worker_buffer_size=2),
+        worker_init_fn=_worker_init,
+      )
+    self._host_iterator = iter(ds)
+
+  def start_prefetch(self) -> None:
+    """Starts the workers / reader threads in the background (called after a restore)."""
+    if self._host_iterator is None:
+      self._start()
+    self._host_iterator.start_prefetch()
+
+  def __next__(self) -> dict[str, jax.Array]:
+    if self._host_iterator is None:
+      self._start()
+    while len(self._device_buffer) <= self._prefetch:
+      local = next(self._host_iterator)
+      self._device_buffer.append(jax.make_array_from_process_local_data(self._sharding, local))
+    self._position += 1
+    return self._device_buffer.popleft()
+
+  def _fingerprint(self) -> str:
+    # Not the process count: the batch number is global, so a state restores with any
+    # process / worker count.
+    return self._sampler.fingerprint()
+
+  def get_state(self) -> bytes:
+    """Returns the state: JSON `{'version', 'next_batch', 'sampler'}` as bytes."""
+    state = {
+      "version": _STATE_VERSION,
+      "next_batch": self._position,
+      "sampler": self._fingerprint(),
+    }
+    return json.dumps(state, indent=2).encode()
+
+  def set_state(self, state: bytes | str | dict) -> None:
+    """Continues from a `get_state()` result: the next batch is the one it recorded.
+
+    Raises:
+      ValueError: the state comes from a pipeline with other sampling settings (seed,
+        P, K, source), which would silently give a different batch sequence.
+    """
+    if isinstance(state, bytes | str):
+      state = json.loads(state)
+    if state.get("version") != _STATE_VERSION:
+      raise ValueError(f"unsupported train iterator state version: {state.get('version')!r}")
+    if state["sampler"] != self._fingerprint():
+      raise ValueError(
+        "the data-iterator state was saved with different sampling settings:\n"
+        f"  checkpoint: {state['sampler']}\n  this run:   {self._fingerprint()}\n"
+        "(seed, P x K and the training source must match to resume the batch sequence)"
+      )
+    self.close()
+    self._position = int(state["next_batch"])
+
+  def close(self) -> None:
+    """Stops worker processes and drops prefetched batches (iteration may restart)."""
+    if self._host_iterator is not None:
+      self._host_iterator.close()
+      self._host_iterator = None
+    self._device_buffer.clear()
+
+  def __enter__(self) -> "TrainIterator":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def create_train_iterator(
+  source: Any,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  *,
+  seed: int,
+  num_train_ids: int | None = None,
+  person_ids: np.ndarray | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_threads: int = 2,
+) -> TrainIterator:
+  """Builds the training input pipeline.
+
+  Args:
+    source: random-access training source; its `person_id`s are the class labels
+      (0..N-1, already remapped by the dataset builder).
+    config: the run config; reads `config.input.{image_size, num_identities (P),
+      num_instances (K), flip_prob, pad, erasing_*, num_workers, prefetch}`.
+    mesh: device mesh with axis `'data'`; batches are sharded over it.
+    seed: seed of the sampling and augmentation.
+    num_train_ids: number of classes; labels must lie in [0, num_train_ids). Default:
+      max label + 1.
+    person_ids: the source's `person_id`s, int [len(source)], if known (skips reading
+      every record once to collect them).
+    process_index, process_count: this JAX process and the process count (default
+      `jax.process_index()`, `jax.process_count()`).
+    num_threads: reader threads per process (each builds a whole batch).
+
+  Returns:
+    A `TrainIterator` (unbounded: the training loop decides when to stop).
+
+  Raises:
+    ValueError: P x K not divisible by the device count, P not divisible by the process
+      count, labels outside [0, num_train_ids), fewer than P identities.
+  """
+  input_config = config.input
+  p, k = int(input_config.num_identities), int(input_config.num_instances)
+  if "data" not in mesh.axis_names:
+    raise ValueError(f"the mesh needs an axis named 'data', got axes {mesh.axis_names}")
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  _check_batch_divisibility(p * k, mesh.shape["data"], process_count, p)
+  if mesh.size != mesh.shape["data"]:
+    raise ValueError(f"expected a 1-D data-parallel mesh, got shape {dict(mesh.shape)}")
+
+  if len(source) >= 2**31:
+    raise ValueError(f"sources of {len(source)} records (>= 2**31) are not supported")
+  if person_ids is None:
+    person_ids, _ = read_labels(source)
+  person_ids = np.asarray(person_ids)
+  if len(person_ids) != len(source):
+    raise ValueError(f"person_ids has {len(person_ids)} entries, the source {len(source)}")
+  if person_ids.min() < 0:
+    raise ValueError(
+      f"training labels must be >= 0, got person_id {person_ids.min()}: is this the "
+      "train split (ids remapped to 0..N-1)?"
+    )
+  if num_train_ids is not None and person_ids.max() >= num_train_ids:
+    raise ValueError(
+      f"training label {person_ids.max()} is out of range for num_train_ids="
+      f"{num_train_ids} (labels must be 0..{num_train_ids - 1})"
+    )
+
+  sampler = PKSampler(
+    person_ids,
+    num_identities=p,
+    num_instances=k,
+    seed=seed,
+    shard_index=process_index,
+    shard_count=process_count,
+  )
+  read = ReadTrainRecord(source, sampler, augment.train_transforms(input_config))
+  batches = (
+    grain.MapDataset.range(len(sampler))
+    .map(read)
+    .batch(sampler.local_batch_size, drop_remainder=True)
+  )
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  return TrainIterator(
+    batches,
+    sampler=sampler,
+    sharding=sharding,
+    num_workers=int(input_config.num_workers),
+    num_threads=num_threads,
+    prefetch=int(input_config.prefetch),
+  )
+
+
+class ReadEvalRecord(grain.transforms.Map):
+  """Source index -> decoded evaluation record (no augmentation)."""
+
+  def __init__(self, source: Any, image_size: Sequence[int]):
+    self._source = source
+    self._decode = augment.DecodeImage(tuple(image_size))
+
+  def map(self, index: int) -> dict[str, np.ndarray]:
+    record = self._source[index]
+    file_name = _as_str(record.get("file_name", ""))
+    element = self._decode.map({"image": record["image"], "file_name": file_name})
+    return {
+      "image": element["image"],
+      "person_id": np.int32(record["person_id"]),
+      "camera_id": np.int32(record["camera_id"]),
+      "file_name": file_name,
+      "index": np.int64(index),
+    }
+
+
+class PadBatch:
+  """Stacks up to `batch_size` eval records and pads to exactly `batch_size`.
+
+  Padding rows have a zero image, `person_id` / `camera_id` / `index` -1, `file_name`
+  '' and `mask` False.
+  """
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+
+  def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    n, pad = len(records), self.batch_size - len(records)
+    image = np.stack([r["image"] for r in records])
+    batch = {
+      "image": np.concatenate([image, np.zeros((pad, *image.shape[1:]), image.dtype)]),
+      "mask": np.arange(self.batch_size) < n,
+      "file_name": np.array([r["file_name"] for r in records] + [""] * pad, dtype=object),
+    }
+    for key, dtype in (("person_id", np.int32), ("camera_id", np.int32), ("index", np.int64)):
+      batch[key] = np.array([r[key] for r in records] + [-1] * pad, dtype)
+    return batch
+
+
+def create_eval_batches(
+  source: Any,
+  batch_size: int,
+  image_size: Sequence[int],
+  *,
+  num_threads: int | None = None,
+  num_workers: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the whole source once, in order, as fixed-size padded host batches.
+
+  Args:
+    source: random-access source of query or gallery records.
+    batch_size: records per batch (every batch has this size: no recompiles).
+    image_size: (H, W) the images are resized to.
+    num_threads: decoding threads (default: the CPU count); PIL releases the GIL while
+      decoding and resizing.
+    num_workers: grain worker processes (0: decode in this process with the threads).
+
+  Yields:
+    dicts: `image` uint8 [batch_size, H, W, 3], `person_id` int32, `camera_id` int32,
+    `index` int64 (source index), `file_name` object (str) and `mask` bool, all
+    [batch_size]; the last batch is padded (mask False, ids -1).
+  """
+  if batch_size < 1:
+    raise ValueError(f"eval batch_size must be positive, got {batch_size}")
+  if len(source) == 0:
+    return
+  num_threads = num_threads or os.cpu_count() or 1
+  ds = grain.MapDataset.range(len(source)).map(ReadEvalRecord(source, image_size))
+  ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
+  )
+  if num_workers:
+    ensure_absl_flags_parsed()
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=batch_size),
+      worker_init_fn=_worker_init,
+    )
+  ds = ds.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
+  iterator = iter(ds)
+  try:
+    yield from iterator
+  finally:
+    iterator.close()
