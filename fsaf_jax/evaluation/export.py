@@ -1,0 +1,123 @@
+"""Serialised feature extractor: `jax.export` with the weights closed over.
+
+`export_extractor` lowers the embedding function (uint8 images [b, H, W, 3] ->
+L2-normalised float32 embeddings [b, C], flip averaging and compute dtype as chosen)
+to StableHLO with a *symbolic* batch dimension `b` and the model's variables embedded
+as constants, and writes the serialised bytes to a file. `load_exported` reads the
+file back and returns a callable that needs neither the model code nor the
+variables: only JAX. The serialisation is stable across JAX versions within the
+`jax.export` compatibility window (see the JAX export docs).
+
+  export_extractor(model, variables, "fsaf.jaxexport", image_size=(256, 128))
+  embed = load_exported("fsaf.jaxexport")
+  feats = embed(images_uint8)  # any batch size
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+
+def export_embed_fn(
+  model: Any,
+  variables: Mapping[str, Any],
+  *,
+  image_size: tuple[int, int],
+  flip: bool = False,
+  dtype: Any = None,
+  platforms: Sequence[str] | None = None,
+) -> jax.export.Exported:
+  """Exports `images uint8 [b, H, W, 3] -> embeddings float32 [b, C]`.
+
+  Args:
+    model: the FSAF module.
+    variables: its {'params', 'batch_stats'}; fetched to the host and closed over.
+    image_size: (H, W) the exported function accepts.
+    flip: flip averaging (as `make_extractor`).
+    dtype: compute dtype, None = the model's own.
+    platforms: platforms to lower for (e.g. ('cpu', 'cuda', 'tpu')); None = the
+      default backend.
+
+  Returns:
+    The `jax.export.Exported`, batch dimension symbolic ('b').
+  """
+  # Imported here so that `load_exported` needs neither flax nor the model code.
+  from fsaf_jax.evaluation.extractor import make_embed_fn  # noqa: PLC0415
+
+  embed = make_embed_fn(model, flip=flip, dtype=dtype)
+  host_vars = jax.device_get({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
+  h, w = image_size
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {h}, {w}, 3"), np.uint8)
+  fn = jax.jit(lambda images: embed(host_vars, images))
+  return jax.export.export(fn, platforms=platforms)(spec)
+
+
+def export_extractor(
+  model: Any,
+  variables: Mapping[str, Any],
+  path: str | os.PathLike,
+  *,
+  image_size: tuple[int, int],
+  flip: bool = False,
+  dtype: Any = None,
+  platforms: Sequence[str] | None = None,
+) -> jax.export.Exported:
+  """`export_embed_fn(...)`, serialised to `path` (bytes). Returns the Exported."""
+  exported = export_embed_fn(
+    model, variables, image_size=image_size, flip=flip, dtype=dtype, platforms=platforms
+  )
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(bytes(exported.serialize()))
+  return exported
+
+
+class ExportedExtractor:
+  """A deserialised extractor: `embed(images uint8 [n, H, W, 3]) -> float32 [n, C]`.
+
+  Attributes:
+    exported: the `jax.export.Exported`.
+    image_size: (H, W) it accepts.
+    embedding_dim: C.
+  """
+
+  def __init__(self, exported: jax.export.Exported, source: str = "<memory>"):
+    (in_aval,) = exported.in_avals
+    (out_aval,) = exported.out_avals
+    self.exported = exported
+    self.source = source
+    self.image_size = (int(in_aval.shape[1]), int(in_aval.shape[2]))
+    self.embedding_dim = int(out_aval.shape[1])
+    self._call = jax.jit(exported.call)
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    h, w = self.image_size
+    if images.ndim != 4 or images.shape[1:] != (h, w, 3) or images.dtype != np.uint8:
+      raise ValueError(
+        f"{self.source} expects uint8 images [n, {h}, {w}, 3], got {images.dtype} {images.shape}"
+      )
+    return np.asarray(self._call(images))
+
+
+def load_exported(path: str | os.PathLike) -> ExportedExtractor:
+  """Reads a file written by `export_extractor`; returns the callable extractor."""
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"no exported extractor at {path}")
+  try:
+    exported = jax.export.deserialize(bytearray(path.read_bytes()))
+  except Exception as e:  # flatbuffers raise assorted errors on foreign bytes.
+    raise ValueError(f"{path} is not a serialised jax.export module: {e}") from e
+  if len(exported.in_avals) != 1 or len(exported.out_avals) != 1:
+    raise ValueError(
+      f"{path} is not a feature extractor export: takes {len(exported.in_avals)} "
+      f"inputs and returns {len(exported.out_avals)} outputs (expected 1 and 1)"
+    )
+  return ExportedExtractor(exported, str(path))

@@ -1,0 +1,162 @@
+"""ResNet-IBN-a backbone with BoTNet MHSA and ECA options (FSAF Conv1_x..Conv5_x).
+
+Mirrors the official IBN-Net `resnet50_ibn_a` (stem `conv1`/`bn1`, stages
+`layer1`..`layer4` = Conv2_x..Conv5_x), so that PyTorch keys map to Flax paths by a
+table: `layer{s}.{i}.X` -> `layer{s}_{i}/X`.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fsaf_jax.models.bottleneck import Bottleneck, conv_kernel_init
+from fsaf_jax.models.eca import ECA
+
+ECA_PLACEMENTS = ("stage", "block", "none")
+STAGES = (2, 3, 4, 5)  # Conv{n}_x built from bottlenecks
+STAGE_KEYS = ("conv2", "conv3", "conv4", "conv5")
+
+
+def validate_backbone_args(
+  *,
+  stage_sizes: Sequence[int],
+  stem_width: int,
+  widths: Sequence[int],
+  ibn_stages: Sequence[int],
+  mhsa_stages: Sequence[int],
+  num_heads: int,
+  last_stride: int,
+  eca_placement: str,
+) -> None:
+  """Raises ValueError naming the field and value of any unsupported setting."""
+  if len(stage_sizes) != 4 or any(int(n) < 1 for n in stage_sizes):
+    raise ValueError(
+      f"model.stage_sizes={tuple(stage_sizes)!r}: need 4 positive block counts (Conv2_x..Conv5_x)"
+    )
+  if len(widths) != 4 or any(int(w) < 1 for w in widths):
+    raise ValueError(f"model.widths={tuple(widths)!r}: need 4 positive bottleneck widths")
+  if stem_width < 1:
+    raise ValueError(f"model.stem_width={stem_width!r}: must be positive")
+  for field, stages in (("ibn_stages", ibn_stages), ("mhsa_stages", mhsa_stages)):
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+      raise ValueError(
+        f"model.{field}={tuple(stages)!r}: stage(s) {bad} do not exist; "
+        f"choose among {STAGES} (Conv2_x..Conv5_x)"
+      )
+  if num_heads < 1:
+    raise ValueError(f"model.num_heads={num_heads!r}: must be positive")
+  for stage in mhsa_stages:
+    width = widths[STAGES.index(stage)]
+    if width % num_heads:
+      raise ValueError(
+        f"model.num_heads={num_heads} does not divide the Conv{stage}_x width {width} "
+        f"(model.widths={tuple(widths)!r}) of an MHSA stage"
+      )
+  if last_stride not in (1, 2):
+    raise ValueError(f"model.last_stride={last_stride!r}: must be 1 or 2")
+  if eca_placement not in ECA_PLACEMENTS:
+    raise ValueError(f"model.eca_placement={eca_placement!r}: must be one of {ECA_PLACEMENTS}")
+
+
+class Backbone(nn.Module):
+  """ResNet-IBN-a with optional MHSA and ECA.
+
+  Attributes:
+    stage_sizes: bottlenecks in Conv2_x..Conv5_x (ResNet-50: (3, 4, 6, 3)).
+    stem_width: channels of the 7x7 stem conv.
+    widths: bottleneck widths of Conv2_x..Conv5_x; stage outputs are 4x these.
+    ibn_stages: stages (2..5) whose bottlenecks use IBN-a in `bn1`.
+    mhsa_stages: stages (2..5) whose 3x3 convs are BoTNet MHSA.
+    num_heads: MHSA heads.
+    last_stride: stride of Conv5_x (1 or 2).
+    eca_placement: 'stage' (ECA after the stem and each stage output, modules
+      `eca_stem`, `eca_layer1`..`eca_layer4`), 'block' (inside each bottleneck before
+      the residual add, `layer{s}_{i}/eca`) or 'none'.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  stem_width: int = 64
+  widths: Sequence[int] = (64, 128, 256, 512)
+  ibn_stages: Sequence[int] = (2, 3, 4)
+  mhsa_stages: Sequence[int] = (4, 5)
+  num_heads: int = 4
+  last_stride: int = 2
+  eca_placement: str = "stage"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+    """Runs the backbone.
+
+    Args:
+      x: normalised images [N, H, W, 3].
+      train: BatchNorm uses batch statistics and updates its running averages.
+
+    Returns:
+      dict of stage outputs in the compute dtype: 'stem' [N, H/4, W/4, stem_width],
+      'conv2' [N, H/4, W/4, 4 w0], 'conv3' [N, H/8, W/8, 4 w1], 'conv4'
+      [N, H/16, W/16, 4 w2], 'conv5' [N, H/(16 last_stride), W/(16 last_stride), 4 w3].
+    """
+    validate_backbone_args(
+      stage_sizes=self.stage_sizes,
+      stem_width=self.stem_width,
+      widths=self.widths,
+      ibn_stages=self.ibn_stages,
+      mhsa_stages=self.mhsa_stages,
+      num_heads=self.num_heads,
+      last_stride=self.last_stride,
+      eca_placement=self.eca_placement,
+    )
+    eca = functools.partial(ECA, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = x.astype(self.dtype)
+    x = nn.Conv(
+      self.stem_width,
+      (7, 7),
+      strides=(2, 2),
+      padding=((3, 3), (3, 3)),
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="conv1",
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="bn1",
+    )(x)
+    x = nn.relu(x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.eca_placement == "stage":
+      x = eca(name="eca_stem")(x)
+    outputs = {"stem": x}
+
+    strides = (1, 2, 2, self.last_stride)
+    for s, (stage, num_blocks) in enumerate(zip(STAGES, self.stage_sizes, strict=True)):
+      for i in range(num_blocks):
+        x = Bottleneck(
+          planes=self.widths[s],
+          strides=strides[s] if i == 0 else 1,
+          use_ibn=stage in self.ibn_stages,
+          use_mhsa=stage in self.mhsa_stages,
+          use_eca=self.eca_placement == "block",
+          num_heads=self.num_heads,
+          train=train,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"layer{s + 1}_{i}",
+        )(x)
+      if self.eca_placement == "stage":
+        x = eca(name=f"eca_layer{s + 1}")(x)
+      outputs[STAGE_KEYS[s]] = x
+    return outputs

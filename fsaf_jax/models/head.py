@@ -1,0 +1,60 @@
+"""BNNeck head (Luo et al. 2019, "Bag of Tricks"): pool, BatchNorm1d, linear classifier.
+
+The BatchNorm's shift is frozen at 0 (no bias parameter) and the classifier has no
+bias, as the BoT / fast-reid recipe. The head computes in float32 whatever the
+backbone's dtype: it is cheap and feeds the losses and the embedding.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fsaf_jax.models.pooling import POOLINGS, gem_pool, global_avg_pool
+
+
+class BNNeckHead(nn.Module):
+  """Pooling + BNNeck + classifier.
+
+  Parameters: `bnneck/scale` (+ batch_stats `bnneck/{mean,var}`) and
+  `classifier/kernel` (C, num_classes), initialised normal(std=0.001).
+
+  Attributes:
+    num_classes: training identities.
+    pooling: 'avg' or 'gem'.
+    gem_p: GeM exponent.
+    param_dtype: parameter dtype.
+  """
+
+  num_classes: int
+  pooling: str = "avg"
+  gem_p: float = 3.0
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+    """Maps a feature map [N, H, W, C] to float32 'feat' [N, C], 'bn_feat' [N, C], 'logits'."""
+    if self.pooling == "avg":
+      feat = global_avg_pool(x)
+    elif self.pooling == "gem":
+      feat = gem_pool(x, self.gem_p)
+    else:
+      raise ValueError(f"model.pooling={self.pooling!r}: must be one of {POOLINGS}")
+    bn_feat = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      use_bias=False,
+      dtype=jnp.float32,
+      param_dtype=self.param_dtype,
+      name="bnneck",
+    )(feat)
+    logits = nn.Dense(
+      self.num_classes,
+      use_bias=False,
+      kernel_init=nn.initializers.normal(stddev=0.001),
+      dtype=jnp.float32,
+      param_dtype=self.param_dtype,
+      name="classifier",
+    )(bn_feat)
+    return {"feat": feat, "bn_feat": bn_feat, "logits": logits}
