@@ -1,0 +1,1 @@
+"""Training: losses wiring, optimiser, device mesh, train state and the data-parallel step."""
