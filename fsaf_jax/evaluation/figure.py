@@ -1,0 +1,155 @@
+"""Ranked-list figure, like Fig. 2 of the FSAF paper.
+
+Each row shows a query, then its top-k gallery images (after the same filtering as
+the metrics: same-pid-same-camera and junk items removed; ties broken by gallery
+index), framed green when they are the query's identity and red otherwise; under each
+image its camera id and pid. Drawn with matplotlib's object API on an Agg canvas (no
+pyplot, no global backend change), written as PNG.
+
+  fig = ranked_list_figure(distmat, q_pids, g_pids, q_camids, g_camids,
+                           query_images=load_query, gallery_images=load_gallery,
+                           path=workdir / "eval" / "ranked_lists.png")
+
+Images are uint8 RGB arrays [H, W, 3] (sizes may differ), given as one array
+[M, H, W, 3] / [N, H, W, 3] or as a callable `index -> image` (e.g. reading and
+decoding record `index` of the query / gallery source), so only the shown images are
+loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from etils import epath
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fsaf_jax.evaluation import inputs, metrics
+
+ImageSource = np.ndarray | Callable[[int], np.ndarray]
+RIGHT_COLOR = "#1a9e1a"
+WRONG_COLOR = "#d62728"
+QUERY_COLOR = "#1f3b99"
+
+
+def _image(source: ImageSource, index: int, what: str) -> np.ndarray:
+  image = source(index) if callable(source) else source[index]
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise inputs.EvaluationInputError(
+      f"{what} image {index} must be uint8 [H, W, 3], got {image.dtype} {image.shape}."
+    )
+  return image
+
+
+def ranked_lists(
+  distmat, q_pids, g_pids, q_camids, g_camids, query_indices: Sequence[int], top_k: int
+) -> list[np.ndarray]:
+  """Top-k filtered gallery indices of each query (stable order), as the metrics see them."""
+  q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
+  inputs.distance_matrix_shape("distmat", distmat, q_pids.shape[0], g_pids.shape[0])
+  out = []
+  for q in query_indices:
+    row = np.asarray(distmat[q], np.float32)
+    keep = ~((g_pids == q_pids[q]) & (g_camids == q_camids[q])) & (g_pids >= 0)
+    kept = np.nonzero(keep)[0]
+    out.append(kept[np.argsort(row[kept], kind="stable")[:top_k]])
+  return out
+
+
+def ranked_list_figure(
+  distmat,
+  q_pids,
+  g_pids,
+  q_camids,
+  g_camids,
+  *,
+  query_images: ImageSource,
+  gallery_images: ImageSource,
+  query_indices: Sequence[int] | None = None,
+  num_queries: int = 8,
+  top_k: int = 10,
+  seed: int = 0,
+  title: str | None = None,
+  path: str | os.PathLike | None = None,
+  cell_inches: tuple[float, float] = (0.9, 1.9),
+) -> Figure:
+  """Draws (and optionally writes as PNG) the ranked lists of some queries.
+
+  Args:
+    distmat: [M, N] distances (NumPy or jax.Array).
+    q_pids, g_pids, q_camids, g_camids: as `metrics.evaluate`.
+    query_images, gallery_images: uint8 images as arrays or index -> image callables.
+    query_indices: queries to show; None = `num_queries` drawn (seeded) among the
+      queries that have a positive, in increasing order.
+    num_queries: rows when `query_indices` is None.
+    top_k: gallery images per row (the paper: 10).
+    seed: seed of the query draw.
+    title: figure title.
+    path: where to write the PNG (local or e.g. gs://); None = don't write.
+    cell_inches: (width, height) of one image cell.
+
+  Returns:
+    The matplotlib Figure.
+  """
+  q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
+  if query_indices is None:
+    counts, _ = metrics.positive_lists(q_pids, q_camids, g_pids, g_camids)
+    candidates = np.nonzero(counts > 0)[0]
+    if candidates.size == 0:
+      candidates = np.arange(q_pids.shape[0])
+    rng = np.random.default_rng(seed)
+    count = min(num_queries, candidates.size)
+    query_indices = np.sort(rng.choice(candidates, size=count, replace=False))
+  query_indices = [int(q) for q in query_indices]
+  if not query_indices:
+    raise inputs.EvaluationInputError("No query to draw.")
+  bad = [q for q in query_indices if not 0 <= q < q_pids.shape[0]]
+  if bad:
+    raise inputs.EvaluationInputError(f"Query indices {bad} outside 0..{q_pids.shape[0] - 1}.")
+  lists = ranked_lists(distmat, q_pids, g_pids, q_camids, g_camids, query_indices, top_k)
+
+  cols = top_k + 1
+  rows = len(query_indices)
+  width, height = cell_inches
+  fig = Figure(figsize=(width * (cols + 0.3), height * rows + (0.4 if title else 0.1)))
+  FigureCanvasAgg(fig)
+  grid = fig.add_gridspec(
+    rows, cols + 1, width_ratios=[1, 0.3] + [1] * top_k, wspace=0.08, hspace=0.35
+  )
+  for r, (q, ranked) in enumerate(zip(query_indices, lists, strict=True)):
+    cells = [
+      (0, _image(query_images, q, "query"), QUERY_COLOR, f"query\ncam {q_camids[q]} id {q_pids[q]}")
+    ]
+    for j, g in enumerate(ranked):
+      right = g_pids[g] == q_pids[q]
+      label = f"{j + 1}: cam {g_camids[g]}\nid {g_pids[g]}"
+      cells.append(
+        (
+          j + 2,
+          _image(gallery_images, int(g), "gallery"),
+          RIGHT_COLOR if right else WRONG_COLOR,
+          label,
+        )
+      )
+    for col, image, color, label in cells:
+      ax = fig.add_subplot(grid[r, col])
+      ax.imshow(image, aspect="auto", interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(3.0 if col else 2.0)
+      ax.set_xlabel(label, fontsize=6.5, color=color if col else "black", labelpad=2)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  if path is not None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    out = epath.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buf.getvalue())
+  return fig

@@ -1,0 +1,83 @@
+"""The metrics table printed by eval.py / `fsaf_jax.score`, and `metrics.json`.
+
+  results = {"plain": evaluate(...), "re-ranked": evaluate(re_ranked, ...)}
+  print(metrics_table(results))
+  write_metrics_json(workdir / "eval" / "metrics.json", results, extra={"step": 1200})
+
+The table gives Rank-1/5/10, mAP and mINP in percent (two decimals, as fast-reid) and
+the number of valid queries (scored / total). `metrics.json` holds, per row name, the
+`RankMetrics.as_dict()` values as fractions in [0, 1] (plus the full CMC), and any
+`extra` fields at the top level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from etils import epath
+
+from fsaf_jax.evaluation.metrics import RankMetrics
+
+TABLE_RANKS = (1, 5, 10)
+
+
+def metrics_table(results: Mapping[str, RankMetrics], ranks: Sequence[int] = TABLE_RANKS) -> str:
+  """Plain-text table, one row per entry of `results` (e.g. 'plain', 're-ranked').
+
+  Args:
+    results: row name -> RankMetrics.
+    ranks: CMC ranks shown (those beyond a CMC's length print as '-').
+
+  Returns:
+    The table, lines joined by newlines (no trailing newline).
+  """
+  if not results:
+    raise ValueError("No results to tabulate.")
+  name_width = max(10, *(len(name) for name in results))
+  heads = [f"Rank-{k}" for k in ranks] + ["mAP", "mINP", "valid queries"]
+  widths = [max(7, len(h)) for h in heads[:-1]] + [len(heads[-1])]
+  lines = [
+    "  ".join([f"{'':<{name_width}}"] + [f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)]),
+    "  ".join(["-" * name_width] + ["-" * w for w in widths]),
+  ]
+  for name, m in results.items():
+    cells = [f"{100 * m.cmc[k - 1]:.2f}" if k <= len(m.cmc) else "-" for k in ranks]
+    cells += [f"{100 * m.mAP:.2f}", f"{100 * m.mINP:.2f}"]
+    cells.append(f"{m.num_valid} of {m.num_valid + m.num_skipped}")
+    lines.append(
+      "  ".join(
+        [f"{name:<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)]
+      )
+    )
+  return "\n".join(lines)
+
+
+def metrics_json(
+  results: Mapping[str, RankMetrics], extra: Mapping[str, Any] | None = None
+) -> dict:
+  """The `metrics.json` content: {name: RankMetrics.as_dict(), ..., **extra}."""
+  out: dict[str, Any] = dict(extra or {})
+  for name, m in results.items():
+    if name in out:
+      raise ValueError(f"Result name {name!r} clashes with an extra field.")
+    out[name] = m.as_dict()
+  return out
+
+
+def write_metrics_json(
+  path: str | os.PathLike,
+  results: Mapping[str, RankMetrics],
+  extra: Mapping[str, Any] | None = None,
+) -> epath.Path:
+  """Writes `metrics_json(results, extra)` to `path` (local or e.g. gs://), creating parents.
+
+  Returns:
+    The path written.
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(metrics_json(results, extra), indent=2) + "\n")
+  return path
