@@ -219,17 +219,6 @@ def format_metrics(result: metrics.RankMetrics) -> str:
   return f"{ranks}  mAP: {100 * result.mAP:.1f}  mINP: {100 * result.mINP:.1f}"
 
 
-_DATA = flags.DEFINE_string("data", None, "Folder with Market-1501-v15.09.15/ (or that folder).")
-_SPACE = flags.DEFINE_enum("space", "hsv", SPACES, "Colour space of the histogram.")
-_BINS = flags.DEFINE_list("bins", None, "Bins per channel, e.g. 16,4,4; default per space.")
-_METRIC = flags.DEFINE_enum("metric", "hellinger", METRICS, "Histogram distance.")
-_CENTER = flags.DEFINE_float(
-  "center_sigma",
-  DEFAULT_CENTER_SIGMA,
-  "Centre weighting of pixels (fraction of width); 0 = uniform.",
-)
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -248,5 +237,16 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # CLI flags are defined only when run as a program, so that importing several
+  # of the package's command-line modules into one process (tests, notebooks) works.
+  _DATA = flags.DEFINE_string("data", None, "Folder with Market-1501-v15.09.15/ (or that folder).")
+  _SPACE = flags.DEFINE_enum("space", "hsv", SPACES, "Colour space of the histogram.")
+  _BINS = flags.DEFINE_list("bins", None, "Bins per channel, e.g. 16,4,4; default per space.")
+  _METRIC = flags.DEFINE_enum("metric", "hellinger", METRICS, "Histogram distance.")
+  _CENTER = flags.DEFINE_float(
+    "center_sigma",
+    DEFAULT_CENTER_SIGMA,
+    "Centre weighting of pixels (fraction of width); 0 = uniform.",
+  )
   flags.mark_flag_as_required("data")
   app.run(main)

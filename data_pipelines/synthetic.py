@@ -323,34 +323,6 @@ def format_statistics(plan: Plan) -> str:
 
 _D = synthetic_render.Difficulty()
 _C = SyntheticConfig()
-_OUT = flags.DEFINE_string("out", None, "Output directory (gets Market-1501-v15.09.15/).")
-_SEED = flags.DEFINE_integer("seed", _C.seed, "Random seed.")
-_IDS = flags.DEFINE_integer("ids", _C.num_ids, "Identities in total (train + test).")
-_TRAIN_IDS = flags.DEFINE_integer("train_ids", _C.num_train_ids, "Training ids; -1 = ids // 2.")
-_TRAIN_PER_ID = flags.DEFINE_integer(
-  "images_per_id", _C.train_images_per_id, "Train images per id."
-)
-_QUERY_PER_ID = flags.DEFINE_integer("query_per_id", _C.query_per_id, "Queries per test id.")
-_GALLERY_PER_ID = flags.DEFINE_integer(
-  "gallery_per_id", _C.gallery_per_id, "Gallery images per test id."
-)
-_CAMERAS = flags.DEFINE_integer("cameras", _C.num_cameras, "Cameras (2..6).")
-_MIN_CAMERAS = flags.DEFINE_integer(
-  "min_cameras", _C.min_cameras_per_id, "Cameras per id, at least."
-)
-_DISTRACTORS = flags.DEFINE_integer("distractors", _C.num_distractors, "pid-0000 gallery images.")
-_JUNK = flags.DEFINE_integer("junk", _C.num_junk, "pid -1 gallery images.")
-_HEIGHT = flags.DEFINE_integer("height", _C.image_size[0], "Image height.")
-_WIDTH = flags.DEFINE_integer("width", _C.image_size[1], "Image width.")
-_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing dataset in --out.")
-_PALETTE = flags.DEFINE_integer("palette_size", _D.palette_size, "Clothing colours used.")
-_GROUP = flags.DEFINE_integer("group_size", _D.group_size, "Ids sharing one colour multiset.")
-_CAST = flags.DEFINE_float("colour_cast", _D.colour_cast, "Per-camera colour-cast strength.")
-_ILLUM = flags.DEFINE_float("illumination", _D.illumination, "Per-camera brightness spread.")
-_BLUR = flags.DEFINE_float("blur", _D.blur, "Max per-camera blur radius (px).")
-_CLUTTER = flags.DEFINE_integer("clutter", _D.clutter, "Max background objects per image.")
-_OCCLUSION = flags.DEFINE_float("occlusion", _D.occlusion_prob, "Occlusion probability.")
-_POSE = flags.DEFINE_float("pose_jitter", _D.pose_jitter, "Box misalignment / stride scale.")
 
 
 def config_from_flags() -> SyntheticConfig:
@@ -396,5 +368,35 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # CLI flags are defined only when run as a program, so that importing several
+  # of the package's command-line modules into one process (tests, notebooks) works.
+  _OUT = flags.DEFINE_string("out", None, "Output directory (gets Market-1501-v15.09.15/).")
+  _SEED = flags.DEFINE_integer("seed", _C.seed, "Random seed.")
+  _IDS = flags.DEFINE_integer("ids", _C.num_ids, "Identities in total (train + test).")
+  _TRAIN_IDS = flags.DEFINE_integer("train_ids", _C.num_train_ids, "Training ids; -1 = ids // 2.")
+  _TRAIN_PER_ID = flags.DEFINE_integer(
+    "images_per_id", _C.train_images_per_id, "Train images per id."
+  )
+  _QUERY_PER_ID = flags.DEFINE_integer("query_per_id", _C.query_per_id, "Queries per test id.")
+  _GALLERY_PER_ID = flags.DEFINE_integer(
+    "gallery_per_id", _C.gallery_per_id, "Gallery images per test id."
+  )
+  _CAMERAS = flags.DEFINE_integer("cameras", _C.num_cameras, "Cameras (2..6).")
+  _MIN_CAMERAS = flags.DEFINE_integer(
+    "min_cameras", _C.min_cameras_per_id, "Cameras per id, at least."
+  )
+  _DISTRACTORS = flags.DEFINE_integer("distractors", _C.num_distractors, "pid-0000 gallery images.")
+  _JUNK = flags.DEFINE_integer("junk", _C.num_junk, "pid -1 gallery images.")
+  _HEIGHT = flags.DEFINE_integer("height", _C.image_size[0], "Image height.")
+  _WIDTH = flags.DEFINE_integer("width", _C.image_size[1], "Image width.")
+  _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing dataset in --out.")
+  _PALETTE = flags.DEFINE_integer("palette_size", _D.palette_size, "Clothing colours used.")
+  _GROUP = flags.DEFINE_integer("group_size", _D.group_size, "Ids sharing one colour multiset.")
+  _CAST = flags.DEFINE_float("colour_cast", _D.colour_cast, "Per-camera colour-cast strength.")
+  _ILLUM = flags.DEFINE_float("illumination", _D.illumination, "Per-camera brightness spread.")
+  _BLUR = flags.DEFINE_float("blur", _D.blur, "Max per-camera blur radius (px).")
+  _CLUTTER = flags.DEFINE_integer("clutter", _D.clutter, "Max background objects per image.")
+  _OCCLUSION = flags.DEFINE_float("occlusion", _D.occlusion_prob, "Occlusion probability.")
+  _POSE = flags.DEFINE_float("pose_jitter", _D.pose_jitter, "Box misalignment / stride scale.")
   flags.mark_flag_as_required("out")
   app.run(main)

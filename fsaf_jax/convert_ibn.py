@@ -43,20 +43,6 @@ from ml_collections import config_flags
 from fsaf_jax import pretrained
 from fsaf_jax.models import fsaf
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "Training config whose model layout to convert for (default: the plain "
-  "ResNet50-IBN-a layout of configs/baseline.py, accepted by every R50 FSAF variant).",
-  lock_config=True,
-)
-_ALLOW_MISSING = flags.DEFINE_bool(
-  "allow_missing",
-  False,
-  "Write the file even if backbone convs/norms that an ImageNet ResNet has are missing "
-  "from the checkpoint (they stay at their initial values).",
-)
-
 TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 WRAPPER_KEYS = ("state_dict", "model")  # Lightning/IBN-Net trainers, fast-reid/detectron2
 PREFIX = "module."  # nn.DataParallel / DistributedDataParallel
@@ -480,4 +466,19 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # CLI flags are defined only when run as a program, so that importing several
+  # of the package's command-line modules into one process (tests, notebooks) works.
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Training config whose model layout to convert for (default: the plain "
+    "ResNet50-IBN-a layout of configs/baseline.py, accepted by every R50 FSAF variant).",
+    lock_config=True,
+  )
+  _ALLOW_MISSING = flags.DEFINE_bool(
+    "allow_missing",
+    False,
+    "Write the file even if backbone convs/norms that an ImageNet ResNet has are missing "
+    "from the checkpoint (they stay at their initial values).",
+  )
   app.run(main)

@@ -150,7 +150,9 @@ def init_variables(config: ml_collections.ConfigDict, model: Any) -> dict[str, A
   return variables
 
 
-def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, dict[str, Any]]:
+def restore_variables(
+  config: ml_collections.ConfigDict, workdir: str
+) -> tuple[int, dict[str, Any]]:
   """Trained {'params', 'batch_stats'} of the latest checkpoint in `workdir`.
 
   Returns:
@@ -247,14 +249,6 @@ def extract_folder(
   return result
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work dir whose latest checkpoint to use.")
-_IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
-_OUT = flags.DEFINE_string("out", None, "Output .npz.")
-_EXPORT = flags.DEFINE_string("export", None, "Also write the jax.export extractor here.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: config.input.eval_batch_size.")
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -269,5 +263,13 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # CLI flags are defined only when run as a program, so that importing several
+  # of the package's command-line modules into one process (tests, notebooks) works.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Work dir whose latest checkpoint to use.")
+  _IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
+  _OUT = flags.DEFINE_string("out", None, "Output .npz.")
+  _EXPORT = flags.DEFINE_string("export", None, "Also write the jax.export extractor here.")
+  _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: config.input.eval_batch_size.")
   flags.mark_flags_as_required(["config", "images", "out"])
   app.run(main)

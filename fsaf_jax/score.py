@@ -32,17 +32,6 @@ FEATURE_KEYS = ("query_feats", "gallery_feats")
 ID_KEYS = ("query_pids", "gallery_pids", "query_camids", "gallery_camids")
 REQUIRED_KEYS = FEATURE_KEYS + ID_KEYS
 
-_METRIC = flags.DEFINE_enum("metric", "cosine", distance.METRICS, "Distance between features.")
-_RERANK = flags.DEFINE_bool("rerank", False, "Also report k-reciprocal re-ranking.")
-_JSON = flags.DEFINE_string("json", None, "Write the metrics as JSON to this file.")
-_MAX_RANK = flags.DEFINE_integer("max_rank", 50, "CMC length.")
-_K1 = flags.DEFINE_integer("k1", 20, "Re-ranking k1.")
-_K2 = flags.DEFINE_integer("k2", 6, "Re-ranking k2.")
-_LAMBDA = flags.DEFINE_float("lambda_value", 0.3, "Re-ranking weight of the original distance.")
-_QUERY_CHUNK = flags.DEFINE_integer(
-  "query_chunk", metrics.DEFAULT_QUERY_CHUNK, "Queries scored per device call (bounds memory)."
-)
-
 
 def load_features(path: str) -> dict[str, np.ndarray]:
   """Reads and checks a features npz.
@@ -170,4 +159,16 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # CLI flags are defined only when run as a program, so that importing several
+  # of the package's command-line modules into one process (tests, notebooks) works.
+  _METRIC = flags.DEFINE_enum("metric", "cosine", distance.METRICS, "Distance between features.")
+  _RERANK = flags.DEFINE_bool("rerank", False, "Also report k-reciprocal re-ranking.")
+  _JSON = flags.DEFINE_string("json", None, "Write the metrics as JSON to this file.")
+  _MAX_RANK = flags.DEFINE_integer("max_rank", 50, "CMC length.")
+  _K1 = flags.DEFINE_integer("k1", 20, "Re-ranking k1.")
+  _K2 = flags.DEFINE_integer("k2", 6, "Re-ranking k2.")
+  _LAMBDA = flags.DEFINE_float("lambda_value", 0.3, "Re-ranking weight of the original distance.")
+  _QUERY_CHUNK = flags.DEFINE_integer(
+    "query_chunk", metrics.DEFAULT_QUERY_CHUNK, "Queries scored per device call (bounds memory)."
+  )
   app.run(main)

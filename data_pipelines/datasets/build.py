@@ -19,17 +19,6 @@ from absl import app, flags
 
 from data_pipelines.datasets import reid_builder, source
 
-_DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS name[/config] of the dataset.")
-_MANUAL_DIR = flags.DEFINE_string(
-  "manual_dir",
-  None,
-  "Folder holding the download (extracted folder or zip). Default: <data_dir>/downloads/manual.",
-)
-_DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where TFDS writes.")
-_SKIP_CORRUPT = flags.DEFINE_bool(
-  "skip_corrupt", False, "Leave out (and count) images that do not decode instead of failing."
-)
-
 
 def format_report(
   title: str,
@@ -93,4 +82,16 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # CLI flags are defined only when run as a program, so that importing several
+  # of the package's command-line modules into one process (tests, notebooks) works.
+  _DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS name[/config] of the dataset.")
+  _MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir",
+    None,
+    "Folder holding the download (extracted folder or zip). Default: <data_dir>/downloads/manual.",
+  )
+  _DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where TFDS writes.")
+  _SKIP_CORRUPT = flags.DEFINE_bool(
+    "skip_corrupt", False, "Leave out (and count) images that do not decode instead of failing."
+  )
   app.run(main)

@@ -21,9 +21,6 @@ from fsaf_jax.models.fsaf import create_model
 
 OUTPUT_ORDER = ("stem", "conv2", "conv3", "conv4", "conv5", "fused", "feat", "bn_feat", "logits")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size of the shapes shown.")
-
 
 def abstract_variables(
   config: ml_collections.ConfigDict, num_classes: int, batch_size: int = 1
@@ -109,4 +106,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # CLI flags are defined only when run as a program, so that importing several
+  # of the package's command-line modules into one process (tests, notebooks) works.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size of the shapes shown.")
   app.run(main)
