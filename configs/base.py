@@ -5,8 +5,12 @@ what differs. Every field a run can set is declared here, so a misspelt
 `--config.x.y=...` override is an error rather than a silently ignored value.
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
+
+from data_pipelines import synthetic
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -40,8 +44,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --- Data (DESIGN.md section 3). ----------------------------------------------------
   config.input = ml_collections.ConfigDict()
   config.input.dataset = "market1501"  # TFDS builder name (optionally 'name/config')
-  config.input.data_dir = "~/tensorflow_datasets"  # where TFDS writes/reads ArrayRecord
-  config.input.manual_dir = ""  # extracted dataset folder or archive; '' = TFDS default
+  # Where TFDS writes/reads ArrayRecord; '' = WORKDIR/data/tfds (train.py).
+  config.input.data_dir = "~/tensorflow_datasets"
+  # Extracted dataset folder or archive; '' = TFDS default (<data_dir>/downloads/manual),
+  # or WORKDIR/data/synthetic when the synthetic dataset is generated.
+  config.input.manual_dir = ""
   config.input.image_size = (256, 128)  # (H, W)
   config.input.num_identities = 16  # P
   config.input.num_instances = 4  # K
@@ -53,6 +60,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.input.num_workers = 2  # grain worker processes (0 = in-process)
   config.input.prefetch = 2  # batches prefetched onto the devices
   config.input.eval_batch_size = 128
+  # The embedded synthetic dataset (`data_pipelines.synthetic`, Market-1501 layout):
+  # with `generate=True`, train.py writes it into `manual_dir` unless already there
+  # (dataset must be 'market1501'). The other fields are `SyntheticConfig`'s.
+  config.input.synthetic = ml_collections.ConfigDict(
+      dataclasses.asdict(synthetic.SyntheticConfig())
+  )
+  config.input.synthetic.generate = False
 
   # --- Losses (DESIGN.md section 4). --------------------------------------------------
   config.loss = ml_collections.ConfigDict()
@@ -87,7 +101,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 20
   config.train.checkpoint_every_steps = 500
   config.train.keep_checkpoints = 3
-  config.train.eval_every_epochs = 40
+  config.train.eval_every_epochs = 40  # 0: evaluate only at the end
+  # Debug / audit: append each step's source record indices to
+  # WORKDIR/batch_indices/process_<i>.jsonl (checks that a resumed run loses or repeats
+  # no batch).
+  config.train.log_batch_indices = False
 
   # --- Evaluation (DESIGN.md section 5). ----------------------------------------------
   config.eval = ml_collections.ConfigDict()
@@ -100,4 +118,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.rerank_k2 = 6
   config.eval.rerank_lambda = 0.3
   config.eval.num_figure_queries = 8  # rows of the ranked-list figure
+  # At the end of training, also score the untrained network (same init) and, when the
+  # data has a Market-1501 folder, the colour-histogram baseline; print the table and
+  # write WORKDIR/eval/baselines.json (the CPU demo).
+  config.eval.compare_baselines = False
   return config

@@ -90,7 +90,7 @@ class FSAF(nn.Module):
       name="backbone",
     )(x, train=train)
     if self.fusion == "concat":
-      fused = fuse_features(outputs["conv3"], outputs["conv4"], outputs["conv5"])
+      fused = fuse_features(outputs["conv3"], outputs["conv4"], outputs["conv5"], train=train)
     else:
       fused = outputs["conv5"]
     outputs["fused"] = fused

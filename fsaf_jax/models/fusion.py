@@ -5,8 +5,9 @@ Conv3_x is max-pooled by H3/H5 (4 with the paper's strides) and Conv4_x by H4/H5
 Conv5_x along channels (512 + 1024 + 2048 = 3584 for ResNet-50).
 """
 
-import flax.linen as nn
 import jax.numpy as jnp
+
+from fsaf_jax.models.max_pool import max_pool_fn
 
 FUSIONS = ("concat", "none")
 
@@ -26,11 +27,15 @@ def pool_factor(name: str, feature: jnp.ndarray, target: jnp.ndarray) -> tuple[i
   return h // th, w // tw
 
 
-def fuse_features(conv3: jnp.ndarray, conv4: jnp.ndarray, conv5: jnp.ndarray) -> jnp.ndarray:
+def fuse_features(
+  conv3: jnp.ndarray, conv4: jnp.ndarray, conv5: jnp.ndarray, *, train: bool = False
+) -> jnp.ndarray:
   """Concatenates max-pooled Conv3_x, max-pooled Conv4_x and Conv5_x.
 
   Args:
     conv3: [N, H3, W3, C3]; conv4: [N, H4, W4, C4]; conv5: [N, H5, W5, C5].
+    train: a gradient will be taken (picks the pooling implementation with the faster
+      gradient on CPU, `max_pool.max_pool_fn`; values and gradients are the same).
 
   Returns:
     [N, H5, W5, C3 + C4 + C5], channels in the order Conv3_x, Conv4_x, Conv5_x.
@@ -38,5 +43,5 @@ def fuse_features(conv3: jnp.ndarray, conv4: jnp.ndarray, conv5: jnp.ndarray) ->
   pooled = []
   for name, feature in (("Conv3_x", conv3), ("Conv4_x", conv4)):
     window = pool_factor(name, feature, conv5)
-    pooled.append(nn.max_pool(feature, window, strides=window))
+    pooled.append(max_pool_fn(train)(feature, window, window))
   return jnp.concatenate([*pooled, conv5], axis=-1)

@@ -1,0 +1,89 @@
+"""Shared pieces of the benchmark scripts: machine header, interleaved timing, inputs.
+
+`interleave` times several runners round by round (A, B, C, A, B, C, ...) so that a
+machine whose load changes during the run (other jobs, thermal limits) slows every
+runner alike, which keeps their ratios meaningful even when absolute figures are not.
+"""
+
+import os
+import platform
+import statistics
+import time
+
+NUM_CLASSES = 751  # Market-1501 training identities
+IMAGE_SIZE = (256, 128)
+
+
+def machine_lines() -> list[str]:
+  """Header lines: CPU, cores, load, versions, backend, XLA_FLAGS."""
+  import flax
+  import jax
+  import jaxlib
+
+  cpu = platform.processor() or "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  try:
+    import torch
+
+    torch_version = f"{torch.__version__} ({torch.get_num_threads()} threads)"
+  except ImportError:
+    torch_version = "not installed"
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  return [
+    f"CPU: {cpu} | cores: {os.cpu_count()} | load average (1/5/15 min) at start: {load}",
+    f"JAX {jax.__version__} | jaxlib {jaxlib.__version__} | flax {flax.__version__} | "
+    f"torch {torch_version} | backend {jax.default_backend()} x {jax.device_count()}",
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+  ]
+
+
+class Runner:
+  """A named callable timed by `interleave`; `call()` must block until done."""
+
+  def __init__(self, group: str, name: str, call, items: int, flops: float | None):
+    self.group, self.name, self.call, self.items, self.flops = group, name, call, items, flops
+    self.compile_s: float | None = None
+    self.times: list[float] = []
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.times)
+
+  @property
+  def rate(self) -> float:
+    return self.items / self.median
+
+
+def interleave(runners: list[Runner], rounds: int) -> None:
+  """One warm-up call each, then `rounds` rounds calling every runner once in turn."""
+  for runner in runners:
+    runner.call()
+  for _ in range(rounds):
+    for runner in runners:
+      start = time.perf_counter()
+      runner.call()
+      runner.times.append(time.perf_counter() - start)
+
+
+def pk_batch(batch_size: int, seed: int = 0):
+  """uint8 images [B, 256, 128, 3] and P x K labels (K = 4) over NUM_CLASSES ids."""
+  import numpy as np
+
+  if batch_size % 4:
+    raise ValueError(f"--train_batch={batch_size}: must be a multiple of K = 4 (P x K)")
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (batch_size, *IMAGE_SIZE, 3), dtype=np.uint8)
+  ids = rng.choice(NUM_CLASSES, batch_size // 4, replace=False)
+  return images, np.repeat(ids, 4).astype(np.int32)
+
+
+def load_config(name: str, dtype: str):
+  from configs import baseline, fsaf_market
+
+  config = {"baseline": baseline, "fsaf": fsaf_market}[name].get_config()
+  config.model.dtype = dtype
+  return config

@@ -1,0 +1,313 @@
+r"""The fsaf-jax benchmark suite: one command, one table.
+
+  python benchmarks/run.py            # ~10 min on a 2-core CPU (unloaded)
+  python benchmarks/run.py --quick    # ~3 min: baseline model, float32, fewer rounds
+
+Prints, under a header naming the machine (CPU, cores, load average, library versions,
+XLA_FLAGS):
+  * the train step (`fsaf_jax.training.train_step.make_train_step`: real losses, real
+    optimiser, a P x K label batch) of `configs/baseline.py` and `configs/fsaf_market.py`
+    at 256x128, batch 32, float32 and bfloat16: compile time, images/s, achieved
+    GFLOP/s, and the ratio to the PyTorch eager ResNet50-IBN-a BoT step
+    (`benchmarks/torch_reference.py`, channels-last, float32 / bf16 autocast) timed in
+    the same run;
+  * the feature extractor (`fsaf_jax.evaluation.extractor.make_extractor`) of both
+    models, batch 64, against PyTorch eval-mode inference;
+  * evaluation / re-ranking timings (`benchmarks/evaluation.py`) and input-pipeline
+    images/s (`benchmarks/input_pipeline.py`), reused by import.
+
+Timing: every figure is the median over rounds of one call each, after a warm-up call,
+with `jax.block_until_ready`; JAX and PyTorch runners are interleaved round by round
+(JAX step, PyTorch step, JAX step, ...) so machine load affects both alike. Compile
+time is `jit(...).lower(...).compile()` wall time (the persistent compilation cache is
+off in this process).
+
+FLOP convention (`fsaf_jax.models.flops`): conv / dense / attention MACs x 2 counted
+from the layer shapes, forward pass only; a train step = 3 x forward. Normalisation,
+activations, pooling and softmax are not counted.
+
+XLA flags: none are set (XLA_FLAGS is printed as found). With jaxlib 0.10.2 the CPU
+backend already sends convolutions and dots to YNNPACK; the flags measured on top of
+that (`--xla_cpu_experimental_ynn_fusion_type=dot` or `+eltwise`,
+`--xla_cpu_prefer_vector_width=512`) were no faster on the train step or the extractor,
+see the README's benchmark section.
+"""
+
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
+
+from absl import app, flags  # noqa: E402
+
+from benchmarks import evaluation, input_pipeline  # noqa: E402  (their flags: --rounds, ...)
+from benchmarks.harness import (  # noqa: E402
+  IMAGE_SIZE,
+  NUM_CLASSES,
+  Runner,
+  interleave,
+  load_config,
+  machine_lines,
+  pk_batch,
+)
+
+_QUICK = flags.DEFINE_bool(
+  "quick", False, "Smaller run: baseline model, float32, 2 rounds, no re-ranking."
+)
+_MODEL_ROUNDS = flags.DEFINE_integer(
+  "model_rounds", None, "Timed rounds of the train / extract runners (default 4; quick 2)."
+)
+_TRAIN_BATCH = flags.DEFINE_integer("train_batch", 32, "Train-step batch size (P x 4).")
+_EXTRACT_BATCH = flags.DEFINE_integer("extract_batch", 64, "Feature-extraction batch size.")
+_SECTIONS = flags.DEFINE_list(
+  "skip_sections",
+  [],
+  "Sections to skip: train, extract, torch, bfloat16, fsaf, evaluation, pipeline.",
+)
+_WITH_MSMT = flags.DEFINE_bool(
+  "with_msmt", False, "Also run evaluation.py's MSMT17-scale memory run (several minutes)."
+)
+
+
+def jax_train_runner(name: str, dtype: str, images, labels) -> Runner:
+  """The real jitted data-parallel train step of config `name` on one fixed batch."""
+  import jax
+
+  from fsaf_jax.models.flops import count_flops
+  from fsaf_jax.models.fsaf import create_model
+  from fsaf_jax.training.mesh import batch_sharding, make_mesh
+  from fsaf_jax.training.train_state import create_train_state
+  from fsaf_jax.training.train_step import make_train_step
+
+  config = load_config(name, dtype)
+  model = create_model(config.model, NUM_CLASSES)
+  mesh = make_mesh()
+  state = create_train_state(
+    config, model, jax.random.key(0), NUM_CLASSES, IMAGE_SIZE, steps_per_epoch=100, mesh=mesh
+  )
+  batch = jax.device_put({"image": images, "label": labels}, batch_sharding(mesh))
+  step = make_train_step(model, config.loss, mesh)
+  start = time.perf_counter()
+  compiled = step.jitted.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  holder = {"state": state, "metrics": []}
+
+  def call():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    holder["metrics"].append(jax.block_until_ready(metrics))
+
+  flops = count_flops(model, (len(images), *IMAGE_SIZE, 3)).train_flops
+  runner = Runner("train", f"JAX {name}", call, len(images), flops)
+  runner.dtype, runner.compile_s, runner.holder = dtype, compile_s, holder
+  return runner
+
+
+def jax_extract_runner(name: str, dtype: str, images) -> Runner:
+  """The jitted fixed-batch feature extractor of config `name` (random init)."""
+  import jax
+  import jax.numpy as jnp
+
+  from fsaf_jax.evaluation.extractor import make_extractor
+  from fsaf_jax.models.flops import count_flops
+  from fsaf_jax.models.fsaf import create_model
+
+  config = load_config(name, dtype)
+  model = create_model(config.model, NUM_CLASSES)
+  x = jnp.zeros((1, *IMAGE_SIZE, 3), jnp.float32)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+  extractor = make_extractor(model, variables, batch_size=len(images), image_size=IMAGE_SIZE)
+  # Compile time of the extractor's function (the Extractor jits the same `embed_fn`).
+  device_images = jax.device_put(images)
+  start = time.perf_counter()
+  jax.jit(extractor.embed_fn).lower(extractor.variables, device_images).compile()
+  compile_s = time.perf_counter() - start
+  output = extractor(images)
+  flops = count_flops(model, (len(images), *IMAGE_SIZE, 3)).forward_flops
+  runner = Runner("extract", f"JAX {name}", lambda: extractor(images), len(images), flops)
+  runner.dtype, runner.compile_s, runner.output = dtype, compile_s, output
+  return runner
+
+
+def torch_runner(kind: str, dtype: str, images, labels, flops: float) -> Runner:
+  """The PyTorch reference (`benchmarks/torch_reference.py`) train step or extractor."""
+  from benchmarks import torch_reference
+
+  if kind == "train":
+    call = torch_reference.make_train_step(images, labels, NUM_CLASSES, dtype)
+  else:
+    call = torch_reference.make_extractor(images, dtype)
+  runner = Runner(kind, "PyTorch R50-IBN-a", call, len(images), flops)
+  runner.dtype = dtype
+  return runner
+
+
+HEADER = (
+  f"{'section':<8} {'model':<19} {'dtype':<9} {'compile s':>9} {'median s':>8} {'best s':>7} "
+  f"{'img/s':>7} {'GFLOP/s':>8} {'JAX/PT median':>13} {'JAX/PT best':>11}"
+)
+
+
+def format_rows(runners: list[Runner]) -> list[str]:
+  """Table rows (img/s and GFLOP/s from the median); JAX baseline rows get the speed
+  ratio to PyTorch of the same dtype, from the medians and from the best rounds."""
+  torch_runs = {r.dtype: r for r in runners if r.name.startswith("PyTorch")}
+  rows = []
+  for r in runners:
+    compile_txt = f"{r.compile_s:9.1f}" if r.compile_s is not None else f"{'-':>9}"
+    gflops = f"{r.flops * 1e-9 / r.median:8.1f}" if r.flops else f"{'-':>8}"
+    ratio_median = ratio_best = ""
+    if r.name == "JAX baseline" and r.dtype in torch_runs:
+      pt = torch_runs[r.dtype]
+      ratio_median = f"{pt.median / r.median:.2f}x"
+      ratio_best = f"{min(pt.times) / min(r.times):.2f}x"
+    rows.append(
+      f"{r.group:<8} {r.name:<19} {r.dtype:<9} {compile_txt} {r.median:8.2f} {min(r.times):7.2f} "
+      f"{r.rate:7.2f} {gflops} {ratio_median:>13} {ratio_best:>11}"
+    )
+  return rows
+
+
+def bf16_checks(section: str, runners: list[Runner], names: list[str]) -> list[str]:
+  """bfloat16 against float32 of the same model: embeddings (extract) or first-step loss."""
+  import numpy as np
+
+  lines = []
+  for name in names:
+    by_dtype = {r.dtype: r for r in runners if r.name == f"JAX {name}"}
+    if not {"float32", "bfloat16"} <= set(by_dtype):
+      continue
+    f32, bf16 = by_dtype["float32"], by_dtype["bfloat16"]
+    if section == "extract":
+      cos = np.sum(np.asarray(f32.output) * np.asarray(bf16.output), axis=1)
+      lines.append(
+        f"  {name}: bfloat16 vs float32 embeddings (same weights): cosine min {cos.min():.4f} "
+        f"mean {cos.mean():.4f}"
+      )
+    else:
+      a, b = (float(r.holder["metrics"][0]["loss"]) for r in (f32, bf16))
+      lines.append(
+        f"  {name}: first-step loss float32 {a:.4f}, bfloat16 {b:.4f} "
+        f"(rel. diff {abs(a - b) / abs(a):.1e})"
+      )
+  return lines
+
+
+def model_section(section: str, batch: int, names, dtypes, skip, rounds) -> tuple[list, list]:
+  """Builds, times (interleaved) and formats the train or extract runners."""
+  from fsaf_jax.models.flops import count_flops
+  from fsaf_jax.models.fsaf import create_model
+
+  images, labels = pk_batch(batch)
+  baseline_model = create_model(load_config("baseline", "float32").model, NUM_CLASSES)
+  counts = count_flops(baseline_model, (batch, *IMAGE_SIZE, 3))  # = the PyTorch model
+  torch_flops = counts.train_flops if section == "train" else counts.forward_flops
+  runners = []
+  for dtype in dtypes:
+    for name in names:
+      print(f"[{section}] building and compiling JAX {name} {dtype} ...", flush=True)
+      if section == "train":
+        runners.append(jax_train_runner(name, dtype, images, labels))
+      else:
+        runners.append(jax_extract_runner(name, dtype, images))
+    if "torch" not in skip:
+      runners.append(torch_runner(section, dtype, images, labels, torch_flops))
+  print(f"[{section}] timing {len(runners)} runners x {rounds} rounds ...", flush=True)
+  interleave(runners, rounds)
+  title = f"{section}: batch {batch} at {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}" + (
+    " (P x K labels, K = 4; CE + triplet, Adam); compile = lower + compile"
+    if section == "train"
+    else "; compile = first call - median call"
+  )
+  lines = [title, HEADER, *format_rows(runners), *bf16_checks(section, runners, names)]
+  return lines, runners
+
+
+def pipeline_section(train_rate: float | None) -> list[str]:
+  """Input-pipeline images/s (`benchmarks/input_pipeline.py`), vs the train step's."""
+  import jax
+  import numpy as np
+
+  from configs import fsaf_market
+
+  fl = flags.FLAGS
+  config = fsaf_market.get_config()
+  source = input_pipeline.synthetic_source(fl.num_images)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  rows = []
+  for workers in (0, 2):
+    rate = input_pipeline.train_pipeline_rate(source, config, mesh, workers, fl.seconds)
+    rows.append((f"train pipeline, P x K 16 x 4, {workers} workers", rate))
+  size = tuple(config.input.image_size)
+  rate = input_pipeline.eval_pipeline_rate(source, fl.eval_batch, size, fl.seconds)
+  rows.append((f"eval pipeline, batch {fl.eval_batch}", rate))
+  lines = [
+    f"input pipelines ({len(source)} synthetic 128x64 JPEGs -> {size[0]}x{size[1]}), "
+    f"{fl.seconds:g} s each:"
+  ]
+  for name, rate in rows:
+    ratio = ""
+    if train_rate and name.startswith("train"):
+      ratio = f"  = {rate / train_rate:5.1f}x the JAX baseline float32 train step (target >= 3)"
+    lines.append(f"  {name:<40} {rate:8.1f} img/s{ratio}")
+  return lines
+
+
+def main(argv):
+  del argv
+  skip = set(_SECTIONS.value)
+  if _QUICK.value:
+    skip |= {"bfloat16", "fsaf"}
+  rounds = _MODEL_ROUNDS.value or (2 if _QUICK.value else 4)
+  dtypes = ["float32"] + ([] if "bfloat16" in skip else ["bfloat16"])
+  names = ["baseline"] + ([] if "fsaf" in skip else ["fsaf"])
+  command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
+  lines = [*machine_lines(), f"command: {command.strip()}"]
+  lines += [
+    "NOTE: the machine may be shared: absolute times are noisy; JAX and PyTorch runners are "
+    "interleaved round by round, so compare the ratios.",
+    "FLOPs: conv / dense / attention MACs x 2 from layer shapes, forward; train step = 3 x "
+    "forward (fsaf_jax/models/flops.py). Times: median of "
+    f"{rounds} interleaved rounds after 1 warm-up call, jax.block_until_ready.",
+  ]
+  print("\n".join(lines) + "\n", flush=True)
+
+  train_rate = None
+  for section, batch in (("train", _TRAIN_BATCH.value), ("extract", _EXTRACT_BATCH.value)):
+    if section in skip:
+      continue
+    section_lines, runners = model_section(section, batch, names, dtypes, skip, rounds)
+    if section == "train":
+      train_rate = next(r.rate for r in runners if r.name == "JAX baseline")
+    lines += ["", *section_lines]
+    print("\n".join(section_lines) + "\n", flush=True)
+
+  if "evaluation" not in skip:
+    fl = flags.FLAGS
+    eval_skip = set(fl.skip) | (set() if _WITH_MSMT.value else {"msmt"})
+    if _QUICK.value:
+      eval_skip.add("rerank")
+    print("[evaluation] benchmarks/evaluation.py sections ...", flush=True)
+    eval_lines = evaluation.run(fl.rounds, eval_skip, fl.rerank_ref_fraction)
+    eval_lines = [ln for ln in eval_lines if ln] + (
+      [] if "msmt" not in eval_skip else ["(MSMT17 scale: --with_msmt)"]
+    )
+    lines += ["", "evaluation (benchmarks/evaluation.py):", *eval_lines]
+    print("\n".join(eval_lines) + "\n", flush=True)
+
+  if "pipeline" not in skip:
+    print("[pipeline] benchmarks/input_pipeline.py pipelines ...", flush=True)
+    pipeline_lines = pipeline_section(train_rate)
+    lines += ["", *pipeline_lines]
+    print("\n".join(pipeline_lines) + "\n", flush=True)
+
+  lines.append(
+    f"\nload average (1/5/15 min) at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+  )
+  print("=" * 100)
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)

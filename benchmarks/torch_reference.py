@@ -1,0 +1,125 @@
+"""The PyTorch side of the benchmark: a BoT-style ResNet50-IBN-a train step and extractor.
+
+The network is `tests/reference/torch_resnet_ibn.resnet50_ibn_a` (the official IBN-Net
+definition) with the BNNeck head of `configs/baseline.py`: global average pool,
+BatchNorm1d with its shift frozen at 0, bias-free classifier. The step is what
+fast-reid / BoT run: label-smoothed cross-entropy (0.1) on the logits + batch-hard
+triplet (margin 0.3, Euclidean) on the pre-BN feature, Adam(3.5e-4, weight_decay
+5e-4). Eager mode, channels-last (the fast layout for oneDNN on CPU), float32 or
+bfloat16 autocast (`torch.autocast('cpu', torch.bfloat16)`: weights and optimiser in
+float32, as `torch.amp` recipes).
+
+Only benchmarks import this file (torch is a test / benchmark dependency).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from tests.reference.torch_resnet_ibn import resnet50_ibn_a
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BoTReID(nn.Module):
+  """ResNet50-IBN-a + BNNeck, as `configs/baseline.py` (last stride 2).
+
+  forward(images [N, 3, H, W] normalised) -> (feat [N, 2048] pre-BN, bn_feat, logits).
+  """
+
+  def __init__(self, num_classes: int, last_stride: int = 2):
+    super().__init__()
+    self.backbone = resnet50_ibn_a(last_stride=last_stride)
+    self.backbone.fc = nn.Identity()
+    self.bnneck = nn.BatchNorm1d(2048)
+    self.bnneck.bias.requires_grad_(False)  # BNNeck: shift frozen at 0
+    self.classifier = nn.Linear(2048, num_classes, bias=False)
+    nn.init.normal_(self.classifier.weight, std=0.001)
+
+  def forward(self, x: torch.Tensor):
+    feat = self.backbone.features(x)["layer4"].mean(dim=(2, 3))
+    bn_feat = self.bnneck(feat)
+    return feat, bn_feat, self.classifier(bn_feat)
+
+
+def batch_hard_triplet(feat: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+  """BoT's batch-hard triplet loss on Euclidean distances (float32)."""
+  feat = feat.float()
+  dist = torch.cdist(feat, feat).clamp(min=1e-6)
+  same = labels[:, None] == labels[None, :]
+  d_ap = torch.where(same, dist, torch.zeros_like(dist)).max(dim=1).values
+  d_an = torch.where(same, torch.full_like(dist, 1e9), dist).min(dim=1).values
+  return torch.relu(d_ap - d_an + margin).mean()
+
+
+def to_torch_images(images: np.ndarray) -> torch.Tensor:
+  """uint8 NHWC host images -> normalised float32 NCHW tensor in channels-last memory."""
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+  mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+  return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _autocast(dtype: str):
+  if dtype == "float32":
+    return contextlib.nullcontext()
+  if dtype == "bfloat16":
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+  raise ValueError(f"dtype={dtype!r}: must be 'float32' or 'bfloat16'")
+
+
+def make_train_step(
+  images: np.ndarray, labels: np.ndarray, num_classes: int, dtype: str, seed: int = 0
+) -> Callable[[], float]:
+  """A BoT train step on a fixed batch.
+
+  Args:
+    images: uint8 [B, H, W, 3]; labels: int [B] (P x K identities).
+    num_classes: classifier outputs.
+    dtype: 'float32' or 'bfloat16' (autocast).
+    seed: torch seed of the initialisation.
+
+  Returns:
+    `step() -> loss` running forward, backward and the Adam update (synchronous).
+  """
+  torch.manual_seed(seed)
+  model = BoTReID(num_classes).to(memory_format=torch.channels_last).train()
+  params = [p for p in model.parameters() if p.requires_grad]
+  optimizer = torch.optim.Adam(params, lr=3.5e-4, weight_decay=5e-4)
+  x = to_torch_images(images)
+  y = torch.from_numpy(np.asarray(labels, np.int64))
+
+  def step() -> float:
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(dtype):
+      feat, _, logits = model(x)
+    ce = nn.functional.cross_entropy(logits.float(), y, label_smoothing=0.1)
+    loss = ce + batch_hard_triplet(feat, y, margin=0.3)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().item()
+
+  return step
+
+
+def make_extractor(images: np.ndarray, dtype: str, seed: int = 0) -> Callable[[], np.ndarray]:
+  """Eval-mode embedding of a fixed batch (normalisation included, as the JAX extractor).
+
+  Returns:
+    `extract() -> float32 [B, 2048]` L2-normalised post-BNNeck features.
+  """
+  torch.manual_seed(seed)
+  model = BoTReID(num_classes=751).to(memory_format=torch.channels_last).eval()
+
+  def extract() -> np.ndarray:
+    with torch.inference_mode(), _autocast(dtype):
+      _, bn_feat, _ = model(to_torch_images(images))
+      return nn.functional.normalize(bn_feat.float(), dim=1).numpy()
+
+  return extract

@@ -1,0 +1,61 @@
+r"""Evaluates a trained checkpoint on the query / gallery splits of its dataset.
+
+  python eval.py --config=configs/fsaf_market.py --workdir=workdirs/market \
+      [--checkpoint=workdirs/market/checkpoints/STEP] [--config.eval.rerank=True]
+
+Restores the latest checkpoint of WORKDIR (or --checkpoint=PATH), refuses one whose
+network or input size differ from --config, embeds the query and gallery images,
+prints Rank-1/5/10, mAP and mINP (also after k-reciprocal re-ranking with
+`--config.eval.rerank=True`), and writes WORKDIR/eval/metrics.json and the ranked-list
+figure WORKDIR/eval/ranked_list.png (`--outdir` to put eval/ elsewhere). An empty
+`--config.input.data_dir` means the data the checkpoint was trained on; the dataset
+must be built (train.py builds it; or `python -m data_pipelines.datasets.build`).
+Runs `fsaf_jax.evaluation.evaluator.evaluate_checkpoint`.
+"""
+
+import os
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fsaf_jax.evaluation import evaluator
+from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
+from fsaf_jax.training.distributed import maybe_initialize_distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Training work dir: evaluates its latest checkpoint, writes WORKDIR/eval/."
+)
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", None, "Checkpoint to evaluate instead: WORKDIR/checkpoints/<step>."
+)
+_OUTDIR = flags.DEFINE_string(
+  "outdir", None, "Where eval/ is written; default --workdir, else the checkpoint's work dir."
+)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not (_WORKDIR.value or _CHECKPOINT.value):
+    raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
+  maybe_initialize_distributed()
+  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+  try:
+    evaluator.evaluate_checkpoint(
+      _CONFIG.value,
+      workdir=_WORKDIR.value,
+      checkpoint=_CHECKPOINT.value,
+      outdir=_OUTDIR.value,
+      config_name=os.path.splitext(os.path.basename(config_path))[0],
+    )
+  except (FileNotFoundError, IncompatibleCheckpointError) as e:
+    logging.error("%s", e)
+    sys.exit(f"ERROR: {e}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,90 @@
+"""2-D max pooling written with strided slices, for a fast gradient on the CPU.
+
+`nn.max_pool` lowers to `reduce_window`, whose gradient XLA computes with
+`select_and_scatter`; on the CPU backend that gradient is slow (the stem pool of
+ResNet-50 at batch 32, 256x128: ~380 ms forward + backward here vs ~110 ms for this
+file's form and ~65 ms in PyTorch; `benchmarks/profile_step.py` shows it as s32
+index fusions). `max_pool` computes the same values as the maximum over the
+window's strided slices and routes the gradient of each output to the *first*
+maximal element of its window (row-major window order), exactly what
+`select_and_scatter` does, so values and gradients equal `nn.max_pool`'s. The
+routing is written with masks on stop-gradient values, not a custom VJP, so forward-
+mode differentiation still works.
+
+`max_pool_fn(train)` picks the implementation: this one where a gradient is taken
+(train mode) on the CPU backend, `nn.max_pool` otherwise (its forward is faster, and
+GPU / TPU handle its gradient well).
+"""
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Padding = Sequence[tuple[int, int]]
+
+
+def _window_slices(
+  x: jnp.ndarray, window: Sequence[int], strides: Sequence[int], padding: Padding
+) -> list[jnp.ndarray]:
+  """The wh * ww strided views [N, OH, OW, C] of the -inf padded input, row-major."""
+  (wh, ww), (sh, sw) = window, strides
+  (pt, pb), (pl, pr) = padding
+  n, h, w, c = x.shape
+  oh, ow = (h + pt + pb - wh) // sh + 1, (w + pl + pr - ww) // sw + 1
+  if oh < 1 or ow < 1:
+    raise ValueError(f"max_pool window {tuple(window)} does not fit a {h}x{w} input")
+  fill = jnp.asarray(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min)
+  if pt or pb or pl or pr:
+    x = lax.pad(x, fill.astype(x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+  return [
+    lax.slice(x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1))
+    for i in range(wh)
+    for j in range(ww)
+  ]
+
+
+def max_pool(
+  x: jnp.ndarray,
+  window: Sequence[int],
+  strides: Sequence[int],
+  padding: Padding = ((0, 0), (0, 0)),
+) -> jnp.ndarray:
+  """Max pooling over H and W of [N, H, W, C], equal to `nn.max_pool` (values and grads).
+
+  Args:
+    x: [N, H, W, C].
+    window: (wh, ww).
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)), filled with -inf (never selected).
+
+  Returns:
+    [N, OH, OW, C], OH = (H + top + bottom - wh) // sh + 1 (likewise OW). The gradient
+    of each output goes to the first maximal input of its window in row-major order.
+  """
+  views = _window_slices(x, window, strides, padding)
+  frozen = [lax.stop_gradient(v) for v in views]
+  best = frozen[0]
+  for v in frozen[1:]:
+    best = jnp.maximum(best, v)
+  out = jnp.zeros_like(best)
+  taken = jnp.zeros(best.shape, bool)
+  for view, value in zip(views, frozen, strict=True):
+    first = (value == best) & ~taken  # this view holds the window's first maximum
+    taken = taken | first
+    out = out + jnp.where(first, view, jnp.zeros_like(view))
+  return out
+
+
+def max_pool_fn(train: bool) -> Callable[..., jnp.ndarray]:
+  """`max_pool` when a gradient is taken (`train`) on the CPU backend, else `nn.max_pool`.
+
+  Both take `(x, window, strides, padding)` and give identical values and gradients.
+  """
+  if train and jax.default_backend() == "cpu":
+    return max_pool
+  return lambda x, window, strides, padding=((0, 0), (0, 0)): nn.max_pool(
+    x, tuple(window), strides=tuple(strides), padding=tuple(padding)
+  )

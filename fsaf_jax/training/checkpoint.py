@@ -1,0 +1,360 @@
+"""Checkpoints of a training run: orbax `CheckpointManager` in `WORKDIR/checkpoints`.
+
+Every checkpoint `WORKDIR/checkpoints/<step>/` holds four orbax items:
+
+- `variables`: `{'params', 'batch_stats'}` (`StandardSave`), all inference needs;
+- `train_state`: `{'step', 'opt_state', 'centers', 'center_opt_state'}` (`StandardSave`);
+- `data_iter`: the train iterator's state (grain's orbax handler,
+  `grain.checkpoint.CheckpointSave`): one JSON file per JAX process;
+- `config`: the run's config as JSON, with `model.num_classes` and
+  `train.steps_per_epoch` resolved from the data (so a checkpoint alone rebuilds its
+  model).
+
+The variables live apart from the optimiser state so that `restore_variables`
+(eval.py, `fsaf_jax.extract`) reads only what inference needs. The manager keeps the
+latest `config.train.keep_checkpoints` checkpoints (`preservation_policy=LatestN`);
+saves are asynchronous (the device-to-host copy happens before `save` returns, so the
+caller may donate the state to the next step), and a checkpoint directory appears only
+once complete, so a job killed mid-save resumes from the previous one.
+
+A run resumes only from a checkpoint of a compatible config: every field may change
+the meaning or the shapes of the saved state except those in `RESUMABLE_FIELDS` (how
+long to train, how often to log / save / evaluate, where the data lives, how it is
+loaded, evaluation settings). Anything else differing is refused with
+`IncompatibleCheckpointError` naming each field and both values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from fsaf_jax.training.train_state import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+ITEM_NAMES = ("variables", "train_state", "data_iter", "config")
+
+# Config fields (dotted paths; a path ending in '.' is a prefix) that may differ
+# between a checkpoint and the run resuming from it: they decide how long and how the
+# loop runs, where the data is read from, or how evaluation is done, never the saved
+# state or the batch sequence. `init.pretrained` only matters at step 0.
+RESUMABLE_FIELDS = (
+  "train.num_epochs",
+  "train.log_every_steps",
+  "train.checkpoint_every_steps",
+  "train.keep_checkpoints",
+  "train.eval_every_epochs",
+  "train.log_batch_indices",
+  "input.data_dir",
+  "input.manual_dir",
+  "input.num_workers",
+  "input.prefetch",
+  "input.eval_batch_size",
+  "init.pretrained",
+  "eval.",
+)
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The checkpoint was written by a run whose config differs in a state-defining field."""
+
+
+# --- Config <-> JSON. ---------------------------------------------------------------------
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as a JSON-compatible nested dict (tuples become lists)."""
+  return json.loads(config.to_json())
+
+
+def _tuples(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list | tuple):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def config_from_json(data: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Inverse of `config_to_json`: a ConfigDict whose JSON lists are tuples again."""
+  return ml_collections.ConfigDict(_tuples(dict(data)))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _resumable(field: str) -> bool:
+  return any(field.startswith(f) if f.endswith(".") else field == f for f in RESUMABLE_FIELDS)
+
+
+def config_differences(
+  saved: ml_collections.ConfigDict | Mapping[str, Any],
+  current: ml_collections.ConfigDict | Mapping[str, Any],
+) -> list[str]:
+  """Fields outside `RESUMABLE_FIELDS` whose values differ, one line per field.
+
+  Args:
+    saved: the checkpoint's config (ConfigDict or its JSON dict).
+    current: the config of the run that wants to resume.
+
+  Returns:
+    Sorted lines `'<field>: checkpoint <value>, this run <value>'` (a field missing
+    from one side shows `<absent>`); empty if the configs are compatible.
+  """
+  to_flat = lambda c: _flatten(  # noqa: E731
+    _tuples(config_to_json(c) if isinstance(c, ml_collections.ConfigDict) else c)
+  )
+  a, b = to_flat(saved), to_flat(current)
+  lines = []
+  for field in sorted(set(a) | set(b)):
+    if _resumable(field):
+      continue
+    va, vb = a.get(field, "<absent>"), b.get(field, "<absent>")
+    if va != vb:
+      lines.append(f"{field}: checkpoint {va!r}, this run {vb!r}")
+  return lines
+
+
+def check_compatible(
+  saved: ml_collections.ConfigDict | Mapping[str, Any],
+  current: ml_collections.ConfigDict,
+  where: str,
+) -> None:
+  """Raises IncompatibleCheckpointError naming every differing field (see module doc).
+
+  Args:
+    saved: the checkpoint's config.
+    current: this run's (resolved) config.
+    where: the checkpoint's path, for the message.
+  """
+  diffs = config_differences(saved, current)
+  if diffs:
+    raise IncompatibleCheckpointError(
+      f"the checkpoint {where} was written with a different config; these fields "
+      "change the saved state or the batch sequence and must match to resume:\n  "
+      + "\n  ".join(diffs)
+      + "\nUse the checkpoint's values (--config.<field>=...), or another --workdir to "
+      "start a new run. Fields that may differ: " + ", ".join(RESUMABLE_FIELDS)
+    )
+
+
+# --- The manager. -------------------------------------------------------------------------
+
+
+def create_checkpoint_manager(
+  workdir: str | os.PathLike, keep: int, *, read_only: bool = False
+) -> ocp.CheckpointManager:
+  """Orbax manager over `workdir/checkpoints`, keeping the latest `keep` checkpoints.
+
+  Args:
+    workdir: the run's work directory.
+    keep: checkpoints to keep (>= 1); older ones are deleted after each save.
+    read_only: never write or delete (for inspection / inference).
+
+  Returns:
+    An `ocp.CheckpointManager` with items `ITEM_NAMES`. Saves are asynchronous: call
+    `wait_until_finished()` before reading a checkpoint back or exiting.
+  """
+  if keep < 1:
+    raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
+  options = ocp.CheckpointManagerOptions(
+    preservation_policy=ocp.checkpoint_managers.LatestN(n=int(keep)),
+    create=not read_only,
+    read_only=read_only,
+    enable_async_checkpointing=True,
+  )
+  return ocp.CheckpointManager(
+    epath.Path(workdir) / CHECKPOINT_DIR, item_names=ITEM_NAMES, options=options
+  )
+
+
+def _state_items(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  train_state = {"step": state.step, "opt_state": state.opt_state}
+  if state.centers is not None:
+    train_state["centers"] = state.centers
+    train_state["center_opt_state"] = state.center_opt_state
+  return variables, train_state
+
+
+def save_checkpoint(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: TrainState,
+  data_iter: Any,
+  config: ml_collections.ConfigDict,
+) -> bool:
+  """Saves `state`, the iterator's state and the config as checkpoint `step`.
+
+  Call on every process (orbax synchronises them; process 0 writes the shared files).
+
+  Args:
+    manager: from `create_checkpoint_manager`.
+    step: the step number (`state.step`; passed to avoid a device sync).
+    state: the train state after `step` steps.
+    data_iter: the train iterator (`get_state()` / `set_state()`), positioned at the
+      first batch not yet trained on.
+    config: the run's resolved config.
+
+  Returns:
+    True if a checkpoint was started (False if `step` is already saved).
+  """
+  if step in manager.all_steps():
+    return False
+  variables, train_state = _state_items(state)
+  return manager.save(
+    int(step),
+    args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(variables),
+      train_state=ocp.args.StandardSave(train_state),
+      data_iter=grain.checkpoint.CheckpointSave(data_iter),
+      config=ocp.args.JsonSave(config_to_json(config)),
+    ),
+    force=True,
+  )
+
+
+def restore_checkpoint(
+  manager: ocp.CheckpointManager,
+  state: TrainState,
+  data_iter: Any,
+  config: ml_collections.ConfigDict,
+  step: int | None = None,
+) -> TrainState:
+  """Restores checkpoint `step` (default the latest) into `state` and `data_iter`.
+
+  Args:
+    manager: from `create_checkpoint_manager`.
+    state: a freshly initialised train state: gives the tree structure, shapes,
+      dtypes and shardings to restore into.
+    data_iter: the train iterator; its position is set to the checkpoint's.
+    config: this run's resolved config, checked against the checkpoint's.
+    step: checkpoint to restore; None = the latest.
+
+  Returns:
+    The restored train state (`state` itself if there is no checkpoint).
+
+  Raises:
+    IncompatibleCheckpointError: the configs differ outside `RESUMABLE_FIELDS`.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return state
+  where = str(manager.directory / str(step))
+  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  check_compatible(saved.config, config, where)
+
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_items(state))
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(abstract[0]),
+      train_state=ocp.args.StandardRestore(abstract[1]),
+      data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+    ),
+  )
+  variables, train_state = restored.variables, restored.train_state
+  restored_step = int(train_state["step"])
+  if restored_step != step:
+    raise ValueError(f"checkpoint {where} holds state.step={restored_step}, expected {step}")
+  logging.info("Restored checkpoint %s (step %d)", where, step)
+  return state.replace(
+    step=train_state["step"],
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    opt_state=train_state["opt_state"],
+    centers=train_state.get("centers"),
+    center_opt_state=train_state.get("center_opt_state"),
+  )
+
+
+# --- Inference. ---------------------------------------------------------------------------
+
+
+def _find_checkpoint(path: epath.Path) -> tuple[epath.Path, int | None]:
+  """(manager directory, step or None for the latest) of a workdir / checkpoints dir /
+  step dir."""
+  if (path / CHECKPOINT_DIR).is_dir():
+    return path / CHECKPOINT_DIR, None
+  if (path / "variables").is_dir() and (path / "config").is_dir():
+    try:
+      return path.parent, int(path.name)
+    except ValueError:
+      raise ValueError(
+        f"{path} looks like a checkpoint but its name is not a step number"
+      ) from None
+  if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
+    return path, None
+  raise FileNotFoundError(
+    f"no checkpoint at {path}: expected a training work directory (holding "
+    f"{CHECKPOINT_DIR}/), its {CHECKPOINT_DIR}/ directory, or one checkpoint "
+    f"{CHECKPOINT_DIR}/<step>/"
+  )
+
+
+def restore_variables(
+  path: str | os.PathLike, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """The config and model variables of a checkpoint, for inference.
+
+  Args:
+    path: a training work directory (its latest checkpoint), its `checkpoints/`
+      directory, or one checkpoint directory `.../checkpoints/<step>`.
+    step: a checkpoint step of the work directory instead of the latest.
+
+  Returns:
+    `(config, variables)`: the run's config (with `model.num_classes` resolved: build
+    the model with `fsaf.create_model(config.model, config.model.num_classes)`) and
+    `{'params', 'batch_stats'}` as host numpy arrays (place them with
+    `jax.device_put`; nothing of the optimiser state is read).
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path` (or not `step`).
+  """
+  path = epath.Path(os.path.expanduser(os.fspath(path)))
+  directory, found_step = _find_checkpoint(path)
+  manager = ocp.CheckpointManager(
+    directory,
+    item_names=ITEM_NAMES,
+    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+  )
+  try:
+    if step is None:
+      step = found_step if found_step is not None else manager.latest_step()
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(
+        f"no checkpoint {'' if step is None else f'for step {step} '}in {directory} "
+        f"(steps there: {list(manager.all_steps())})"
+      )
+    metadata = manager.item_metadata(step)["variables"]
+    abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), metadata
+    )
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        config=ocp.args.JsonRestore(),
+        variables=ocp.args.StandardRestore(abstract),
+      ),
+    )
+  finally:
+    manager.close()
+  variables = jax.tree.map(np.asarray, dict(restored.variables))
+  return config_from_json(restored.config), variables

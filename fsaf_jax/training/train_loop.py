@@ -1,0 +1,441 @@
+"""The training loop: data, state, checkpoints, metrics, evaluation.
+
+`train_and_evaluate(config, workdir)` is what `python train.py` runs:
+
+1. `jax.distributed` if the environment asks for it; the dataset made ready
+   (`data_setup.prepare_dataset`: synthetic data, TFDS build); `model.num_classes`
+   (-1: from the data) and `train.steps_per_epoch` (-1: `num_train_ids // P`)
+   resolved into the config that is saved with every checkpoint.
+2. Mesh, train state (random or `config.init.pretrained`), the jitted data-parallel
+   step (state replicated and donated, batch sharded), the P x K train iterator.
+3. Resume: the latest checkpoint in `WORKDIR/checkpoints` (train state and iterator
+   position: the next batch is the one an uninterrupted run would see), refused if
+   its config differs in a field that matters (`checkpoint.RESUMABLE_FIELDS`).
+4. Steps until `num_epochs * steps_per_epoch`: a progress bar (loss, lr, images/s);
+   every `log_every_steps` the averaged metrics to TensorBoard (`WORKDIR/tb`,
+   tensorboardX) and stdout; a checkpoint every `checkpoint_every_steps` and at the
+   end; evaluation every `eval_every_epochs` and at the end
+   (`fsaf_jax.evaluation.evaluator.evaluate_model`: `WORKDIR/eval/metrics.json` and
+   the ranked-list figure). With `config.eval.compare_baselines`, the end also scores
+   the untrained network and the colour-histogram baseline (`baselines`).
+5. SIGTERM / SIGINT: a checkpoint at the next step boundary, then a clean return
+   (`TrainResult.signal`).
+6. A NaN / inf loss, gradient or parameter norm stops the run with FloatingPointError
+   naming the first bad step. Metrics are checked (fetched from the device) only at
+   log, checkpoint and evaluation steps, so the step loop stays asynchronous; every
+   step's metrics are kept until then, so the reported step is the first bad one and
+   no checkpoint ever holds a non-finite state.
+
+Only process 0 writes logs, event files and metrics; every process takes part in
+checkpointing and evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from data_pipelines import input_pipeline
+from data_pipelines.datasets import source as source_lib
+from fsaf_jax.models import fsaf
+from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.training import data_setup
+from fsaf_jax.training.distributed import maybe_initialize_distributed
+from fsaf_jax.training.mesh import make_mesh
+from fsaf_jax.training.preemption import StopOnSignal
+from fsaf_jax.training.train_state import create_train_state
+from fsaf_jax.training.train_step import check_finite, make_train_step
+
+TB_SUBDIR = "tb"
+INDICES_SUBDIR = "batch_indices"
+FINITE_KEYS = ("loss", "grad_norm", "param_norm")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a call of `train_and_evaluate` did.
+
+  Attributes:
+    step: the train state's step at return.
+    total_steps: `num_epochs * steps_per_epoch`.
+    signal: the signal number that stopped the run early, or None.
+    eval: the last evaluation's metrics.json content (None if none ran).
+    baselines: the comparison of `baselines.compare_baselines`, or None.
+    config: the resolved config (paths, num_classes, steps_per_epoch).
+  """
+
+  step: int
+  total_steps: int
+  signal: int | None = None
+  eval: dict[str, Any] | None = None
+  baselines: dict[str, Any] | None = None
+  config: ml_collections.ConfigDict | None = None
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops orbax's INFO records (dozens per checkpoint); its warnings still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_ORBAX_FILTER = _QuietOrbax()
+
+
+def resolve_config(
+  config: ml_collections.ConfigDict, num_train_ids: int
+) -> ml_collections.ConfigDict:
+  """A copy with `model.num_classes` and `train.steps_per_epoch` taken from the data.
+
+  Args:
+    config: the run config (data paths already resolved).
+    num_train_ids: training identities of the dataset.
+
+  Raises:
+    ValueError: `model.num_classes` is positive and differs from `num_train_ids`, or
+      there are fewer training identities than P.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.model.num_classes not in (-1, num_train_ids):
+    raise ValueError(
+      f"config.model.num_classes={config.model.num_classes} but {config.input.dataset!r} "
+      f"in {config.input.data_dir} has {num_train_ids} training identities: set "
+      "config.model.num_classes=-1 (take it from the data) or fix it"
+    )
+  config.model.num_classes = num_train_ids
+  p = config.input.num_identities
+  if config.train.steps_per_epoch == -1:
+    if num_train_ids < p:
+      raise ValueError(
+        f"{config.input.dataset!r} has {num_train_ids} training identities, fewer than "
+        f"P = config.input.num_identities = {p}"
+      )
+    config.train.steps_per_epoch = num_train_ids // p
+  elif config.train.steps_per_epoch <= 0:
+    raise ValueError(
+      f"config.train.steps_per_epoch must be -1 (num_train_ids // P) or positive, got "
+      f"{config.train.steps_per_epoch}"
+    )
+  return config
+
+
+class MetricLogger:
+  """Scalars to TensorBoard event files (tensorboardX) and one line to stdout.
+
+  Does nothing on processes other than 0.
+  """
+
+  def __init__(self, logdir: epath.Path, enabled: bool):
+    self._writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # noqa: PLC0415 (process 0 only)
+
+      self._writer = SummaryWriter(logdir=os.fspath(logdir))
+
+  def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
+    if self._writer is None:
+      return
+    for name, value in scalars.items():
+      self._writer.add_scalar(f"{prefix}/{name}", value, step)
+    self._writer.flush()
+    text = " ".join(f"{k}={v:.5g}" for k, v in scalars.items())
+    _print(f"[{prefix} step {step}] {text}")
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def _print(line: str) -> None:
+  """A line to stdout that does not break the progress bar."""
+  try:
+    import tqdm  # noqa: PLC0415
+
+    tqdm.tqdm.write(line, file=sys.stdout)
+  except ImportError:  # pragma: no cover
+    print(line, flush=True)
+  sys.stdout.flush()
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+  import tqdm  # noqa: PLC0415
+
+  return tqdm.tqdm(
+    total=total,
+    initial=initial,
+    disable=not enabled,
+    unit="step",
+    dynamic_ncols=True,
+    desc="train",
+    file=sys.stderr,
+    mininterval=1.0,
+  )
+
+
+class BatchIndexLog:
+  """Appends each step's source record indices to `WORKDIR/batch_indices/process_<i>.jsonl`.
+
+  One JSON line per step: `{"step": s, "index": [...]}` with `s` the state's step
+  after training on the batch and `index` this process's rows. Lines for steps after
+  the last checkpoint are written again when a killed run resumes: the last line of a
+  step is the batch that counted.
+  """
+
+  def __init__(self, workdir: epath.Path, enabled: bool):
+    self._file = None
+    if enabled:
+      directory = workdir / INDICES_SUBDIR
+      directory.mkdir(parents=True, exist_ok=True)
+      name = f"process_{jax.process_index()}.jsonl"
+      self._file = open(os.fspath(directory / name), "a", buffering=1)  # noqa: SIM115
+
+  def write(self, step: int, index: jax.Array) -> None:
+    if self._file is None:
+      return
+    shards = sorted(index.addressable_shards, key=lambda s: s.index[0].start or 0)
+    rows = np.concatenate([np.asarray(s.data) for s in shards]).tolist()
+    self._file.write(json.dumps({"step": step, "index": rows}) + "\n")
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+
+
+def read_batch_index_log(workdir: str | os.PathLike, process: int = 0) -> dict[int, list[int]]:
+  """{step: record indices} of `BatchIndexLog`, the last line of each step winning."""
+  path = epath.Path(workdir) / INDICES_SUBDIR / f"process_{process}.jsonl"
+  steps = {}
+  for line in path.read_text().splitlines():
+    if line.strip():
+      record = json.loads(line)
+      steps[int(record["step"])] = record["index"]
+  return steps
+
+
+def _check_and_average(
+  pending: list[tuple[int, dict[str, jax.Array]]], last_checkpoint: int | None
+) -> dict[str, float]:
+  """Fetches the pending steps' metrics, checks them finite, returns their means."""
+  host = [(step, jax.device_get(m)) for step, m in pending]
+  for step, metrics in host:
+    try:
+      check_finite(metrics, step, FINITE_KEYS)
+    except FloatingPointError as e:
+      where = (
+        f"the last checkpoint is step {last_checkpoint}"
+        if last_checkpoint is not None
+        else "no checkpoint was saved"
+      )
+      raise FloatingPointError(f"{e} ({where}; nothing was saved after it)") from None
+  keys = host[-1][1].keys()
+  return {k: float(np.mean([m[k] for _, m in host])) for k in keys}
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  *,
+  config_name: str | None = None,
+) -> TrainResult:
+  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
+
+  Args:
+    config: the run config (`configs/base.py` schema).
+    workdir: work directory: `checkpoints/`, `tb/`, `eval/`, `data/` (when the data
+      paths are left empty), `config.json`.
+    config_name: the config's name (e.g. 'fsaf_market'), recorded with the metrics.
+
+  Returns:
+    A `TrainResult`.
+
+  Raises:
+    checkpoint.IncompatibleCheckpointError: `workdir` holds a checkpoint of another
+      config.
+    FloatingPointError: a non-finite loss / gradient / parameter norm (first bad
+      step named; the last checkpoint is the last good state).
+    ValueError: inconsistent config (num_classes, P x K vs devices, ...).
+  """
+  maybe_initialize_distributed()
+  logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # a no-op if already there
+  workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+
+  config = data_setup.prepare_dataset(config, workdir)
+  dataset, data_dir = config.input.dataset, config.input.data_dir
+  num_train_ids = source_lib.num_train_identities(dataset, data_dir)
+  config = resolve_config(config, num_train_ids)
+  steps_per_epoch = int(config.train.steps_per_epoch)
+  total_steps = int(config.train.num_epochs) * steps_per_epoch
+  image_size = tuple(int(s) for s in config.input.image_size)
+  global_batch = config.input.num_identities * config.input.num_instances
+  if is_main:
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+  logging.info(
+    "%s: %d training identities, %d steps/epoch x %d epochs = %d steps, batch %d, %d devices",
+    dataset,
+    num_train_ids,
+    steps_per_epoch,
+    config.train.num_epochs,
+    total_steps,
+    global_batch,
+    jax.device_count(),
+  )
+
+  mesh = make_mesh()
+  model = fsaf.create_model(config.model, num_train_ids)
+  state = create_train_state(
+    config,
+    model,
+    jax.random.key(config.seed),
+    num_train_ids,
+    image_size,
+    steps_per_epoch=steps_per_epoch,
+    mesh=mesh,
+  )
+  init_variables = None
+  if config.eval.compare_baselines:
+    init_variables = jax.device_get(state.variables)
+  train_source = source_lib.load_source(dataset, "train", data_dir)
+  train_iter = input_pipeline.create_train_iterator(
+    train_source, config, mesh, seed=int(config.seed), num_train_ids=num_train_ids
+  )
+  manager = checkpoint_lib.create_checkpoint_manager(workdir, config.train.keep_checkpoints)
+  state = checkpoint_lib.restore_checkpoint(manager, state, train_iter, config)
+  start_step = int(state.step)
+  last_checkpoint = manager.latest_step()
+  if start_step:
+    logging.info("Resuming from step %d of %d", start_step, total_steps)
+  train_step = make_train_step(model, config.loss, mesh)
+
+  log_every = max(1, int(config.train.log_every_steps))
+  ckpt_every = max(1, int(config.train.checkpoint_every_steps))
+  eval_every = int(config.train.eval_every_epochs) * steps_per_epoch
+
+  def save(step):
+    nonlocal last_checkpoint
+    if checkpoint_lib.save_checkpoint(manager, step, state, train_iter, config):
+      last_checkpoint = step
+
+  def evaluate(step):
+    from fsaf_jax.evaluation import evaluator  # noqa: PLC0415
+
+    result = evaluator.evaluate_model(
+      config,
+      state.variables,
+      outdir=workdir,
+      mesh=mesh,
+      data_dir=data_dir,
+      step=step,
+      config_name=config_name,
+    )
+    metrics = result["metrics"]
+    logger.write(
+      step,
+      {k: metrics[k] for k in ("rank1", "rank5", "mAP", "mINP") if k in metrics},
+      prefix="eval",
+    )
+    return result
+
+  logger = MetricLogger(workdir / TB_SUBDIR, is_main)
+  index_log = BatchIndexLog(workdir, bool(config.train.log_batch_indices))
+  bar = _progress_bar(total_steps, start_step, is_main)
+  result = TrainResult(step=start_step, total_steps=total_steps, config=config)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  step = start_step
+  try:
+    with StopOnSignal() as stop:
+      window_start, window_steps = None, 0
+      while step < total_steps:
+        # Multi-process: agree on stopping at log steps only (it is a collective).
+        if (jax.process_count() == 1 or step % log_every == 0) and stop.agreed():
+          break
+        batch = next(train_iter)
+        index_log.write(step + 1, batch["index"])
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        if window_start is None:  # the first step compiles: time from its end
+          jax.block_until_ready(metrics)
+          window_start, window_steps = time.perf_counter(), 0
+        else:
+          window_steps += 1
+        bar.update(1)
+
+        at_eval = bool(eval_every) and step % eval_every == 0 and step < total_steps
+        at_ckpt = step % ckpt_every == 0 or step == total_steps
+        if step % log_every == 0 or at_ckpt or at_eval or step == total_steps:
+          means = _check_and_average(pending, last_checkpoint)
+          pending.clear()
+          if step % log_every == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            if window_steps and elapsed > 0:
+              means["images_per_s"] = window_steps * global_batch / elapsed
+              means["steps_per_s"] = window_steps / elapsed
+            means["epoch"] = step / steps_per_epoch
+            logger.write(step, means)
+            bar.set_postfix(
+              loss=f"{means['loss']:.4f}",
+              lr=f"{means['lr']:.3g}",
+              img_s=f"{means.get('images_per_s', 0.0):.1f}",
+              refresh=False,
+            )
+            window_start, window_steps = time.perf_counter(), 0
+        if at_ckpt:
+          save(step)
+        if at_eval:
+          result.eval = evaluate(step)
+          window_start, window_steps = time.perf_counter(), 0
+
+      if step < total_steps:  # stopped by a signal
+        if pending:
+          _check_and_average(pending, last_checkpoint)
+          pending.clear()
+        save(step)
+        result.signal = stop.signum
+        logging.warning(
+          "Stopped by signal %s at step %d of %d; checkpoint saved in %s. Run the same "
+          "command again to resume.",
+          stop.signum,
+          step,
+          total_steps,
+          manager.directory,
+        )
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    train_iter.close()
+    index_log.close()
+  result.step = step
+
+  if result.signal is None:
+    # Train to the end: evaluate (also when a finished run is started again).
+    save(step)
+    manager.wait_until_finished()
+    result.eval = evaluate(step)
+    if config.eval.compare_baselines:
+      from fsaf_jax.training import baselines  # noqa: PLC0415
+
+      result.baselines = baselines.compare_baselines(
+        config,
+        result.eval,
+        init_variables,
+        outdir=workdir if is_main else None,
+        mesh=mesh,
+        config_name=config_name,
+      )
+  logger.close()
+  manager.close()
+  return result

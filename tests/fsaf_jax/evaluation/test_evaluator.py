@@ -1,0 +1,383 @@
+"""Tests of `evaluator.evaluate_model` on a tiny Market-1501 tree built with the real
+builder, and the tiny FSAF model.
+
+References are independent of the evaluator: embeddings from `model.apply` on images
+decoded with PIL one at a time and L2-normalised in NumPy; metrics from the per-query
+NumPy loop (`tests/reference/reid_metrics_numpy.py`) and the dense NumPy re-ranking
+(`tests/reference/rerank_numpy.py`).
+"""
+
+import functools
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import PIL.Image
+import pytest
+
+from configs import tiny
+from data_pipelines.datasets import source as source_lib
+from fsaf_jax.evaluation import distance, evaluator, metrics
+from fsaf_jax.models import fsaf
+from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.training.mesh import make_mesh
+from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+MAX_RANK = 10
+K1, K2, LAMBDA = 6, 3, 0.3
+METRIC_KEYS = {"rank1", "rank5", "rank10", "mAP", "mINP", "num_valid", "num_skipped", "cmc"}
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*queries have no positive:UserWarning")
+
+
+def make_config(data_dir, **eval_fields) -> ml_collections.ConfigDict:
+  config = tiny.get_config()
+  config.input.data_dir = str(data_dir)
+  config.eval.max_rank = MAX_RANK
+  config.eval.rerank_k1, config.eval.rerank_k2, config.eval.rerank_lambda = K1, K2, LAMBDA
+  config.eval.num_figure_queries = 4
+  config.eval.update(eval_fields)
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tiny_market.build(tmp_path_factory.mktemp("tiny_market"))
+
+
+@pytest.fixture(scope="module")
+def sources(data_dir):
+  return evaluator.load_eval_sources(tiny_market.DATASET, data_dir)
+
+
+@pytest.fixture(scope="module")
+def model_and_variables():
+  config = tiny.get_config()
+  model = fsaf.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
+  h, w = config.input.image_size
+  variables = jax.jit(functools.partial(model.init, train=False))(
+    jax.random.key(0), jnp.zeros((1, h, w, 3))
+  )
+  # Non-trivial BatchNorm statistics, so inference BN is not the identity.
+  rng = np.random.default_rng(0)
+  stats = jax.tree.map(
+    lambda v: v + rng.uniform(0.0, 0.5, v.shape).astype(v.dtype), variables["batch_stats"]
+  )
+  return model, {"params": variables["params"], "batch_stats": stats}
+
+
+@pytest.fixture(scope="module")
+def variables(model_and_variables):
+  return model_and_variables[1]
+
+
+@pytest.fixture(scope="module")
+def features(data_dir, sources, variables):
+  feats, _ = evaluator.extract_eval_features(make_config(data_dir), variables, *sources)
+  return feats
+
+
+@pytest.fixture(scope="module")
+def evaluated(data_dir, variables, tmp_path_factory):
+  """evaluate_model with re-ranking, writing into a fresh outdir."""
+  outdir = tmp_path_factory.mktemp("outdir")
+  config = make_config(data_dir, rerank=True)
+  result = evaluator.evaluate_model(
+    config, variables, outdir=outdir, step=12, config_name="tiny_test"
+  )
+  return config, outdir, result
+
+
+@functools.cache
+def _one_image_bn_feat(model):
+  """`bn_feat` [C] of one normalised image [1, H, W, 3] (jitted once per model)."""
+  return jax.jit(lambda variables, x: model.apply(variables, x, train=False)["bn_feat"][0])
+
+
+def reference_embeddings(model, variables, src, image_size, flip=False):
+  """bn_feat of each image alone (PIL decode + bilinear resize), L2-normalised."""
+  h, w = image_size
+  bn_feat = _one_image_bn_feat(model)
+  out = []
+  for i in range(len(src)):
+    image = PIL.Image.open(io.BytesIO(src[i]["image"])).convert("RGB")
+    x = (np.asarray(image.resize((w, h), PIL.Image.BILINEAR), np.float32) / 255.0 - MEAN) / STD
+    feat = np.asarray(bn_feat(variables, x[None]), np.float64)
+    if flip:
+      mirrored = bn_feat(variables, np.ascontiguousarray(x[None, :, ::-1]))
+      feat = 0.5 * (feat + np.asarray(mirrored, np.float64))
+    out.append(feat / np.linalg.norm(feat))
+  return np.stack(out)
+
+
+def assert_metrics_equal(got, cmc, mAP, mINP, num_valid, num_skipped):
+  np.testing.assert_allclose(got["cmc"], cmc, atol=1e-6)
+  np.testing.assert_allclose([got["mAP"], got["mINP"]], [mAP, mINP], atol=1e-6)
+  assert (got["num_valid"], got["num_skipped"]) == (num_valid, num_skipped)
+  assert got["rank1"] == pytest.approx(cmc[0], abs=1e-6)
+  assert got["rank5"] == pytest.approx(cmc[4], abs=1e-6)
+
+
+# --- Features. --------------------------------------------------------------------------
+
+
+def test_features_match_independent_embedding(model_and_variables, sources, features):
+  model, variables = model_and_variables
+  image_size = tiny.get_config().input.image_size
+  query, gallery = sources
+  assert (len(query), len(gallery)) == (tiny_market.NUM_QUERY, tiny_market.NUM_GALLERY)
+  np.testing.assert_allclose(
+    features.query_feats, reference_embeddings(model, variables, query, image_size), atol=2e-5
+  )
+  np.testing.assert_allclose(
+    features.gallery_feats, reference_embeddings(model, variables, gallery, image_size), atol=2e-5
+  )
+  for feats_pids, feats_camids, names, src in (
+    (features.query_pids, features.query_camids, features.query_names, query),
+    (features.gallery_pids, features.gallery_camids, features.gallery_names, gallery),
+  ):
+    records = list(src)
+    np.testing.assert_array_equal(feats_pids, [r["person_id"] for r in records])
+    np.testing.assert_array_equal(feats_camids, [r["camera_id"] for r in records])
+    assert names.tolist() == [r["file_name"] for r in records]
+
+
+def test_flip_follows_config(model_and_variables, data_dir, sources):
+  model, variables = model_and_variables
+  query, gallery = sources
+  feats, _ = evaluator.extract_eval_features(
+    make_config(data_dir, flip=True), variables, query, gallery
+  )
+  expected = reference_embeddings(
+    model, variables, query, tiny.get_config().input.image_size, flip=True
+  )
+  np.testing.assert_allclose(feats.query_feats, expected, atol=2e-5)
+
+
+# --- Metrics. ---------------------------------------------------------------------------
+
+
+def test_metrics_equal_direct_scoring_and_numpy_reference(evaluated, features):
+  _, _, result = evaluated
+  got = result["metrics"]
+  assert set(got) == METRIC_KEYS
+
+  direct = metrics.evaluate(
+    distance.pairwise_distance(features.query_feats, features.gallery_feats, "cosine"),
+    *features.ids(),
+    max_rank=MAX_RANK,
+  )
+  assert_metrics_equal(
+    got, direct.cmc, direct.mAP, direct.mINP, direct.num_valid, direct.num_skipped
+  )
+
+  q = features.query_feats.astype(np.float64)
+  g = features.gallery_feats.astype(np.float64)
+  distmat = (
+    1.0
+    - (q / np.linalg.norm(q, axis=1, keepdims=True))
+    @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+  )
+  ref = reid_metrics_numpy.eval_market1501(distmat, *features.ids(), max_rank=MAX_RANK)
+  assert_metrics_equal(got, *ref)
+  # The fixture's query 0007 has only a same-camera match: skipped.
+  assert (ref[3], ref[4]) == (tiny_market.NUM_QUERY - 1, 1)
+  assert result["num_valid_queries"] == ref[3]
+  assert 0.0 < got["mAP"] < 1.0  # the fixture is neither trivial nor hopeless
+
+
+def test_rerank_metrics_equal_numpy_reference(evaluated, features):
+  _, _, result = evaluated
+  got = result["metrics_rerank"]
+  assert set(got) == METRIC_KEYS
+  qf, gf = features.query_feats, features.gallery_feats
+  pdist = lambda a, b: np.asarray(distance.pairwise_distance(a, b, "cosine"))  # noqa: E731
+  reranked = rerank_numpy.re_ranking(
+    pdist(qf, gf), pdist(qf, qf), pdist(gf, gf), k1=K1, k2=K2, lambda_value=LAMBDA
+  )
+  ref = reid_metrics_numpy.eval_market1501(reranked, *features.ids(), max_rank=MAX_RANK)
+  assert_metrics_equal(got, *ref)
+
+
+def test_euclidean_metric(data_dir, variables, features):
+  config = make_config(data_dir, metric="euclidean")
+  result = evaluator.evaluate_model(config, variables, outdir=None, write_figure=False)
+  q = features.query_feats.astype(np.float64)
+  g = features.gallery_feats.astype(np.float64)
+  distmat = (q**2).sum(1)[:, None] + (g**2).sum(1)[None] - 2 * q @ g.T
+  ref = reid_metrics_numpy.eval_market1501(distmat, *features.ids(), max_rank=MAX_RANK)
+  assert_metrics_equal(result["metrics"], *ref)
+  assert result["metrics_rerank"] is None
+  assert result["metrics_path"] is None and result["figure_path"] is None
+
+
+# --- Outputs. ---------------------------------------------------------------------------
+
+
+def test_metrics_json(evaluated, features):
+  config, outdir, result = evaluated
+  path = outdir / "eval" / "metrics.json"
+  assert result["metrics_path"] == str(path)
+  saved = json.loads(path.read_text())
+  assert saved == json.loads(json.dumps(result))
+  assert saved["config_name"] == "tiny_test"
+  assert saved["dataset"] == "market1501"
+  assert saved["step"] == 12
+  assert (saved["num_query"], saved["num_gallery"]) == (
+    tiny_market.NUM_QUERY,
+    tiny_market.NUM_GALLERY,
+  )
+  assert saved["num_valid_queries"] == saved["metrics"]["num_valid"]
+  assert saved["feature_dim"] == features.query_feats.shape[1]
+  assert saved["eval"]["metric"] == "cosine" and saved["eval"]["rerank"] is True
+  assert saved["config"]["input"]["dataset"] == config.input.dataset
+  assert saved["config"]["eval"]["max_rank"] == MAX_RANK
+  for key in ("extract_query_s", "extract_gallery_s", "images_per_s", "score_s", "rerank_s"):
+    assert saved["timing"][key] > 0
+  assert saved["timing"]["total_s"] >= saved["timing"]["extract_query_s"]
+
+
+def test_ranked_list_png(evaluated):
+  config, outdir, result = evaluated
+  path = outdir / "eval" / "ranked_list.png"
+  assert result["figure_path"] == str(path)
+  assert path.stat().st_size > 0
+  with PIL.Image.open(path) as image:
+    assert image.format == "PNG"
+    image.load()
+    w, h = image.size
+  assert w > 0 and h > 0
+  assert w > h  # 4 rows of a query and its top-10
+
+
+def test_no_figure_when_disabled(data_dir, variables, tmp_path):
+  result = evaluator.evaluate_model(
+    make_config(data_dir), variables, outdir=tmp_path, write_figure=False
+  )
+  assert (tmp_path / "eval" / "metrics.json").is_file()
+  assert not (tmp_path / "eval" / "ranked_list.png").exists()
+  assert result["figure_path"] is None
+
+
+# --- The figure's inputs. ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rerank", [False, True])
+def test_figure_gets_the_drawn_queries(features, sources, monkeypatch, tmp_path, rerank):
+  """The figure sees the chosen queries' distance rows, ids and decoded images."""
+  calls = []
+  monkeypatch.setattr(
+    evaluator.figure_lib, "ranked_list_figure", lambda *a, **k: calls.append((a, k))
+  )
+  query, gallery = sources
+  full = np.asarray(distance.pairwise_distance(features.query_feats, features.gallery_feats))
+  reranked = full[:, ::-1].copy() if rerank else None  # any [M, N] matrix will do
+  drawn = evaluator.write_ranked_list_figure(
+    tmp_path / "f.png", features, query, gallery, metric="cosine", num_queries=3,
+    reranked=reranked, title="t",
+  )  # fmt: skip
+  chosen = evaluator.figure_queries(features, 3)
+  assert drawn == 3 and len(calls) == 1
+  (dist, q_pids, g_pids, q_camids, g_camids), kwargs = calls[0]
+  np.testing.assert_allclose(dist, (reranked if rerank else full)[chosen], atol=1e-6)
+  np.testing.assert_array_equal(q_pids, features.query_pids[chosen])
+  np.testing.assert_array_equal(q_camids, features.query_camids[chosen])
+  np.testing.assert_array_equal(g_pids, features.gallery_pids)
+  np.testing.assert_array_equal(g_camids, features.gallery_camids)
+  assert list(kwargs["query_indices"]) == [0, 1, 2] and kwargs["top_k"] == 10
+  assert kwargs["path"] == tmp_path / "f.png" and kwargs["title"] == "t"
+  for i, q in enumerate(chosen):
+    expected = np.asarray(PIL.Image.open(io.BytesIO(query[int(q)]["image"])).convert("RGB"))
+    np.testing.assert_array_equal(kwargs["query_images"](i), expected)
+  expected = np.asarray(PIL.Image.open(io.BytesIO(gallery[5]["image"])).convert("RGB"))
+  np.testing.assert_array_equal(kwargs["gallery_images"](5), expected)
+
+
+def test_figure_queries_have_positives_and_spread(features):
+  chosen = evaluator.figure_queries(features, 3)
+  q_pids, g_pids, q_camids, g_camids = features.ids()
+  valid = [
+    i for i in range(len(q_pids)) if np.any((g_pids == q_pids[i]) & (g_camids != q_camids[i]))
+  ]
+  assert len(chosen) == 3 and set(chosen) <= set(valid)
+  assert chosen[0] == valid[0] and chosen[-1] == valid[-1]
+  assert list(evaluator.figure_queries(features, 100)) == valid
+  assert len(evaluator.figure_queries(features, 0)) == 0
+
+
+# --- Settings and errors. ---------------------------------------------------------------
+
+
+def test_eval_batch_size_fits_the_mesh(num_devices):
+  mesh = make_mesh()
+  assert evaluator.eval_batch_size(16, mesh, 1000) == 16
+  assert evaluator.eval_batch_size(6, mesh, 1000) == -(-6 // num_devices) * num_devices
+  # Capped at the image count (rounded up to the devices): no batch of padding only.
+  assert evaluator.eval_batch_size(128, mesh, 19) == -(-19 // num_devices) * num_devices
+  with pytest.raises(ValueError, match="eval_batch_size"):
+    evaluator.eval_batch_size(0, mesh, 10)
+
+
+def test_dataset_not_built_says_how_to_build(variables, tmp_path):
+  config = make_config(tmp_path / "empty_data_dir")
+  with pytest.raises(FileNotFoundError, match="python -m data_pipelines.datasets.build"):
+    evaluator.evaluate_model(config, variables, outdir=tmp_path)
+  assert not (tmp_path / "eval").exists()
+
+
+def test_config_must_match_the_variables(data_dir, variables, tmp_path):
+  config = make_config(data_dir)
+  config.model.num_classes = tiny_market.NUM_TRAIN_IDS + 1
+  with pytest.raises(ValueError, match="model.num_classes"):
+    evaluator.evaluate_model(config, variables, outdir=tmp_path)
+  with pytest.raises(ValueError, match="classifier"):
+    evaluator.evaluate_model(make_config(data_dir), {"params": {}}, outdir=tmp_path)
+
+
+def test_unknown_metric_is_named(data_dir, variables, tmp_path):
+  with pytest.raises(ValueError, match="'manhattan'"):
+    evaluator.evaluate_model(make_config(data_dir, metric="manhattan"), variables, outdir=tmp_path)
+
+
+# --- Checkpoint configs. ----------------------------------------------------------------
+
+
+def test_inference_config_checks_network_and_input_size():
+  saved = tiny.get_config()
+  saved.model.num_classes = 751
+  saved.input.data_dir = "/abs/data/tfds"
+  saved.optim.base_lr = 1.0  # training-only fields may differ
+  config = tiny.get_config()
+  config.input.data_dir = ""
+  config.input.dataset = "dukemtmc_reid"  # cross-domain evaluation is allowed
+  config.model.dtype = "bfloat16"  # so is the compute dtype
+  resolved = evaluator.inference_config(config, saved, "/ckpt")
+  assert resolved.model.num_classes == 751 and resolved.input.data_dir == "/abs/data/tfds"
+  assert resolved.input.dataset == "dukemtmc_reid" and config.model.num_classes == -1
+
+  config.input.data_dir = "/elsewhere"
+  assert evaluator.inference_config(config, saved, "/ckpt").input.data_dir == "/elsewhere"
+
+  bad = tiny.get_config()
+  bad.model.widths = (8, 16, 32, 128)
+  bad.input.image_size = (128, 64)
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as e:
+    evaluator.inference_config(bad, saved, "/ckpt")
+  assert "model.widths" in str(e.value) and "input.image_size" in str(e.value)
+  assert "/ckpt" in str(e.value)
+  bad = tiny.get_config()
+  bad.model.num_classes = 10
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.num_classes"):
+    evaluator.inference_config(bad, saved, "/ckpt")
+
+
+def test_load_eval_sources_order(data_dir):
+  query, gallery = evaluator.load_eval_sources(tiny_market.DATASET, data_dir)
+  names = [r["file_name"] for r in gallery]
+  assert names == sorted(names) and not any(n.startswith("-1") for n in names)
+  assert len(query) == len(source_lib.load_source(tiny_market.DATASET, "query", data_dir))

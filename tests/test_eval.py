@@ -1,0 +1,208 @@
+"""Tests of eval.py / `evaluator.evaluate_checkpoint`: checkpoints written by
+`fsaf_jax.training.checkpoint` on a tiny Market-1501 tree (real builder), tiny model.
+
+The restored network must score exactly what the in-memory variables it was saved
+from score (`evaluator.evaluate_model` on them, itself checked against NumPy
+references in tests/fsaf_jax/evaluation/test_evaluator.py).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from data_pipelines import input_pipeline
+from data_pipelines.datasets import source as source_lib
+from fsaf_jax.evaluation import evaluator
+from fsaf_jax.models import fsaf
+from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.training.mesh import make_mesh
+from fsaf_jax.training.train_state import create_train_state
+from tests.reference import tiny_market
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MAX_RANK = 10
+STEPS = (3, 7)
+
+# The subprocess shares the test session's persistent compilation cache.
+_JAX_CACHE_ENV = {
+  "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*queries have no positive:UserWarning")
+
+
+def run_config(data_dir):
+  """The config of the 'training run' (resolved as the train loop saves it)."""
+  config = tiny.get_config()
+  config.input.data_dir = str(data_dir)
+  config.input.num_identities, config.input.num_instances = 2, 2
+  config.model.num_classes = tiny_market.NUM_TRAIN_IDS
+  config.train.steps_per_epoch = 1
+  config.eval.max_rank = MAX_RANK
+  config.eval.num_figure_queries = 3
+  return config
+
+
+def cli_config():
+  """What `--config=configs/tiny.py` plus the test's overrides gives eval.py."""
+  config = tiny.get_config()
+  config.input.data_dir = ""  # the checkpoint's
+  config.eval.max_rank = MAX_RANK
+  config.eval.num_figure_queries = 3
+  return config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A work dir with checkpoints at STEPS (different weights), and their variables."""
+  tmp = tmp_path_factory.mktemp("eval_cli")
+  data_dir = tiny_market.build(tmp)
+  config = run_config(data_dir)
+  mesh = make_mesh()
+  model = fsaf.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
+  state = create_train_state(
+    config,
+    model,
+    jax.random.key(0),
+    tiny_market.NUM_TRAIN_IDS,
+    tuple(config.input.image_size),
+    steps_per_epoch=1,
+    mesh=mesh,
+  )
+  train_iter = input_pipeline.create_train_iterator(
+    source_lib.load_source(tiny_market.DATASET, "train", data_dir), config, mesh, seed=0
+  )
+  workdir = tmp / "workdir"
+  manager = checkpoint_lib.create_checkpoint_manager(workdir, keep=5)
+  saved = {}
+  rng = np.random.default_rng(0)
+  for step in STEPS:
+    # Distinct weights and BN statistics per checkpoint.
+    state = state.replace(
+      step=jax.numpy.asarray(step, jax.numpy.int32),
+      params=jax.tree.map(lambda p: p * (1.0 + 0.2 * rng.standard_normal()), state.params),
+      batch_stats=jax.tree.map(
+        lambda v: v + rng.uniform(0.0, 0.5, v.shape).astype(v.dtype), state.batch_stats
+      ),
+    )
+    checkpoint_lib.save_checkpoint(manager, step, state, train_iter, config)
+    saved[step] = jax.device_get(state.variables)
+  manager.wait_until_finished()
+  manager.close()
+  return workdir, data_dir, config, saved
+
+
+@pytest.fixture(scope="module")
+def expected(run):
+  """evaluate_model on the in-memory variables of each checkpoint."""
+  _, data_dir, config, saved = run
+  return {
+    step: evaluator.evaluate_model(config, saved[step], outdir=None, write_figure=False)
+    for step in STEPS
+  }
+
+
+def assert_same_metrics(got, want):
+  np.testing.assert_allclose(got["cmc"], want["cmc"], atol=1e-6)
+  np.testing.assert_allclose([got["mAP"], got["mINP"]], [want["mAP"], want["mINP"]], atol=1e-6)
+  assert (got["num_valid"], got["num_skipped"]) == (want["num_valid"], want["num_skipped"])
+
+
+def test_checkpoints_score_differently(expected):
+  # Otherwise the step-selection tests below could not tell the checkpoints apart.
+  a, b = (expected[s]["metrics"] for s in STEPS)
+  assert (a["mAP"], a["mINP"]) != (b["mAP"], b["mINP"])
+
+
+def test_latest_checkpoint_of_workdir(run, expected, tmp_path):
+  workdir, _, _, _ = run
+  result = evaluator.evaluate_checkpoint(cli_config(), workdir=workdir, outdir=tmp_path)
+  assert result["step"] == STEPS[-1]
+  assert result["checkpoint"] == str(workdir)
+  assert_same_metrics(result["metrics"], expected[STEPS[-1]]["metrics"])
+  saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert saved["step"] == STEPS[-1] and saved["metrics"] == result["metrics"]
+  assert (tmp_path / "eval" / "ranked_list.png").stat().st_size > 0
+
+
+def test_checkpoint_flag_selects_the_step(run, expected):
+  workdir, _, _, _ = run
+  path = workdir / "checkpoints" / str(STEPS[0])
+  result = evaluator.evaluate_checkpoint(cli_config(), checkpoint=path, write_figure=False)
+  assert result["step"] == STEPS[0] and result["checkpoint"] == str(path)
+  assert_same_metrics(result["metrics"], expected[STEPS[0]]["metrics"])
+  # Default output: the work dir holding the checkpoint.
+  assert result["metrics_path"] == str(workdir / "eval" / "metrics.json")
+
+
+def test_missing_checkpoint_names_the_path(run, tmp_path):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+    evaluator.evaluate_checkpoint(cli_config(), workdir=tmp_path / "nowhere")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
+    evaluator.evaluate_checkpoint(cli_config(), workdir=tmp_path / "empty")
+  workdir, _, _, _ = run
+  missing = workdir / "checkpoints" / "5"  # a step that was not saved
+  with pytest.raises(FileNotFoundError, match=str(missing)):
+    evaluator.evaluate_checkpoint(cli_config(), checkpoint=missing)
+  with pytest.raises(ValueError, match="--workdir"):
+    evaluator.evaluate_checkpoint(cli_config())
+
+
+def test_dataset_not_built_says_how_to_build(run, tmp_path):
+  workdir, _, _, _ = run
+  config = cli_config()
+  config.input.data_dir = str(tmp_path / "no_data")
+  with pytest.raises(FileNotFoundError, match="python -m data_pipelines.datasets.build"):
+    evaluator.evaluate_checkpoint(config, workdir=workdir, outdir=tmp_path)
+
+
+def test_incompatible_config_is_refused(run, tmp_path):
+  workdir, _, _, _ = run
+  config = cli_config()
+  config.model.mhsa_stages = (5,)
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.mhsa_stages"):
+    evaluator.evaluate_checkpoint(config, workdir=workdir, outdir=tmp_path)
+  assert not (tmp_path / "eval").exists()
+
+
+def _eval_py(*flags, cwd=REPO):
+  cmd = [sys.executable, "eval.py", "--config=configs/tiny.py", *flags]
+  env = {**os.environ, **_JAX_CACHE_ENV, "PYTHONPATH": str(REPO)}
+  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_cli_end_to_end_with_rerank(run, expected, tmp_path):
+  workdir, _, _, _ = run
+  proc = _eval_py(
+    f"--workdir={workdir}",
+    f"--outdir={tmp_path}",
+    "--config.input.data_dir=",
+    f"--config.eval.max_rank={MAX_RANK}",
+    "--config.eval.num_figure_queries=3",
+    "--config.eval.rerank=True",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert saved["config_name"] == "tiny" and saved["step"] == STEPS[-1]
+  assert_same_metrics(saved["metrics"], expected[STEPS[-1]]["metrics"])
+  assert saved["eval"]["rerank"] and set(saved["metrics_rerank"]) == set(saved["metrics"])
+  assert (tmp_path / "eval" / "ranked_list.png").stat().st_size > 0
+  assert "mAP" in proc.stdout + proc.stderr  # the metrics table is printed
+
+
+def test_cli_errors(tmp_path):
+  proc = _eval_py(f"--workdir={tmp_path / 'nowhere'}")
+  assert proc.returncode != 0
+  assert f"ERROR: no checkpoint: {tmp_path / 'nowhere'} does not exist" in proc.stderr
+  proc = _eval_py()
+  assert proc.returncode != 0 and "--workdir" in proc.stderr

@@ -1,0 +1,46 @@
+r"""Trains a ReID model, resuming from the work directory, and evaluates it.
+
+  python train.py --config=configs/fsaf_market.py --workdir=workdirs/market \
+      [--config.train.num_epochs=60 ...]
+
+Runs `fsaf_jax.training.train_loop.train_and_evaluate`: resumes if WORKDIR holds a
+checkpoint, saves on SIGTERM / Ctrl-C (then exits with 128 + the signal number; run the
+same command to continue), evaluates every `eval_every_epochs` and at the end.
+Multi-host: set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (or
+FSAF_DISTRIBUTED=auto) and run the same command on every host.
+"""
+
+import os
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fsaf_jax.training import train_loop
+from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
+from fsaf_jax.training.distributed import maybe_initialize_distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  maybe_initialize_distributed()
+  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+  name = os.path.splitext(os.path.basename(config_path))[0]
+  try:
+    result = train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_name=name)
+  except (FloatingPointError, IncompatibleCheckpointError) as e:
+    logging.error("%s", e)
+    sys.exit(f"ERROR: {e}")
+  if result.signal is not None:
+    logging.info("Exiting after signal %d at step %d", result.signal, result.step)
+    sys.exit(128 + result.signal)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
