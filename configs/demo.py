@@ -7,7 +7,8 @@ training and 100 test identities), builds it with the real `market1501` TFDS bui
 trains ~2,500 steps of 16 x 4, evaluates query/gallery, and prints Rank-1 / mAP of the
 trained network beside the untrained one's (same init) and the colour-histogram
 baseline's (WORKDIR/eval/baselines.json, WORKDIR/eval/metrics.json, ranked_list.png).
-Expected time: ~6-8 min on a 2-core CPU. Measured in the tuning run with these
+Expected time: ~6-11 min on a 2-core CPU (10 min 47 s measured on a loaded machine).
+Measured: one run trained mAP 73.3 / Rank-1 83.5, a tuning run with these
 settings: trained mAP 76.6 / Rank-1 88.0, untrained mAP 3.2, colour histogram mAP 21.0.
 The synthetic data is not Market-1501: the figures show the pipeline learns identity
 from shape and arrangement cues that colour statistics miss, nothing about real ReID.
