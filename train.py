@@ -34,7 +34,6 @@ def main(argv: Sequence[str]) -> None:
   try:
     result = train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_name=name)
   except (FloatingPointError, IncompatibleCheckpointError) as e:
-    logging.error("%s", e)
     sys.exit(f"ERROR: {e}")
   if result.signal is not None:
     logging.info("Exiting after signal %d at step %d", result.signal, result.step)

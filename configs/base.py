@@ -64,7 +64,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # with `generate=True`, train.py writes it into `manual_dir` unless already there
   # (dataset must be 'market1501'). The other fields are `SyntheticConfig`'s.
   config.input.synthetic = ml_collections.ConfigDict(
-      dataclasses.asdict(synthetic.SyntheticConfig())
+    dataclasses.asdict(synthetic.SyntheticConfig())
   )
   config.input.synthetic.generate = False
 

@@ -103,9 +103,8 @@ def compare_baselines(
     path = epath.Path(outdir) / evaluator.EVAL_SUBDIR / BASELINES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-      f"\nQuery / gallery of {config.input.dataset} ({config.input.manual_dir or config.input.data_dir}):"
-    )
+    where = config.input.manual_dir or config.input.data_dir
+    print(f"\nQuery / gallery of {config.input.dataset} ({where}):")
     print(table, flush=True)
     logging.info("Wrote %s", os.fspath(path))
     sys.stdout.flush()

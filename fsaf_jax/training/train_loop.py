@@ -223,23 +223,27 @@ def read_batch_index_log(workdir: str | os.PathLike, process: int = 0) -> dict[i
   return steps
 
 
-def _check_and_average(
+def _fetch_and_check(
   pending: list[tuple[int, dict[str, jax.Array]]], last_checkpoint: int | None
-) -> dict[str, float]:
-  """Fetches the pending steps' metrics, checks them finite, returns their means."""
+) -> list[dict[str, float]]:
+  """Fetches the pending steps' metrics to the host and checks them finite, in order.
+
+  Raises:
+    FloatingPointError: naming the first step with a non-finite loss, gradient or
+      parameter norm, and the last checkpoint.
+  """
   host = [(step, jax.device_get(m)) for step, m in pending]
   for step, metrics in host:
     try:
       check_finite(metrics, step, FINITE_KEYS)
     except FloatingPointError as e:
       where = (
-        f"the last checkpoint is step {last_checkpoint}"
+        f"the last checkpoint, step {last_checkpoint}, holds the last good state"
         if last_checkpoint is not None
         else "no checkpoint was saved"
       )
-      raise FloatingPointError(f"{e} ({where}; nothing was saved after it)") from None
-  keys = host[-1][1].keys()
-  return {k: float(np.mean([m[k] for _, m in host])) for k in keys}
+      raise FloatingPointError(f"{e} ({where})") from None
+  return [m for _, m in host]
 
 
 def train_and_evaluate(
@@ -353,8 +357,10 @@ def train_and_evaluate(
   index_log = BatchIndexLog(workdir, bool(config.train.log_batch_indices))
   bar = _progress_bar(total_steps, start_step, is_main)
   result = TrainResult(step=start_step, total_steps=total_steps, config=config)
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet fetched / checked
+  window_metrics: list[dict[str, float]] = []  # checked, since the last log line
   step = start_step
+  trained = False
   try:
     with StopOnSignal() as stop:
       window_start, window_steps = None, 0
@@ -377,21 +383,21 @@ def train_and_evaluate(
         at_eval = bool(eval_every) and step % eval_every == 0 and step < total_steps
         at_ckpt = step % ckpt_every == 0 or step == total_steps
         if step % log_every == 0 or at_ckpt or at_eval or step == total_steps:
-          means = _check_and_average(pending, last_checkpoint)
+          window_metrics.extend(_fetch_and_check(pending, last_checkpoint))
           pending.clear()
           if step % log_every == 0 or step == total_steps:
+            means = {k: float(np.mean([m[k] for m in window_metrics])) for k in window_metrics[-1]}
+            window_metrics.clear()
             elapsed = time.perf_counter() - window_start
             if window_steps and elapsed > 0:
               means["images_per_s"] = window_steps * global_batch / elapsed
               means["steps_per_s"] = window_steps / elapsed
             means["epoch"] = step / steps_per_epoch
             logger.write(step, means)
-            bar.set_postfix(
-              loss=f"{means['loss']:.4f}",
-              lr=f"{means['lr']:.3g}",
-              img_s=f"{means.get('images_per_s', 0.0):.1f}",
-              refresh=False,
-            )
+            postfix = {"loss": f"{means['loss']:.4f}", "lr": f"{means['lr']:.3g}"}
+            if "images_per_s" in means:
+              postfix["img_s"] = f"{means['images_per_s']:.1f}"
+            bar.set_postfix(postfix, refresh=False)
             window_start, window_steps = time.perf_counter(), 0
         if at_ckpt:
           save(step)
@@ -401,7 +407,7 @@ def train_and_evaluate(
 
       if step < total_steps:  # stopped by a signal
         if pending:
-          _check_and_average(pending, last_checkpoint)
+          _fetch_and_check(pending, last_checkpoint)
           pending.clear()
         save(step)
         result.signal = stop.signum
@@ -413,29 +419,35 @@ def train_and_evaluate(
           total_steps,
           manager.directory,
         )
+    trained = True
   finally:
     bar.close()
-    manager.wait_until_finished()
+    manager.wait_until_finished()  # the last checkpoint is complete, whatever happened
     train_iter.close()
     index_log.close()
+    if not trained:  # an exception is on its way
+      logger.close()
+      manager.close()
   result.step = step
 
-  if result.signal is None:
-    # Train to the end: evaluate (also when a finished run is started again).
-    save(step)
-    manager.wait_until_finished()
-    result.eval = evaluate(step)
-    if config.eval.compare_baselines:
-      from fsaf_jax.training import baselines  # noqa: PLC0415
+  try:
+    if result.signal is None:
+      # Trained to the end: evaluate (also when a finished run is started again).
+      save(step)
+      manager.wait_until_finished()
+      result.eval = evaluate(step)
+      if config.eval.compare_baselines:
+        from fsaf_jax.training import baselines  # noqa: PLC0415
 
-      result.baselines = baselines.compare_baselines(
-        config,
-        result.eval,
-        init_variables,
-        outdir=workdir if is_main else None,
-        mesh=mesh,
-        config_name=config_name,
-      )
-  logger.close()
-  manager.close()
+        result.baselines = baselines.compare_baselines(
+          config,
+          result.eval,
+          init_variables,
+          outdir=workdir if is_main else None,
+          mesh=mesh,
+          config_name=config_name,
+        )
+  finally:
+    logger.close()
+    manager.close()
   return result

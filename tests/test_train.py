@@ -1,0 +1,191 @@
+"""End-to-end tests of `python train.py` in subprocesses: exact resume after SIGKILL and
+SIGTERM, NaN stop, and the CPU demo (`configs/demo.py`).
+
+The tiny run (tests/reference/tiny_synthetic_run.py, 10 epochs = 20 steps, a checkpoint
+every 2 steps, batch indices logged) is killed after a checkpoint at a random step,
+restarted with the same command, and must end with the parameters of an uninterrupted
+run (<= 1e-6) having trained on exactly the sampler's batch sequence.
+"""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from data_pipelines.datasets import source as source_lib
+from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.training import data_setup, train_loop
+from tests.reference import tiny_synthetic_run as run
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NUM_EPOCHS = 10
+TOTAL_STEPS = NUM_EPOCHS * run.STEPS_PER_EPOCH
+EPOCH_FLAG = f"--config.train.num_epochs={NUM_EPOCHS}"
+
+
+def subprocess_env(simulated_devices: bool = True) -> dict[str, str]:
+  env = dict(os.environ)
+  env["JAX_COMPILATION_CACHE_DIR"] = str(ROOT / ".cache" / "jax")
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  if not simulated_devices:
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
+  return env
+
+
+def train_command(config_file, workdir, *extra) -> list[str]:
+  return [sys.executable, "train.py", f"--config={config_file}", f"--workdir={workdir}", *extra]
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tiny_data")
+  data_setup.prepare_dataset(run.config(root), root / "unused_workdir")
+  return root
+
+
+@pytest.fixture(scope="module")
+def config_file(data_root, tmp_path_factory):
+  return run.write_config_file(tmp_path_factory.mktemp("cfg") / "tiny_run.py", data_root)
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+  """Uninterrupted run, in process (same devices and code as the subprocesses):
+  (final variables, {step: record indices})."""
+  workdir = tmp_path_factory.mktemp("reference")
+  c = run.config(data_root)
+  c.train.num_epochs = NUM_EPOCHS
+  train_loop.train_and_evaluate(c, workdir)
+  _, variables = checkpoint_lib.restore_variables(workdir)
+  log = train_loop.read_batch_index_log(workdir)
+  train = source_lib.load_source("market1501", "train", str(data_root / "tfds"))
+  person_ids = np.array([train[i]["person_id"] for i in range(len(train))])
+  expected = run.expected_batches(person_ids, TOTAL_STEPS)
+  assert [log[s] for s in range(1, TOTAL_STEPS + 1)] == expected
+  return variables, log
+
+
+def interrupt_and_resume(config_file, workdir, sig: int, at_step: int):
+  """Starts train.py, sends `sig` once checkpoint `at_step` exists, then reruns it.
+
+  Returns:
+    (exit code of the interrupted run, checkpoint steps after it, the rerun's result).
+  """
+  proc = subprocess.Popen(
+    train_command(config_file, workdir, EPOCH_FLAG),
+    cwd=ROOT,
+    env=subprocess_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  deadline = time.monotonic() + 600
+  while at_step not in checkpoint_steps(workdir):
+    assert proc.poll() is None, f"train.py ended before checkpoint {at_step}:\n{proc.stdout.read()}"
+    assert time.monotonic() < deadline, "no checkpoint after 600 s"
+    time.sleep(0.01)
+  proc.send_signal(sig)
+  output, _ = proc.communicate(timeout=600)
+  interrupted = (proc.returncode, checkpoint_steps(workdir), output)
+  rerun = subprocess.run(
+    train_command(config_file, workdir, EPOCH_FLAG),
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  return interrupted, rerun
+
+
+def assert_same_as_reference(workdir, reference):
+  expected_vars, expected_log = reference
+  _, variables = checkpoint_lib.restore_variables(workdir)
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), variables, expected_vars)
+  assert max(jax.tree.leaves(diffs)) <= 1e-6
+  # The batch each step finally trained on (the last line of a step wins: steps after
+  # the last checkpoint of a killed run are redone) is the uninterrupted sequence.
+  assert train_loop.read_batch_index_log(workdir) == expected_log
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(config_file, reference, tmp_path):
+  at_step = int(np.random.default_rng().choice(np.arange(2, TOTAL_STEPS - 4, 2)))
+  (code, steps, output), _ = interrupt_and_resume(config_file, tmp_path, signal.SIGKILL, at_step)
+  assert code == -signal.SIGKILL, output
+  assert TOTAL_STEPS not in steps, f"killed after the end (checkpoint {at_step}): {steps}"
+  assert_same_as_reference(tmp_path, reference)
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_is_exact(config_file, reference, tmp_path):
+  at_step = int(np.random.default_rng().choice(np.arange(2, TOTAL_STEPS - 4, 2)))
+  (code, steps, output), _ = interrupt_and_resume(config_file, tmp_path, signal.SIGTERM, at_step)
+  assert code == 128 + signal.SIGTERM, output
+  assert "Stopped by signal" in output
+  stopped_at = max(steps)
+  assert at_step <= stopped_at < TOTAL_STEPS
+  # A clean save at the signal: no step ran past the last checkpoint.
+  log_lines = (tmp_path / "batch_indices" / "process_0.jsonl").read_text().splitlines()
+  first_run = [json.loads(line)["step"] for line in log_lines][:stopped_at]
+  assert first_run == list(range(1, stopped_at + 1))
+  assert len(log_lines) == TOTAL_STEPS  # every step exactly once over both runs
+  assert_same_as_reference(tmp_path, reference)
+
+
+def test_nan_loss_stops_with_a_message(config_file, tmp_path):
+  result = subprocess.run(
+    train_command(config_file, tmp_path, "--config.optim.base_lr=1e30"),
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 1
+  # The update of step 1 overflows the parameters: caught before anything is saved.
+  assert re.search(r"ERROR: \w+ is (nan|inf) at step 1\b", result.stderr), result.stderr[-3000:]
+  assert "no checkpoint was saved" in result.stderr
+  assert checkpoint_steps(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_demo_reaches_its_targets(tmp_path):
+  """`python train.py --config=configs/demo.py` (1 CPU device, as a user runs it)."""
+  start = time.monotonic()
+  result = subprocess.run(
+    train_command("configs/demo.py", tmp_path),
+    cwd=ROOT,
+    env=subprocess_env(simulated_devices=False),
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
+  elapsed = time.monotonic() - start
+  assert result.returncode == 0, result.stderr[-3000:]
+  baselines = json.loads((tmp_path / "eval" / "baselines.json").read_text())
+  trained = baselines["trained"]["mAP"]
+  print(f"demo: {elapsed:.0f} s\n{baselines['table']}")
+  assert trained >= 0.75
+  assert trained - baselines["untrained"]["mAP"] >= 0.3
+  assert trained - baselines["colour_histogram"]["mAP"] >= 0.3
+  assert baselines["table"] in result.stdout
+  assert (tmp_path / "eval" / "metrics.json").exists()
+  assert (tmp_path / "eval" / "ranked_list.png").exists()
