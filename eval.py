@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fsaf_jax import host_allocator
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
 from fsaf_jax.training.distributed import maybe_initialize_distributed
@@ -41,6 +42,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not (_WORKDIR.value or _CHECKPOINT.value):
     raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
+  host_allocator.configure()  # CPU only: keep XLA's buffers mapped between steps
   maybe_initialize_distributed()
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   try:

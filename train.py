@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fsaf_jax import host_allocator
 from fsaf_jax.training import train_loop
 from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
 from fsaf_jax.training.distributed import maybe_initialize_distributed
@@ -28,6 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, lo
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host_allocator.configure()  # CPU only: keep XLA's buffers mapped between steps
   maybe_initialize_distributed()
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_path))[0]

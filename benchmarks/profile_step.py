@@ -138,6 +138,9 @@ def profile(fn, args, steps: int) -> dict[str, float]:
 
 def main(argv):
   del argv
+  from fsaf_jax import host_allocator
+
+  host_allocator.configure()  # as the entry points and benchmarks/run.py
   import jax
   import numpy as np
 

@@ -1,7 +1,8 @@
 r"""The fsaf-jax benchmark suite: one command, one table.
 
   python benchmarks/run.py            # ~10 min on a 2-core CPU (unloaded)
-  python benchmarks/run.py --quick    # ~3 min: baseline model, float32, fewer rounds
+  python benchmarks/run.py --quick    # ~4 min: baseline model, float32, 2 rounds
+  python benchmarks/run.py --skip_sections=evaluation,pipeline --model_rounds=6
 
 Prints, under a header naming the machine (CPU, cores, load average, library versions,
 XLA_FLAGS):
@@ -18,19 +19,29 @@ XLA_FLAGS):
 
 Timing: every figure is the median over rounds of one call each, after a warm-up call,
 with `jax.block_until_ready`; JAX and PyTorch runners are interleaved round by round
-(JAX step, PyTorch step, JAX step, ...) so machine load affects both alike. Compile
-time is `jit(...).lower(...).compile()` wall time (the persistent compilation cache is
-off in this process).
+(JAX step, PyTorch step, JAX step, ...) so machine load affects both alike. The
+JAX / PyTorch ratio is given from the medians and from the best rounds: on a loaded
+machine PyTorch's OpenMP threads (which wait for each other at every op) lose more than
+XLA's, so the best-round ratio is the closer estimate of an idle machine. Compile time
+is `jit(...).lower(...).compile()` wall time (no persistent compilation cache here).
 
 FLOP convention (`fsaf_jax.models.flops`): conv / dense / attention MACs x 2 counted
 from the layer shapes, forward pass only; a train step = 3 x forward. Normalisation,
 activations, pooling and softmax are not counted.
 
-XLA flags: none are set (XLA_FLAGS is printed as found). With jaxlib 0.10.2 the CPU
-backend already sends convolutions and dots to YNNPACK; the flags measured on top of
-that (`--xla_cpu_experimental_ynn_fusion_type=dot` or `+eltwise`,
-`--xla_cpu_prefer_vector_width=512`) were no faster on the train step or the extractor,
-see the README's benchmark section.
+C allocator: `fsaf_jax.host_allocator.configure()` runs first, as in the entry points
+(glibc `mallopt` settings that keep freed memory mapped: ~25% of the train step and
+~35% of the extractor were page faults without them); `--nohost_allocator` measures
+without. PyTorch runs in worker processes, with the default malloc (as PyTorch users run
+it) and with the same settings, so both ratios are printed.
+
+XLA options: no XLA_FLAGS are set (XLA_FLAGS is printed as found). The extractor is
+compiled with `fsaf_jax.evaluation.compiler_options` (CPU only:
+`xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`, YNNPACK fuses each conv
+with its BN / ReLU epilogue: +8% on the extractor), as in eval.py / extract.py. The train
+step gets no options: the same one makes it 1.7x slower, and `xla_cpu_use_onednn`,
+`..._onednn_fusion_type=..._DOT`, `xla_cpu_use_xnnpack`, the concurrency-optimised
+scheduler and `--xla_cpu_prefer_vector_width=512` were no faster there.
 """
 
 import os
@@ -57,7 +68,7 @@ _QUICK = flags.DEFINE_bool(
   "quick", False, "Smaller run: baseline model, float32, 2 rounds, no re-ranking."
 )
 _MODEL_ROUNDS = flags.DEFINE_integer(
-  "model_rounds", None, "Timed rounds of the train / extract runners (default 4; quick 2)."
+  "model_rounds", None, "Timed rounds of the train / extract runners (default 3; quick 2)."
 )
 _TRAIN_BATCH = flags.DEFINE_integer("train_batch", 32, "Train-step batch size (P x 4).")
 _EXTRACT_BATCH = flags.DEFINE_integer("extract_batch", 64, "Feature-extraction batch size.")
@@ -65,6 +76,9 @@ _SECTIONS = flags.DEFINE_list(
   "skip_sections",
   [],
   "Sections to skip: train, extract, torch, bfloat16, fsaf, evaluation, pipeline.",
+)
+_HOST_ALLOCATOR = flags.DEFINE_bool(
+  "host_allocator", True, "Apply fsaf_jax.host_allocator (malloc settings) in this process."
 )
 _WITH_MSMT = flags.DEFINE_bool(
   "with_msmt", False, "Also run evaluation.py's MSMT17-scale memory run (several minutes)."
@@ -121,7 +135,8 @@ def jax_extract_runner(name: str, dtype: str, images) -> Runner:
   # Compile time of the extractor's function (the Extractor jits the same `embed_fn`).
   device_images = jax.device_put(images)
   start = time.perf_counter()
-  jax.jit(extractor.embed_fn).lower(extractor.variables, device_images).compile()
+  jitted = jax.jit(extractor.embed_fn, compiler_options=extractor.compiler_options)
+  jitted.lower(extractor.variables, device_images).compile()
   compile_s = time.perf_counter() - start
   output = extractor(images)
   flops = count_flops(model, (len(images), *IMAGE_SIZE, 3)).forward_flops
@@ -130,41 +145,46 @@ def jax_extract_runner(name: str, dtype: str, images) -> Runner:
   return runner
 
 
-def torch_runner(kind: str, dtype: str, images, labels, flops: float) -> Runner:
-  """The PyTorch reference (`benchmarks/torch_reference.py`) train step or extractor."""
+def torch_runners(kind: str, dtype: str, batch: int, flops: float) -> list[Runner]:
+  """The PyTorch reference (`benchmarks/torch_reference.py`), each in its own process:
+  with glibc's default malloc (as PyTorch users run it) and with the JAX process's
+  `fsaf_jax.host_allocator` settings."""
   from benchmarks import torch_reference
 
-  if kind == "train":
-    call = torch_reference.make_train_step(images, labels, NUM_CLASSES, dtype)
-  else:
-    call = torch_reference.make_extractor(images, dtype)
-  runner = Runner(kind, "PyTorch R50-IBN-a", call, len(images), flops)
-  runner.dtype = dtype
-  return runner
+  runners = []
+  for name, host_allocator in ((PT_DEFAULT, False), (PT_MALLOPT, True)):
+    worker = torch_reference.Worker(kind, dtype, batch, host_allocator=host_allocator)
+    runner = Runner(kind, name, worker, batch, flops)
+    runner.dtype, runner.worker = dtype, worker
+    runners.append(runner)
+  return runners
 
 
+PT_DEFAULT = "PyTorch R50-IBN-a"
+PT_MALLOPT = "PyTorch +mallopt"
 HEADER = (
   f"{'section':<8} {'model':<19} {'dtype':<9} {'compile s':>9} {'median s':>8} {'best s':>7} "
-  f"{'img/s':>7} {'GFLOP/s':>8} {'JAX/PT median':>13} {'JAX/PT best':>11}"
+  f"{'img/s':>7} {'GFLOP/s':>8} {'JAX/PT':>7} {'JAX/PT+m':>8}"
 )
 
 
 def format_rows(runners: list[Runner]) -> list[str]:
-  """Table rows (img/s and GFLOP/s from the median); JAX baseline rows get the speed
-  ratio to PyTorch of the same dtype, from the medians and from the best rounds."""
-  torch_runs = {r.dtype: r for r in runners if r.name.startswith("PyTorch")}
+  """Table rows (img/s and GFLOP/s from the median). JAX baseline rows get the speed
+  ratio (median time of PyTorch / median time of JAX, same dtype) to PyTorch with the
+  default malloc (JAX/PT) and with the same malloc settings as JAX (JAX/PT+m)."""
+  torch_runs = {(r.name, r.dtype): r for r in runners if r.name in (PT_DEFAULT, PT_MALLOPT)}
   rows = []
   for r in runners:
     compile_txt = f"{r.compile_s:9.1f}" if r.compile_s is not None else f"{'-':>9}"
     gflops = f"{r.flops * 1e-9 / r.median:8.1f}" if r.flops else f"{'-':>8}"
-    ratio_median = ratio_best = ""
-    if r.name == "JAX baseline" and r.dtype in torch_runs:
-      pt = torch_runs[r.dtype]
-      ratio_median = f"{pt.median / r.median:.2f}x"
-      ratio_best = f"{min(pt.times) / min(r.times):.2f}x"
+    ratios = []
+    for name in (PT_DEFAULT, PT_MALLOPT):
+      pt = torch_runs.get((name, r.dtype))
+      ok = r.name == "JAX baseline" and pt is not None
+      ratios.append(f"{pt.median / r.median:.2f}x" if ok else "")
     rows.append(
       f"{r.group:<8} {r.name:<19} {r.dtype:<9} {compile_txt} {r.median:8.2f} {min(r.times):7.2f} "
-      f"{r.rate:7.2f} {gflops} {ratio_median:>13} {ratio_best:>11}"
+      f"{r.rate:7.2f} {gflops} {ratios[0]:>7} {ratios[1]:>8}"
     )
   return rows
 
@@ -212,14 +232,18 @@ def model_section(section: str, batch: int, names, dtypes, skip, rounds) -> tupl
       else:
         runners.append(jax_extract_runner(name, dtype, images))
     if "torch" not in skip:
-      runners.append(torch_runner(section, dtype, images, labels, torch_flops))
+      runners += torch_runners(section, dtype, batch, torch_flops)
   print(f"[{section}] timing {len(runners)} runners x {rounds} rounds ...", flush=True)
-  interleave(runners, rounds)
+  try:
+    interleave(runners, rounds)
+  finally:
+    for runner in runners:
+      if hasattr(runner, "worker"):
+        runner.worker.close()
   title = f"{section}: batch {batch} at {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}" + (
-    " (P x K labels, K = 4; CE + triplet, Adam); compile = lower + compile"
-    if section == "train"
-    else "; compile = first call - median call"
+    " (P x K labels, K = 4; CE + triplet, Adam)" if section == "train" else ""
   )
+  title += "; compile = lower + compile wall time; JAX/PT > 1: JAX faster"
   lines = [title, HEADER, *format_rows(runners), *bf16_checks(section, runners, names)]
   return lines, runners
 
@@ -232,19 +256,20 @@ def pipeline_section(train_rate: float | None) -> list[str]:
   from configs import fsaf_market
 
   fl = flags.FLAGS
+  seconds = fl.seconds if fl["seconds"].present else 4.0  # input_pipeline.py's own flag
   config = fsaf_market.get_config()
   source = input_pipeline.synthetic_source(fl.num_images)
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   rows = []
   for workers in (0, 2):
-    rate = input_pipeline.train_pipeline_rate(source, config, mesh, workers, fl.seconds)
+    rate = input_pipeline.train_pipeline_rate(source, config, mesh, workers, seconds)
     rows.append((f"train pipeline, P x K 16 x 4, {workers} workers", rate))
   size = tuple(config.input.image_size)
-  rate = input_pipeline.eval_pipeline_rate(source, fl.eval_batch, size, fl.seconds)
+  rate = input_pipeline.eval_pipeline_rate(source, fl.eval_batch, size, seconds)
   rows.append((f"eval pipeline, batch {fl.eval_batch}", rate))
   lines = [
     f"input pipelines ({len(source)} synthetic 128x64 JPEGs -> {size[0]}x{size[1]}), "
-    f"{fl.seconds:g} s each:"
+    f"{seconds:g} s each:"
   ]
   for name, rate in rows:
     ratio = ""
@@ -256,15 +281,23 @@ def pipeline_section(train_rate: float | None) -> list[str]:
 
 def main(argv):
   del argv
+  from fsaf_jax import host_allocator
+
+  # Before JAX starts its backend, as in the entry points (fsaf_jax/host_allocator.py).
+  allocator = host_allocator.configure() if _HOST_ALLOCATOR.value else False
   skip = set(_SECTIONS.value)
   if _QUICK.value:
     skip |= {"bfloat16", "fsaf"}
-  rounds = _MODEL_ROUNDS.value or (2 if _QUICK.value else 4)
+  rounds = _MODEL_ROUNDS.value or (2 if _QUICK.value else 3)
   dtypes = ["float32"] + ([] if "bfloat16" in skip else ["bfloat16"])
   names = ["baseline"] + ([] if "fsaf" in skip else ["fsaf"])
   command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
   lines = [*machine_lines(), f"command: {command.strip()}"]
   lines += [
+    "JAX process C allocator: "
+    + (f"{host_allocator.DESCRIPTION} (fsaf_jax/host_allocator.py)" if allocator else "default")
+    + f"; PyTorch runs in worker processes: '{PT_DEFAULT}' with the default malloc, "
+    f"'{PT_MALLOPT}' with the same settings as JAX.",
     "NOTE: the machine may be shared: absolute times are noisy; JAX and PyTorch runners are "
     "interleaved round by round, so compare the ratios.",
     "FLOPs: conv / dense / attention MACs x 2 from layer shapes, forward; train step = 3 x "
@@ -289,7 +322,8 @@ def main(argv):
     if _QUICK.value:
       eval_skip.add("rerank")
     print("[evaluation] benchmarks/evaluation.py sections ...", flush=True)
-    eval_lines = evaluation.run(fl.rounds, eval_skip, fl.rerank_ref_fraction)
+    eval_rounds = fl.rounds if fl["rounds"].present else 1  # evaluation.py's own flag
+    eval_lines = evaluation.run(eval_rounds, eval_skip, fl.rerank_ref_fraction)
     eval_lines = [ln for ln in eval_lines if ln] + (
       [] if "msmt" not in eval_skip else ["(MSMT17 scale: --with_msmt)"]
     )

@@ -9,19 +9,27 @@ triplet (margin 0.3, Euclidean) on the pre-BN feature, Adam(3.5e-4, weight_decay
 bfloat16 autocast (`torch.autocast('cpu', torch.bfloat16)`: weights and optimiser in
 float32, as `torch.amp` recipes).
 
-Only benchmarks import this file (torch is a test / benchmark dependency).
+`Worker` runs the step or the extractor in a separate process, so that PyTorch gets
+its own threads and its own C allocator settings (the benchmark suite uses it). Only
+benchmarks import this file (torch is a test / benchmark dependency).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import pathlib
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from tests.reference.torch_resnet_ibn import resnet50_ibn_a
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a worker
+
+from tests.reference.torch_resnet_ibn import resnet50_ibn_a  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,3 +131,63 @@ def make_extractor(images: np.ndarray, dtype: str, seed: int = 0) -> Callable[[]
       return nn.functional.normalize(bn_feat.float(), dim=1).numpy()
 
   return extract
+
+
+class Worker:
+  """A PyTorch train step or extractor running in its own process, called step by step.
+
+  Its own process gives it its own threads and its own C allocator settings: with
+  `host_allocator=False` it runs as a user would run PyTorch (glibc defaults), with True
+  it gets the same `fsaf_jax.host_allocator` settings as the JAX process. The inputs
+  are `benchmarks.harness.pk_batch(batch)`, the same images and labels as the parent's.
+  Calling the worker runs one step and returns when it is done.
+  """
+
+  def __init__(self, kind: str, dtype: str, batch: int, *, host_allocator: bool):
+    if kind not in ("train", "extract"):
+      raise ValueError(f"kind={kind!r}: must be 'train' or 'extract'")
+    env = dict(os.environ)
+    env["FSAF_HOST_ALLOCATOR"] = "" if host_allocator else "default"
+    args = [sys.executable, __file__, kind, dtype, str(batch)]
+    self._proc = subprocess.Popen(
+      args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    self._expect("ready")
+
+  def _expect(self, what: str) -> str:
+    line = self._proc.stdout.readline().strip()
+    if not line.startswith(what):
+      self.close()
+      raise RuntimeError(f"PyTorch worker: expected {what!r}, got {line!r} (see its stderr above)")
+    return line
+
+  def __call__(self) -> None:
+    self._proc.stdin.write("step\n")
+    self._proc.stdin.flush()
+    self._expect("done")
+
+  def close(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.stdin.close()
+      self._proc.wait(timeout=60)
+
+
+def _worker_main(kind: str, dtype: str, batch: int) -> None:
+  from benchmarks.harness import NUM_CLASSES, pk_batch
+  from fsaf_jax import host_allocator
+
+  host_allocator.configure()  # a no-op under FSAF_HOST_ALLOCATOR=default
+  images, labels = pk_batch(batch)
+  if kind == "train":
+    call = make_train_step(images, labels, NUM_CLASSES, dtype)
+  else:
+    call = make_extractor(images, dtype)
+  print("ready", flush=True)
+  for line in sys.stdin:
+    if line.strip() == "step":
+      call()
+      print("done", flush=True)
+
+
+if __name__ == "__main__":
+  _worker_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -42,6 +42,7 @@ from ml_collections import config_flags
 
 from data_pipelines import augment
 from data_pipelines.datasets import naming
+from fsaf_jax import host_allocator
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import fsaf
@@ -252,6 +253,7 @@ def extract_folder(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host_allocator.configure()  # CPU only: keep XLA's buffers mapped between batches
   extract_folder(
     _CONFIG.value,
     images=_IMAGES.value,

@@ -12,7 +12,7 @@ NUM_SIMULATED_DEVICES = 4
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (
-      f"{_flags} --xla_force_host_platform_device_count={NUM_SIMULATED_DEVICES}"
+    f"{_flags} --xla_force_host_platform_device_count={NUM_SIMULATED_DEVICES}"
   ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

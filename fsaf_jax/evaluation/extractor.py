@@ -30,6 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fsaf_jax.evaluation.compiler_options import inference_compiler_options
 from fsaf_jax.preprocessing import normalize_images
 
 DATA_AXIS = "data"
@@ -106,6 +107,8 @@ class Extractor:
     mesh: the mesh the batch is sharded over, or None (default device).
     num_traces: how many times the step was traced (1 after any number of calls).
     embed_fn: the pure `(variables, images) -> embeddings` function (for export).
+    compiler_options: the XLA options the step is compiled with (see
+      `fsaf_jax.evaluation.compiler_options`; None off the CPU).
     variables: the variables (replicated over the mesh when there is one).
   """
 
@@ -136,10 +139,13 @@ class Extractor:
       self.num_traces += 1  # Python side effect: runs only while tracing.
       return embed_fn(variables, images)
 
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    # Per-backend XLA options (CPU: YNNPACK fuses convs with their epilogues).
+    self.compiler_options = inference_compiler_options(platform)
     if mesh is None:
       self._batch_sharding = None
       self.variables = jax.device_put(variables)
-      self._step = jax.jit(step)
+      self._step = jax.jit(step, compiler_options=self.compiler_options)
     else:
       if DATA_AXIS not in mesh.axis_names:
         raise ValueError(f"mesh needs a {DATA_AXIS!r} axis, has {mesh.axis_names}")
@@ -157,6 +163,7 @@ class Extractor:
         step,
         in_shardings=(replicated, self._batch_sharding),
         out_shardings=self._batch_sharding,
+        compiler_options=self.compiler_options,
       )
 
   def _check(self, images: np.ndarray) -> np.ndarray:

@@ -120,18 +120,9 @@ FSAF_R50 = functools.partial(
   fusion="concat",
 )
 
-# Same code, small widths: tests and the CPU demo (input 64x32).
+# Same code and options, small widths: tests and the CPU demo (input 64x32).
 FSAF_Tiny = functools.partial(
-  FSAF,
-  stage_sizes=(2, 2, 2, 2),
-  stem_width=8,
-  widths=(8, 16, 32, 64),
-  ibn_stages=(2, 3, 4),
-  mhsa_stages=(4, 5),
-  num_heads=2,
-  last_stride=2,
-  eca_placement="stage",
-  fusion="concat",
+  FSAF_R50, stage_sizes=(2, 2, 2, 2), stem_width=8, widths=(8, 16, 32, 64), num_heads=2
 )
 
 
