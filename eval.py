@@ -42,7 +42,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not (_WORKDIR.value or _CHECKPOINT.value):
     raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
-  host_allocator.configure()  # CPU only: keep XLA's buffers mapped between steps
+  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
   maybe_initialize_distributed()
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   try:

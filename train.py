@@ -29,7 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, lo
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  host_allocator.configure()  # CPU only: keep XLA's buffers mapped between steps
+  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
   maybe_initialize_distributed()
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_path))[0]

@@ -1,7 +1,7 @@
 r"""The fsaf-jax benchmark suite: one command, one table.
 
-  python benchmarks/run.py            # ~10 min on a 2-core CPU (unloaded)
-  python benchmarks/run.py --quick    # ~4 min: baseline model, float32, 2 rounds
+  python benchmarks/run.py            # ~6 min on the idle 2-core CPU
+  python benchmarks/run.py --quick    # ~2 min: baseline model, float32, 2 rounds
   python benchmarks/run.py --skip_sections=evaluation,pipeline --model_rounds=6
 
 Prints, under a header naming the machine (CPU, cores, load average, library versions,
@@ -20,10 +20,8 @@ XLA_FLAGS):
 Timing: every figure is the median over rounds of one call each, after a warm-up call,
 with `jax.block_until_ready`; JAX and PyTorch runners are interleaved round by round
 (JAX step, PyTorch step, JAX step, ...) so machine load affects both alike. The
-JAX / PyTorch ratio is given from the medians and from the best rounds: on a loaded
-machine PyTorch's OpenMP threads (which wait for each other at every op) lose more than
-XLA's, so the best-round ratio is the closer estimate of an idle machine. Compile time
-is `jit(...).lower(...).compile()` wall time (no persistent compilation cache here).
+JAX / PyTorch ratio is PyTorch's median time over JAX's. Compile time is
+`jit(...).lower(...).compile()` wall time (no persistent compilation cache here).
 
 FLOP convention (`fsaf_jax.models.flops`): conv / dense / attention MACs x 2 counted
 from the layer shapes, forward pass only; a train step = 3 x forward. Normalisation,

@@ -2,7 +2,9 @@ r"""Table 2 `baseline+SAM`: R50-IBN-a + BoTNet MHSA (Conv4_x, Conv5_x) + ECA, Ma
 
 Run:
   python train.py --config=configs/baseline_sam.py --workdir=/tmp/fsaf_baseline_sam
-Expected time: not measured yet.
+Expected time: not measured on a GPU/TPU (none was available); between `baseline.py`
+and `full.py` (~7 h each for 120 epochs on a 2-core CPU, from `benchmarks/run.py`).
+The paper's Table 2 figure for this row: not available here (see the README).
 """
 
 import ml_collections

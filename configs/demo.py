@@ -3,9 +3,9 @@ r"""The CPU demo: the tiny FSAF on the embedded synthetic dataset, end to end.
 Run (from the repository root, on a fresh machine: no download):
   python train.py --config=configs/demo.py --workdir=workdirs/demo
 Expected time: ~2.5 min. Measured for the whole command (data generation, TFDS build,
-compilation, 1,860 steps, three evaluations) on the 2-core CPU (Zen 4, 1 device) while
-other jobs shared it: 2 min 13 s - 2 min 21 s (load average 1-4.5), 3 min 49 s at a
-busier moment (load 3-6).
+compilation, 1,860 steps, three evaluations) on the 2-core CPU (Zen 4, 1 device):
+2 min 20 s idle (2026-11-24); 2 min 13 s - 2 min 21 s while other jobs shared it (load
+average 1-4.5), 3 min 49 s at a busier moment (load 3-6).
 
 It writes the synthetic Market-1501-layout dataset into WORKDIR/data/synthetic (1,000
 training and 100 test identities, 128x64 JPEGs), builds it with the real `market1501`

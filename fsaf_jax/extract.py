@@ -253,7 +253,7 @@ def extract_folder(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  host_allocator.configure()  # CPU only: keep XLA's buffers mapped between batches
+  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
   extract_folder(
     _CONFIG.value,
     images=_IMAGES.value,

@@ -16,7 +16,10 @@ the main arena). The resident size then stays at the peak of the run (+0.5 GiB i
 train benchmark) instead of going up and down every step. It changes no result.
 
 It acts only when JAX is going to run on the CPU (see `will_run_on_cpu`), with glibc,
-and unless `FSAF_HOST_ALLOCATOR=default` is set. Call it first thing in an entry point,
+and unless `FSAF_HOST_ALLOCATOR=default` is set; the entry points call
+`configure_for(config)`, which also honours `config.host_allocator` (off in the tiny and
+demo configs, whose millisecond steps are bound by host work: the single shared arena
+made the demo ~20% slower). Call it first thing in an entry point,
 before JAX starts its backend (importing jax is fine), so that XLA's threads attach to
 the shared arena.
 """
@@ -101,3 +104,18 @@ def configure() -> bool:
       raise OSError(f"glibc mallopt({param}, {value}) failed; set {ENV_VAR}=default to skip")
   _applied = True
   return True
+
+
+def configure_for(config) -> bool:
+  """`configure()` if the run's config asks for it (`config.host_allocator`, default True).
+
+  Args:
+    config: the run's ConfigDict (`configs/base.py` declares `host_allocator`; the tiny
+      and demo configs turn it off: their host-bound steps were slower with one arena).
+
+  Returns:
+    Whether the settings are in effect (see `configure`).
+  """
+  if not config.get("host_allocator", True):
+    return False
+  return configure()

@@ -61,6 +61,7 @@ RESUMABLE_FIELDS = (
   "input.prefetch",
   "input.eval_batch_size",
   "init.pretrained",
+  "host_allocator",
   "eval.",
 )
 

@@ -72,3 +72,15 @@ def test_real_mallopt_binding():
   # M_PERTURB = 0 is glibc's default (no change to this process's allocator).
   m_perturb = -6
   assert host_allocator._mallopt(m_perturb, 0) is True
+
+
+def test_config_field_decides(fresh, monkeypatch):
+  from configs import base, demo, fsaf_market, tiny
+
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert base.get_base_config().host_allocator and fsaf_market.get_config().host_allocator
+  assert not tiny.get_config().host_allocator and not demo.get_config().host_allocator
+  assert not host_allocator.configure_for(demo.get_config())
+  assert fresh == []
+  assert host_allocator.configure_for(fsaf_market.get_config())
+  assert fresh == list(host_allocator.SETTINGS)
