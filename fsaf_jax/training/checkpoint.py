@@ -331,9 +331,13 @@ def restore_variables(
   """
   path = epath.Path(os.path.expanduser(os.fspath(path)))
   directory, found_step = _find_checkpoint(path)
+  # Handlers for the two items read, so that their metadata (shapes, dtypes) is known.
   manager = ocp.CheckpointManager(
     directory,
-    item_names=ITEM_NAMES,
+    item_handlers={
+      "variables": ocp.StandardCheckpointHandler(),
+      "config": ocp.JsonCheckpointHandler(),
+    },
     options=ocp.CheckpointManagerOptions(read_only=True, create=False),
   )
   try:
@@ -345,8 +349,12 @@ def restore_variables(
         f"(steps there: {list(manager.all_steps())})"
       )
     metadata = manager.item_metadata(step)["variables"]
+    # Onto this process's first device, whatever devices / processes wrote it (a pod's
+    # checkpoint read on one machine): without a sharding orbax insists on the saved one.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), metadata
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=device),
+      metadata,
     )
     restored = manager.restore(
       step,
