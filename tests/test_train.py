@@ -204,8 +204,8 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   path (data prepared by process 0 behind a barrier, per-process batch slices, orbax
   multi-process checkpoints, the agreed stop check, evaluation), against a 1-process
   4-device run of the same config: the same global batches at every step, the same
-  parameters after the first checkpoint (step 2), and a checkpoint written by 2
-  processes that reads back in this one.
+  parameters after the first checkpoint (step 2), a checkpoint written by 2 processes
+  that reads back in this one, and a run that resumes from it on 1 process.
 
   Parameters are compared at step 2 only: the two runs sum across devices in another
   order (4e-6 apart in the gradient norm at step 1), and from step 3, at full learning
@@ -272,3 +272,23 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   for key in ("num_query", "num_gallery", "num_valid_queries", "feature_dim"):
     assert metrics[key] == expected_metrics[key], key
   assert 0.0 < metrics["metrics"]["mAP"] <= 1.0
+
+  # Resumed on another topology (1 process, 4 devices) with a longer schedule: it goes
+  # on from the 2-process checkpoint, with the sampler's next batches.
+  more = NUM_EPOCHS + 2
+  rerun = subprocess.run(
+    train_command(config_file, workdir, f"--config.train.num_epochs={more}", eps_flag),
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
+  total = more * run.STEPS_PER_EPOCH
+  assert checkpoint_steps(workdir)[-1] == total
+  resumed = train_loop.read_batch_index_log(workdir, process=0)
+  train = source_lib.load_source("market1501", "train", str(data_root / "tfds"))
+  person_ids = np.array([train[i]["person_id"] for i in range(len(train))])
+  sequence = run.expected_batches(person_ids, total)
+  assert [resumed[s] for s in range(TOTAL_STEPS + 1, total + 1)] == sequence[TOTAL_STEPS:]
