@@ -162,7 +162,7 @@ PT_DEFAULT = "PyTorch R50-IBN-a"
 PT_MALLOPT = "PyTorch +mallopt"
 HEADER = (
   f"{'section':<8} {'model':<19} {'dtype':<9} {'compile s':>9} {'median s':>8} {'best s':>7} "
-  f"{'img/s':>7} {'GFLOP/s':>8} {'JAX/PT':>7} {'JAX/PT+m':>8}"
+  f"{'img/s':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'JAX/PT':>7} {'JAX/PT+m':>8}"
 )
 
 
@@ -174,6 +174,7 @@ def format_rows(runners: list[Runner]) -> list[str]:
   rows = []
   for r in runners:
     compile_txt = f"{r.compile_s:9.1f}" if r.compile_s is not None else f"{'-':>9}"
+    gflop = f"{r.flops * 1e-9:7.1f}" if r.flops else f"{'-':>7}"
     gflops = f"{r.flops * 1e-9 / r.median:8.1f}" if r.flops else f"{'-':>8}"
     ratios = []
     for name in (PT_DEFAULT, PT_MALLOPT):
@@ -182,7 +183,7 @@ def format_rows(runners: list[Runner]) -> list[str]:
       ratios.append(f"{pt.median / r.median:.2f}x" if ok else "")
     rows.append(
       f"{r.group:<8} {r.name:<19} {r.dtype:<9} {compile_txt} {r.median:8.2f} {min(r.times):7.2f} "
-      f"{r.rate:7.2f} {gflops} {ratios[0]:>7} {ratios[1]:>8}"
+      f"{r.rate:7.2f} {gflop} {gflops} {ratios[0]:>7} {ratios[1]:>8}"
     )
   return rows
 
@@ -241,7 +242,10 @@ def model_section(section: str, batch: int, names, dtypes, skip, rounds) -> tupl
   title = f"{section}: batch {batch} at {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}" + (
     " (P x K labels, K = 4; CE + triplet, Adam)" if section == "train" else ""
   )
-  title += "; compile = lower + compile wall time; JAX/PT > 1: JAX faster"
+  title += (
+    "; GFLOP = the model's FLOP count per call (fsaf_jax/models/flops.py, from the layer"
+    " shapes); compile = lower + compile wall time; JAX/PT > 1: JAX faster"
+  )
   lines = [title, HEADER, *format_rows(runners), *bf16_checks(section, runners, names)]
   return lines, runners
 
