@@ -37,9 +37,11 @@ XLA options: no XLA_FLAGS are set (XLA_FLAGS is printed as found). The extractor
 compiled with `fsaf_jax.evaluation.compiler_options` (CPU only:
 `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`, YNNPACK fuses each conv
 with its BN / ReLU epilogue: +8% on the extractor), as in eval.py / extract.py. The train
-step gets no options: the same one makes it 1.7x slower, and `xla_cpu_use_onednn`,
+step gets no options: the same one makes it 1.7-3x slower, and `xla_cpu_use_onednn`,
 `..._onednn_fusion_type=..._DOT`, `xla_cpu_use_xnnpack`, the concurrency-optimised
-scheduler and `--xla_cpu_prefer_vector_width=512` were no faster there.
+scheduler and `--xla_cpu_prefer_vector_width=512` were no faster there (each can be
+tried as `XLA_FLAGS=--<option> python benchmarks/run.py --quick
+--skip_sections=extract,torch,evaluation,pipeline`).
 """
 
 import os

@@ -27,7 +27,9 @@ with the model through orbax and grain's checkpoint handler:
 
 The handler writes one `process_{i}-of-{n}.json` per JAX process; `it` then yields
 exactly the batch an uninterrupted run would have yielded next. The state can also be
-restored with a different worker count or process count (the batch number is global).
+restored with a different worker count or process count (the batch number is global);
+the training checkpoints (`fsaf_jax.training.checkpoint`) store it once, as one JSON item,
+so that any process count finds it.
 
 Evaluation (`create_eval_batches`): the source in order, decoded in parallel, as
 fixed-size host NumPy batches with the last one padded and a `mask`.

@@ -6,8 +6,8 @@ with `mmap`, gives them back with `munmap` when freed, gives every thread its ow
 (whose large chunks are mmap'd too) and trims the heap top: so each step page-faults
 its whole working set in again, and the kernel zeroes every page. On the 2-core
 machine this was measured to cost ~25% of the ResNet50-IBN-a train step (2.64 s ->
-2.08 s at batch 32) and ~35% of the extractor (1.44 s -> 1.06 s at batch 64);
-`python benchmarks/run.py` reports the settings in its header.
+2.08 s at batch 32) and ~35% of the extractor (1.44 s -> 1.06 s at batch 64): the JAX
+rows of `python benchmarks/run.py --nohost_allocator` against `python benchmarks/run.py`.
 
 `configure()` makes the C allocator keep and reuse freed memory instead:
 `mallopt(M_MMAP_MAX, 0)` (large chunks come from the heap), `mallopt(M_TRIM_THRESHOLD,
@@ -107,7 +107,7 @@ def configure() -> bool:
 
 
 def configure_for(config) -> bool:
-  """`configure()` if the run's config asks for it (`config.host_allocator`, default True).
+  """`configure()` if the run's config asks for it (`config.host_allocator`).
 
   Args:
     config: the run's ConfigDict (`configs/base.py` declares `host_allocator`; the tiny
@@ -116,6 +116,4 @@ def configure_for(config) -> bool:
   Returns:
     Whether the settings are in effect (see `configure`).
   """
-  if not config.get("host_allocator", True):
-    return False
-  return configure()
+  return configure() if config.host_allocator else False

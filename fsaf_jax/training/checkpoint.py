@@ -4,8 +4,9 @@ Every checkpoint `WORKDIR/checkpoints/<step>/` holds four orbax items:
 
 - `variables`: `{'params', 'batch_stats'}` (`StandardSave`), all inference needs;
 - `train_state`: `{'step', 'opt_state', 'centers', 'center_opt_state'}` (`StandardSave`);
-- `data_iter`: the train iterator's state (grain's orbax handler,
-  `grain.checkpoint.CheckpointSave`): one JSON file per JAX process;
+- `data_iter`: the train iterator's state (`JsonSave`, written once): the next batch of
+  the *global* batch sequence and a sampler fingerprint, the same on every process, so
+  a run resumes on any number of processes / devices;
 - `config`: the run's config as JSON, with `model.num_classes` and
   `train.steps_per_epoch` resolved from the data (so a checkpoint alone rebuilds its
   model).
@@ -32,7 +33,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import numpy as np
@@ -225,7 +225,7 @@ def save_checkpoint(
     args=ocp.args.Composite(
       variables=ocp.args.StandardSave(variables),
       train_state=ocp.args.StandardSave(train_state),
-      data_iter=grain.checkpoint.CheckpointSave(data_iter),
+      data_iter=ocp.args.JsonSave(json.loads(data_iter.get_state())),
       config=ocp.args.JsonSave(config_to_json(config)),
     ),
     force=True,
@@ -263,18 +263,16 @@ def restore_checkpoint(
   check_compatible(saved.config, config, where)
 
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_items(state))
-  items = {
-    "variables": ocp.args.StandardRestore(abstract[0]),
-    "train_state": ocp.args.StandardRestore(abstract[1]),
-  }
-  iter_dir = manager.directory / str(step) / "data_iter"
-  same_topology = (iter_dir / _iterator_file(jax.process_index(), jax.process_count())).exists()
-  if same_topology:
-    items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  if not same_topology:  # saved by another number of processes
-    data_iter.set_state(_iterator_state_of_any_process(iter_dir, where))
-    data_iter.start_prefetch()
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(abstract[0]),
+      train_state=ocp.args.StandardRestore(abstract[1]),
+      data_iter=ocp.args.JsonRestore(),
+    ),
+  )
+  data_iter.set_state(json.dumps(restored.data_iter).encode())
+  data_iter.start_prefetch()
   variables, train_state = restored.variables, restored.train_state
   restored_step = int(train_state["step"])
   if restored_step != step:
@@ -288,43 +286,6 @@ def restore_checkpoint(
     centers=train_state.get("centers"),
     center_opt_state=train_state.get("center_opt_state"),
   )
-
-
-def _iterator_file(process_index: int, process_count: int) -> str:
-  """grain's per-process file name of an iterator state in a checkpoint."""
-  return f"process_{process_index}-of-{process_count}.json"
-
-
-def _iterator_state_of_any_process(iter_dir: epath.Path, where: str) -> bytes:
-  """The data-iterator state of a checkpoint written by another number of processes.
-
-  Our train iterator's state is global (the next batch of the global sequence, see
-  `data_pipelines.input_pipeline`), so every process saved the same one: it is read from
-  whichever file there is, after checking that they agree, and the run resumes on any
-  number of processes / devices.
-
-  Raises:
-    FileNotFoundError: the checkpoint has no iterator state.
-    ValueError: the processes' states disagree (not a state of this pipeline).
-  """
-  files = sorted(iter_dir.glob("process_*-of-*.json"))
-  if not files:
-    raise FileNotFoundError(f"checkpoint {where} has no data-iterator state in {iter_dir}")
-  states = {f.name: json.loads(f.read_text()) for f in files}
-  positions = {name: state.get("next_batch") for name, state in states.items()}
-  if len(set(positions.values())) != 1:
-    raise ValueError(
-      f"checkpoint {where}: the processes saved different data positions {positions}; "
-      "cannot resume on another number of processes"
-    )
-  logging.info(
-    "Data-iterator state of %d process(es) read by process %d of %d (next batch %s)",
-    len(files),
-    jax.process_index(),
-    jax.process_count(),
-    next(iter(positions.values())),
-  )
-  return files[0].read_bytes()
 
 
 # --- Inference. ---------------------------------------------------------------------------

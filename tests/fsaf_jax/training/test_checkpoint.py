@@ -20,7 +20,7 @@ from fsaf_jax.training.train_state import TrainState
 
 
 class FakeIterator:
-  """The iterator interface grain's checkpoint handler uses."""
+  """The iterator interface the checkpoints use (`get_state` / `set_state` / `start_prefetch`)."""
 
   def __init__(self, position: int):
     self.position = position
@@ -262,20 +262,3 @@ def test_extract_refuses_another_model(fsaf_workdir, tmp_path):
     extract.extract_folder(
       config, images=str(tmp_path), out=str(tmp_path / "f.npz"), workdir=str(fsaf_workdir[0])
     )
-
-
-def test_iterator_state_saved_by_other_process_counts(tmp_path):
-  """A checkpoint's data-iterator files from N processes feed a run on any other count."""
-  from etils import epath
-
-  state = {"version": 1, "next_batch": 12, "sampler": "PKSampler(...)"}
-  for i in range(2):
-    (tmp_path / checkpoint._iterator_file(i, 2)).write_text(json.dumps(state))
-  got = checkpoint._iterator_state_of_any_process(epath.Path(tmp_path), "ckpt")
-  assert json.loads(got) == state
-  state["next_batch"] = 13  # processes that disagree: not one global position
-  (tmp_path / checkpoint._iterator_file(1, 2)).write_text(json.dumps(state))
-  with pytest.raises(ValueError, match="different data positions"):
-    checkpoint._iterator_state_of_any_process(epath.Path(tmp_path), "ckpt")
-  with pytest.raises(FileNotFoundError, match="no data-iterator state"):
-    checkpoint._iterator_state_of_any_process(epath.Path(tmp_path / "none"), "ckpt")
