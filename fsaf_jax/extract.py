@@ -43,6 +43,7 @@ from ml_collections import config_flags
 from data_pipelines import augment
 from data_pipelines.datasets import naming
 from fsaf_jax import host_allocator
+from fsaf_jax.evaluation import evaluator
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import fsaf
@@ -158,27 +159,13 @@ def restore_variables(
 
   Returns:
     (num_classes of the checkpoint's classifier, host variables). `config.model` and
-    `config.input.image_size` must describe the checkpoint's model: a differing field is
-    a ValueError naming it (`model.num_classes` -1 means "the checkpoint's").
+    `config.input.image_size` must describe the checkpoint's model
+    (`evaluator.inference_config`: a differing field is an IncompatibleCheckpointError,
+    a ValueError, naming it; `model.num_classes` -1 means "the checkpoint's").
   """
   saved, variables = checkpoint.restore_variables(workdir)
-  num_classes = int(saved.model.num_classes)
-  diffs = [
-    f"model.{d}"
-    for d in checkpoint.config_differences(saved.model, config.model)
-    if not (d.startswith("num_classes:") and config.model.num_classes == -1)
-  ]
-  if tuple(saved.input.image_size) != tuple(config.input.image_size):
-    diffs.append(
-      f"input.image_size: checkpoint {tuple(saved.input.image_size)}, this run "
-      f"{tuple(config.input.image_size)}"
-    )
-  if diffs:
-    raise ValueError(
-      f"--workdir={workdir}: the checkpoint was trained with another model / input size "
-      "than --config describes:\n  " + "\n  ".join(diffs) + "\nPass the training config."
-    )
-  return num_classes, variables
+  config = evaluator.inference_config(config, saved, f"--workdir={workdir}")
+  return int(config.model.num_classes), variables
 
 
 def data_mesh() -> Mesh:

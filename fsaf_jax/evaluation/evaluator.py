@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,6 +57,7 @@ from fsaf_jax.evaluation import metrics as metrics_lib
 from fsaf_jax.evaluation import report as report_lib
 from fsaf_jax.evaluation import rerank as rerank_lib
 from fsaf_jax.models import fsaf
+from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training.mesh import make_mesh
 
 EVAL_SUBDIR = "eval"
@@ -226,7 +228,11 @@ def score_features(
     k2=int(eval_config.rerank_k2),
     lambda_value=float(eval_config.rerank_lambda),
   )
-  metrics_rerank = metrics_lib.evaluate(reranked, *ids, max_rank=max_rank, query_chunk=query_chunk)
+  with warnings.catch_warnings():  # the skipped-queries warning was given once already
+    warnings.simplefilter("ignore")
+    metrics_rerank = metrics_lib.evaluate(
+      reranked, *ids, max_rank=max_rank, query_chunk=query_chunk
+    )
   timing["rerank_s"] = time.perf_counter() - start
   return metrics, metrics_rerank, reranked, timing
 
@@ -432,16 +438,6 @@ INFERENCE_FIELDS = ("model.", "input.image_size")
 _FREE_MODEL_FIELDS = ("model.dtype", "model.num_classes")
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-  return out
-
-
 def inference_config(
   config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict, where: str
 ) -> ml_collections.ConfigDict:
@@ -460,18 +456,12 @@ def inference_config(
     checkpoint.IncompatibleCheckpointError: a field of `INFERENCE_FIELDS` differs
       (each is named with both values).
   """
-  from fsaf_jax.training import checkpoint as checkpoint_lib  # noqa: PLC0415 (orbax)
-
-  a, b = _flat(saved.to_dict()), _flat(config.to_dict())
-  diffs = []
-  for field in sorted(set(a) | set(b)):
-    if not any(field.startswith(f) if f.endswith(".") else field == f for f in INFERENCE_FIELDS):
-      continue
-    if field in _FREE_MODEL_FIELDS:
-      continue
-    va, vb = a.get(field, "<absent>"), b.get(field, "<absent>")
-    if va != vb:
-      diffs.append(f"{field}: checkpoint {va!r}, --config {vb!r}")
+  diffs = checkpoint_lib.config_differences(
+    saved,
+    config,
+    ignore=lambda f: f in _FREE_MODEL_FIELDS or not checkpoint_lib.field_in(f, INFERENCE_FIELDS),
+    label="--config",
+  )
   saved_classes = int(saved.model.num_classes)
   if config.model.num_classes not in (-1, saved_classes):
     diffs.append(
@@ -488,29 +478,6 @@ def inference_config(
   if not config.input.data_dir:
     config.input.data_dir = saved.input.data_dir
   return config
-
-
-def _checkpoint_location(path: epath.Path) -> tuple[epath.Path, int | None]:
-  """(work dir, step or None = latest) of a work dir / checkpoints dir / step dir."""
-  from fsaf_jax.training import checkpoint as checkpoint_lib  # noqa: PLC0415
-
-  if (path / checkpoint_lib.CHECKPOINT_DIR).is_dir():
-    return path, None
-  if path.name.isdigit() and path.parent.name == checkpoint_lib.CHECKPOINT_DIR:
-    return path.parent.parent, int(path.name)
-  if path.name == checkpoint_lib.CHECKPOINT_DIR:
-    return path.parent, None
-  return path, int(path.name) if path.name.isdigit() else None
-
-
-def _latest_step(workdir: epath.Path) -> int | None:
-  from fsaf_jax.training import checkpoint as checkpoint_lib  # noqa: PLC0415
-
-  directory = workdir / checkpoint_lib.CHECKPOINT_DIR
-  steps = (
-    [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
-  )
-  return max(steps, default=None)
 
 
 def evaluate_checkpoint(
@@ -545,16 +512,13 @@ def evaluate_checkpoint(
       built (the message gives the build command).
     checkpoint.IncompatibleCheckpointError: the network / input size differ.
   """
-  from fsaf_jax.training import checkpoint as checkpoint_lib  # noqa: PLC0415
-
   if workdir is None and checkpoint is None:
     raise ValueError("pass --workdir (latest checkpoint) or --checkpoint=PATH")
   path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(checkpoint or workdir))))
   if not path.exists():
     raise FileNotFoundError(f"no checkpoint: {path} does not exist")
-  owner, step = _checkpoint_location(path)
-  if step is None:
-    step = _latest_step(owner)
+  directory, step = checkpoint_lib.locate_checkpoint(path)
+  owner = directory.parent  # the work dir
   saved, variables = checkpoint_lib.restore_variables(path, step=step)
   config = inference_config(config, saved, os.fspath(path))
   logging.info("Evaluating %s (step %s) on %s", path, step, config.input.dataset)

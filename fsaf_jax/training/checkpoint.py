@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -101,22 +101,32 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def field_in(field: str, patterns: Sequence[str]) -> bool:
+  """Whether dotted `field` is one of `patterns` ('a.b') or under one ('a.')."""
+  return any(field.startswith(f) if f.endswith(".") else field == f for f in patterns)
+
+
 def _resumable(field: str) -> bool:
-  return any(field.startswith(f) if f.endswith(".") else field == f for f in RESUMABLE_FIELDS)
+  return field_in(field, RESUMABLE_FIELDS)
 
 
 def config_differences(
   saved: ml_collections.ConfigDict | Mapping[str, Any],
   current: ml_collections.ConfigDict | Mapping[str, Any],
+  *,
+  ignore: Callable[[str], bool] = _resumable,
+  label: str = "this run",
 ) -> list[str]:
-  """Fields outside `RESUMABLE_FIELDS` whose values differ, one line per field.
+  """Fields whose values differ, one line per field, except those `ignore` accepts.
 
   Args:
     saved: the checkpoint's config (ConfigDict or its JSON dict).
-    current: the config of the run that wants to resume.
+    current: the config of the run that wants to resume (or to use the checkpoint).
+    ignore: `ignore(dotted_field)` True = may differ; default: `RESUMABLE_FIELDS`.
+    label: how `current` is named in the lines.
 
   Returns:
-    Sorted lines `'<field>: checkpoint <value>, this run <value>'` (a field missing
+    Sorted lines `'<field>: checkpoint <value>, <label> <value>'` (a field missing
     from one side shows `<absent>`); empty if the configs are compatible.
   """
   to_flat = lambda c: _flatten(  # noqa: E731
@@ -125,11 +135,11 @@ def config_differences(
   a, b = to_flat(saved), to_flat(current)
   lines = []
   for field in sorted(set(a) | set(b)):
-    if _resumable(field):
+    if ignore(field):
       continue
     va, vb = a.get(field, "<absent>"), b.get(field, "<absent>")
     if va != vb:
-      lines.append(f"{field}: checkpoint {va!r}, this run {vb!r}")
+      lines.append(f"{field}: checkpoint {va!r}, {label} {vb!r}")
   return lines
 
 
@@ -312,6 +322,18 @@ def _find_checkpoint(path: epath.Path) -> tuple[epath.Path, int | None]:
   )
 
 
+def locate_checkpoint(path: epath.Path) -> tuple[epath.Path, int | None]:
+  """(the checkpoints directory, the step `path` names, else its latest; None if none).
+
+  `path`: a training work directory, its `checkpoints/` directory or one checkpoint
+  `checkpoints/<step>/` (FileNotFoundError naming it otherwise).
+  """
+  directory, step = _find_checkpoint(path)
+  if step is None:
+    step = max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=None)
+  return directory, step
+
+
 def restore_variables(
   path: str | os.PathLike, step: int | None = None
 ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
@@ -332,7 +354,7 @@ def restore_variables(
     FileNotFoundError: no checkpoint at `path` (or not `step`).
   """
   path = epath.Path(os.path.expanduser(os.fspath(path)))
-  directory, found_step = _find_checkpoint(path)
+  directory, found_step = locate_checkpoint(path)
   # Handlers for the two items read, so that their metadata (shapes, dtypes) is known.
   manager = ocp.CheckpointManager(
     directory,
@@ -344,7 +366,7 @@ def restore_variables(
   )
   try:
     if step is None:
-      step = found_step if found_step is not None else manager.latest_step()
+      step = found_step
     if step is None or step not in manager.all_steps():
       raise FileNotFoundError(
         f"no checkpoint {'' if step is None else f'for step {step} '}in {directory} "
