@@ -17,7 +17,6 @@ benchmarks import this file (torch is a test / benchmark dependency).
 from __future__ import annotations
 
 import contextlib
-import os
 import pathlib
 import subprocess
 import sys
@@ -146,12 +145,8 @@ class Worker:
   def __init__(self, kind: str, dtype: str, batch: int, *, host_allocator: bool):
     if kind not in ("train", "extract"):
       raise ValueError(f"kind={kind!r}: must be 'train' or 'extract'")
-    env = dict(os.environ)
-    env["FSAF_HOST_ALLOCATOR"] = "" if host_allocator else "default"
-    args = [sys.executable, __file__, kind, dtype, str(batch)]
-    self._proc = subprocess.Popen(
-      args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
+    args = [sys.executable, __file__, kind, dtype, str(batch), str(int(host_allocator))]
+    self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self._expect("ready")
 
   def _expect(self, what: str) -> str:
@@ -172,11 +167,12 @@ class Worker:
       self._proc.wait(timeout=60)
 
 
-def _worker_main(kind: str, dtype: str, batch: int) -> None:
+def _worker_main(kind: str, dtype: str, batch: int, with_host_allocator: bool) -> None:
   from benchmarks.harness import NUM_CLASSES, pk_batch
   from fsaf_jax import host_allocator
 
-  host_allocator.configure()  # a no-op under FSAF_HOST_ALLOCATOR=default
+  if with_host_allocator:  # the settings themselves: no JAX backend runs here
+    host_allocator.apply_settings()
   images, labels = pk_batch(batch)
   if kind == "train":
     call = make_train_step(images, labels, NUM_CLASSES, dtype)
@@ -190,4 +186,4 @@ def _worker_main(kind: str, dtype: str, batch: int) -> None:
 
 
 if __name__ == "__main__":
-  _worker_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+  _worker_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")

@@ -5,15 +5,16 @@ for a ResNet-50 train step) with `malloc`. By default glibc serves chunks above 
 with `mmap`, gives them back with `munmap` when freed, gives every thread its own arena
 (whose large chunks are mmap'd too) and trims the heap top: so each step page-faults
 its whole working set in again, and the kernel zeroes every page. On the 2-core
-machine this was measured to cost ~25% of the ResNet50-IBN-a train step (2.64 s ->
-2.08 s at batch 32) and ~35% of the extractor (1.44 s -> 1.06 s at batch 64): the JAX
+machine the ResNet50-IBN-a train step was 1.27x slower without the settings below
+(2.64 s vs 2.08 s at batch 32) and the extractor 1.36x (1.44 s vs 1.06 s at batch 64): the JAX
 rows of `python benchmarks/run.py --nohost_allocator` against `python benchmarks/run.py`.
 
 `configure()` makes the C allocator keep and reuse freed memory instead:
 `mallopt(M_MMAP_MAX, 0)` (large chunks come from the heap), `mallopt(M_TRIM_THRESHOLD,
 -1)` (the heap is never trimmed) and `mallopt(M_ARENA_MAX, 1)` (XLA's threads share
-the main arena). The resident size then stays at the peak of the run (+0.5 GiB in the
-train benchmark) instead of going up and down every step. It changes no result.
+the main arena). The resident size then stays at the peak of the run (measured once,
++0.5 GiB in the train benchmark) instead of going up and down every step. It changes no
+result.
 
 It acts only when JAX is going to run on the CPU (see `will_run_on_cpu`), with glibc,
 and unless `FSAF_HOST_ALLOCATOR=default` is set; the entry points call
@@ -99,11 +100,20 @@ def configure() -> bool:
     return False
   if not will_run_on_cpu():
     return False
+  apply_settings()
+  _applied = True
+  return True
+
+
+def apply_settings() -> None:
+  """Applies `SETTINGS` unconditionally (glibc only); `configure` decides when.
+
+  Raises:
+    OSError: glibc rejected a setting.
+  """
   for param, value in SETTINGS:
     if not _mallopt(param, value):
       raise OSError(f"glibc mallopt({param}, {value}) failed; set {ENV_VAR}=default to skip")
-  _applied = True
-  return True
 
 
 def configure_for(config) -> bool:
