@@ -9,7 +9,7 @@ computes the same values as the maximum over the window's strided slices and rou
 gradient of each output to the *first* maximal element of its window (row-major window
 order), exactly what `select_and_scatter` does, so values and gradients equal
 `nn.max_pool`'s. The routing is written with masks on stop-gradient values, not a custom
-VJP, so forward- mode differentiation still works.
+VJP, so forward-mode differentiation still works.
 
 `max_pool_fn(train)` picks the implementation: this one where a gradient is taken
 (train mode) on the CPU backend, `nn.max_pool` otherwise (its forward is faster, and
