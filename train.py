@@ -20,7 +20,6 @@ from ml_collections import config_flags
 from fsaf_jax import host_allocator
 from fsaf_jax.training import train_loop
 from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
-from fsaf_jax.training.distributed import maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")
@@ -30,7 +29,6 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
-  maybe_initialize_distributed()
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_path))[0]
   try:

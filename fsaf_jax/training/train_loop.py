@@ -382,7 +382,7 @@ def train_and_evaluate(
 
         at_eval = bool(eval_every) and step % eval_every == 0 and step < total_steps
         at_ckpt = step % ckpt_every == 0 or step == total_steps
-        if step % log_every == 0 or at_ckpt or at_eval or step == total_steps:
+        if step % log_every == 0 or at_ckpt or at_eval:
           window_metrics.extend(_fetch_and_check(pending, last_checkpoint))
           pending.clear()
           if step % log_every == 0 or step == total_steps:

@@ -75,7 +75,8 @@ def test_single_image_identities_are_excluded():
   for margin in (0.3, None):
     got = batch_hard_triplet_loss(jnp.asarray(feats), labels, margin)
     np.testing.assert_allclose(got, _reference_loss(feats, labels, margin), rtol=1e-5)
-  # Only anchors 0, 1, 3, 4 count: a mean over those four, not over all seven.
+  # Only anchors 0, 1, 3, 4 count (the mean over those four is checked above); the
+  # anchors without a positive must not make the gradient NaN.
   grads = jax.grad(batch_hard_triplet_loss)(jnp.asarray(feats), labels, 10.0)
   assert np.all(np.isfinite(grads))
 
