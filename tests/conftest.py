@@ -30,3 +30,15 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def num_devices() -> int:
   """Number of simulated CPU devices this test session runs with."""
   return jax.device_count()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+  """The tiny synthetic training-run dataset (tests/reference/tiny_synthetic_run.py),
+  generated and built once per session; tests only read it."""
+  from fsaf_jax.training import data_setup  # noqa: PLC0415 (keeps conftest light)
+  from tests.reference import tiny_synthetic_run  # noqa: PLC0415
+
+  root = tmp_path_factory.mktemp("tiny_data")
+  data_setup.prepare_dataset(tiny_synthetic_run.config(root), root / "unused_workdir")
+  return root

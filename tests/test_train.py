@@ -23,7 +23,7 @@ import pytest
 
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import data_setup, train_loop
+from fsaf_jax.training import train_loop
 from tests.reference import tiny_synthetic_run as run
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -51,13 +51,6 @@ def checkpoint_steps(workdir) -> list[int]:
   if not directory.is_dir():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  root = tmp_path_factory.mktemp("tiny_data")
-  data_setup.prepare_dataset(run.config(root), root / "unused_workdir")
-  return root
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  """The tiny synthetic dataset, generated and built once for the module."""
-  root = tmp_path_factory.mktemp("tiny_data")
-  data_setup.prepare_dataset(run.config(root), root / "unused_workdir")
-  return root
-
-
-@pytest.fixture(scope="module")
 def straight(data_root, tmp_path_factory):
   """An uninterrupted run: (workdir, result, final host variables, index log)."""
   workdir = tmp_path_factory.mktemp("straight")
