@@ -42,8 +42,16 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- Initialisation (DESIGN.md section 2). -----------------------------------------
   config.init = ml_collections.ConfigDict()
-  # Flax-native file written by `python -m fsaf_jax.convert_ibn`; '' = random init.
+  # Flax-native file written by `python -m fsaf_jax.convert_ibn` from the official
+  # IBN-Net release resnet50_ibn_a-d9d0bb7b.pth. Every published recipe starts from it:
+  # training refuses '' (naming the file and the command); 'scratch' = random init on
+  # purpose (the tiny and demo configs).
   config.init.pretrained = ""
+  # BoTNet: the last BatchNorm scale of every MHSA block starts at 0 (after the
+  # pretrained weights are loaded), so the new attention starts as an identity
+  # residual. The FSAF paper does not say how it initialises its MHSA blocks; this
+  # follows BoTNet, whose blocks it uses. No effect on models without MHSA.
+  config.init.zero_init_attention_bn = True
 
   # --- Data (DESIGN.md section 3). ----------------------------------------------------
   config.input = ml_collections.ConfigDict()
@@ -56,6 +64,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.input.image_size = (256, 128)  # (H, W)
   config.input.num_identities = 16  # P
   config.input.num_instances = 4  # K
+  # 'bot': BoT's RandomIdentitySampler epoch (each identity visited in proportion to its
+  # image count; ~184 batches on Market-1501); 'uniform': every identity once per epoch
+  # (num_ids // P batches). data_pipelines/pk_sampler.py.
+  config.input.sampler = "bot"
   config.input.flip_prob = 0.5
   config.input.pad = 10
   config.input.erasing_prob = 0.5
@@ -91,7 +103,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.weight_decay = 5e-4  # coupled: added to the gradient before Adam
   config.optim.weight_decay_bias = 5e-4
   config.optim.weight_decay_norm = 5e-4  # BN/IN scales and shifts
-  config.optim.warmup_epochs = 10
+  # 'bot': BoT's WarmupMultiStepLR, a per-epoch staircase (epoch e runs with
+  # last_epoch = e + 1); 'fastreid': per-iteration warmup over warmup_iters, then
+  # multi-step at epoch ends (fsaf_jax/training/optimizer.py).
+  config.optim.lr_schedule = "bot"
+  config.optim.warmup_epochs = 10  # 'bot' only
+  config.optim.warmup_iters = 0  # 'fastreid' only
   config.optim.warmup_factor = 0.01
   config.optim.milestones = (40, 70)
   config.optim.gamma = 0.1
@@ -100,8 +117,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --- Loop. ---------------------------------------------------------------------------
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 120
-  # Steps per epoch; -1 = num_train_identities // P (an epoch visits every identity).
+  # Steps per epoch (the unit of the lr schedule); -1 = from the data, as `epoch_length`
+  # says: 'sampler' = the sampler's epoch (BoT: floor(sum_i max(n_i, K) // K / P));
+  # 'images' = num_train_images // (P * K) (fast-reid's iters_per_epoch).
   config.train.steps_per_epoch = -1
+  config.train.epoch_length = "sampler"
   config.train.log_every_steps = 20
   config.train.checkpoint_every_steps = 500
   config.train.keep_checkpoints = 3

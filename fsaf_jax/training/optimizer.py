@@ -15,19 +15,31 @@ scales and shifts of BatchNorm / InstanceNorm / LayerNorm (fast-reid's
 parameter (Flax's norm layers all name it so); its `bias` is a norm parameter too. The
 BNNeck shift is not a parameter at all (`use_bias=False`), so it stays at 0.
 
-Schedule, per optimiser step (decision). BoT's original `WarmupMultiStepLR` is stepped
-once per epoch; fast-reid's is stepped per iteration during warmup. We warm up per
-*step*: with `s` the step and `e = s / steps_per_epoch` the fractional epoch,
+Schedules (`config.optim.lr_schedule`), as functions of the optimiser step `s`, with
+`spe` the steps per epoch and `e = s // spe` the 0-based epoch:
 
-  lr(s) = base_lr * warmup(e) * gamma ** #{m in milestones : e >= m}
-  warmup(e) = warmup_factor + (1 - warmup_factor) * e / warmup_epochs  (e < warmup_epochs)
-            = 1                                                        (otherwise)
+* `'bot'` (default): reid-strong-baseline's `WarmupMultiStepLR`, which its trainer
+  steps once per epoch *at the epoch start*, so epoch `e` runs with `last_epoch = e + 1`:
 
-so at the first step of every epoch the lr equals BoT's per-epoch value exactly, and
-within a warmup epoch it rises linearly instead of staying flat. The decays happen at
-epoch boundaries (step `m * steps_per_epoch`), as in both recipes. Both factors are
-optax schedules (`linear_schedule`, `piecewise_constant_schedule`); their product, like
-BoT's, also covers milestones inside the warmup.
+    lr(s) = base_lr * warmup(e + 1) * gamma ** #{m in milestones : m <= e + 1}
+    warmup(t) = warmup_factor * (1 - t / warmup_epochs) + t / warmup_epochs  (t < warmup_epochs)
+              = 1                                                           (otherwise)
+
+  A staircase: constant within an epoch. With the recipe's values (3.5e-4, 10 warmup
+  epochs from 0.01, milestones 40 and 70) epoch 0 runs at 3.815e-5, the full lr is
+  reached at epoch 9 and the decays act from epochs 39 and 69 (0-based).
+* `'fastreid'`: fast-reid's `WarmupLR` stepped after every iteration for
+  `warmup_iters` iterations (linear from `warmup_factor`), and `MultiStepLR` stepped
+  at the end of every epoch that ends after the warmup (fast-reid's LRScheduler hook):
+
+    lr(s) = base_lr * warmup(s) * gamma ** #{m in milestones : m <= n(e)}
+    warmup(s) = warmup_factor * (1 - s / warmup_iters) + s / warmup_iters  (s < warmup_iters)
+    n(e) = max(0, e - floor(warmup_iters / spe))   (multi-step updates before epoch e)
+
+  so with fast-reid's BoT values (2,000 warmup iterations, milestones 40 and 90,
+  202 iterations per epoch) the decays act from epochs 49 and 99.
+
+Both are built from optax schedules (`piecewise_constant_schedule`, `linear_schedule`).
 """
 
 import flax.traverse_util
@@ -60,11 +72,18 @@ def param_groups(params) -> dict:
   return flax.traverse_util.unflatten_dict(labels)
 
 
+LR_SCHEDULES = ("bot", "fastreid")
+
+
 def _check_schedule_config(optim_config, steps_per_epoch: int) -> tuple[int, ...]:
   if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
     raise ValueError(
       f"steps_per_epoch must be a positive int, got {steps_per_epoch!r} (resolve "
       "config.train.steps_per_epoch=-1 from the dataset before building the optimiser)"
+    )
+  if optim_config.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(
+      f"config.optim.lr_schedule={optim_config.lr_schedule!r}: must be one of {LR_SCHEDULES}"
     )
   milestones = tuple(int(m) for m in optim_config.milestones)
   if any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
@@ -72,8 +91,19 @@ def _check_schedule_config(optim_config, steps_per_epoch: int) -> tuple[int, ...
       f"config.optim.milestones must be strictly increasing positive epochs, got "
       f"{tuple(optim_config.milestones)}"
     )
-  if optim_config.warmup_epochs < 0:
-    raise ValueError(f"config.optim.warmup_epochs must be >= 0, got {optim_config.warmup_epochs}")
+  if optim_config.warmup_epochs < 0 or optim_config.warmup_iters < 0:
+    raise ValueError(
+      f"config.optim.warmup_epochs ({optim_config.warmup_epochs}) and warmup_iters "
+      f"({optim_config.warmup_iters}) must be >= 0"
+    )
+  # Each schedule warms up in its own unit; a value in the other one would be ignored.
+  unused = "warmup_iters" if optim_config.lr_schedule == "bot" else "warmup_epochs"
+  if optim_config[unused]:
+    raise ValueError(
+      f"config.optim.{unused}={optim_config[unused]} has no effect with "
+      f"config.optim.lr_schedule={optim_config.lr_schedule!r} (the 'bot' schedule warms up "
+      "per epoch over warmup_epochs, 'fastreid' per step over warmup_iters): set it to 0"
+    )
   if not 0.0 < optim_config.warmup_factor <= 1.0:
     raise ValueError(
       f"config.optim.warmup_factor must be in (0, 1], got {optim_config.warmup_factor}"
@@ -85,28 +115,55 @@ def _check_schedule_config(optim_config, steps_per_epoch: int) -> tuple[int, ...
   return milestones
 
 
+def bot_epoch_factors(optim_config: ml_collections.ConfigDict) -> list[float]:
+  """The 'bot' schedule's lr factor (times base_lr) of 0-based epochs 0, 1, ..., E.
+
+  E is the last epoch at which the factor changes; later epochs keep the last value.
+  """
+  milestones = tuple(int(m) for m in optim_config.milestones)
+  warmup, factor0 = optim_config.warmup_epochs, optim_config.warmup_factor
+  factors = []
+  for epoch in range(max((warmup, *milestones), default=0) + 1):
+    last_epoch = epoch + 1  # BoT steps its scheduler at the start of every epoch
+    alpha = last_epoch / warmup if last_epoch < warmup else 1.0
+    warm = factor0 * (1 - alpha) + alpha
+    factors.append(warm * optim_config.gamma ** sum(m <= last_epoch for m in milestones))
+  return factors
+
+
 def create_lr_schedule(
   optim_config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.Schedule:
-  """The warmup multi-step learning rate, a function of the optimiser step.
+  """The learning rate as a function of the optimiser step (see the module docstring).
 
   Args:
-    optim_config: `config.optim` (`base_lr`, `warmup_epochs`, `warmup_factor`,
-      `milestones` (epochs), `gamma`).
+    optim_config: `config.optim` (`lr_schedule`, `base_lr`, `warmup_epochs` or
+      `warmup_iters`, `warmup_factor`, `milestones` (epochs), `gamma`).
     steps_per_epoch: optimiser steps per epoch (> 0).
 
   Returns:
-    `schedule(step) -> lr` (scalar), per step; see the module docstring.
+    `schedule(step) -> lr` (scalar).
   """
   milestones = _check_schedule_config(optim_config, steps_per_epoch)
-  warmup_steps = int(round(optim_config.warmup_epochs * steps_per_epoch))
-  if warmup_steps > 0:
-    warmup = optax.linear_schedule(optim_config.warmup_factor, 1.0, warmup_steps)
+  base_lr = optim_config.base_lr
+  if optim_config.lr_schedule == "bot":
+    factors = bot_epoch_factors(optim_config)
+    boundaries = {
+      epoch * steps_per_epoch: factors[epoch] / factors[epoch - 1]
+      for epoch in range(1, len(factors))
+      if factors[epoch] != factors[epoch - 1]
+    }
+    return optax.piecewise_constant_schedule(base_lr * factors[0], boundaries)
+
+  warmup_iters = int(optim_config.warmup_iters)
+  if warmup_iters > 0:
+    warmup = optax.linear_schedule(optim_config.warmup_factor, 1.0, warmup_iters)
   else:
     warmup = optax.constant_schedule(1.0)
+  first_decay_epoch = warmup_iters // steps_per_epoch  # epochs before n(e) starts counting
   decay = optax.piecewise_constant_schedule(
-    optim_config.base_lr,
-    {m * steps_per_epoch: optim_config.gamma for m in milestones},
+    base_lr,
+    {(first_decay_epoch + m) * steps_per_epoch: optim_config.gamma for m in milestones},
   )
   return lambda step: warmup(step) * decay(step)
 

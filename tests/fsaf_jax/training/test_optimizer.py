@@ -13,44 +13,78 @@ from fsaf_jax.training.optimizer import create_lr_schedule, create_optimizer, pa
 STEPS_PER_EPOCH = 7
 
 
-def _recipe_lr(epoch: float) -> float:
-  """BoT: base 3.5e-4, linear warmup over 10 epochs from 1%, x0.1 at epochs 40 and 70."""
-  base = 3.5e-4
-  warm = 0.01 + (1 - 0.01) * epoch / 10 if epoch < 10 else 1.0
-  return base * warm * 0.1 ** sum(epoch >= m for m in (40, 70))
+def _bot_lr(step: int, spe: int, base=3.5e-4, warmup=10, factor=0.01, milestones=(40, 70)):
+  """reid-strong-baseline: WarmupMultiStepLR.step() at every epoch start (1-based)."""
+  last_epoch = step // spe + 1
+  alpha = last_epoch / warmup if last_epoch < warmup else 1.0
+  warm = factor * (1 - alpha) + alpha
+  return base * warm * 0.1 ** sum(m <= last_epoch for m in milestones)
 
 
-@pytest.mark.parametrize("epoch", [0, 5, 10, 39, 40, 69, 70, 119])
-def test_schedule_at_epoch_starts_equals_recipe(epoch):
+def _fastreid_lr(step: int, spe: int, base=3.5e-4, warmup_iters=2000, milestones=(40, 90)):
+  """fast-reid: WarmupLR after every iteration while in warmup; MultiStepLR.step() after
+  every epoch whose last iteration is past the warmup (LRScheduler hook), simulated."""
+  lr_sched_steps = 0
+  for epoch in range(step // spe):
+    last_iter = (epoch + 1) * spe - 1
+    if last_iter + 1 > warmup_iters:
+      lr_sched_steps += 1
+  warm = 0.1 * (1 - step / warmup_iters) + step / warmup_iters if step < warmup_iters else 1.0
+  return base * warm * 0.1 ** sum(m <= lr_sched_steps for m in milestones)
+
+
+def test_bot_schedule_every_step_equals_recipe():
   schedule = create_lr_schedule(get_base_config().optim, STEPS_PER_EPOCH)
-  got = float(schedule(epoch * STEPS_PER_EPOCH))
-  np.testing.assert_allclose(got, _recipe_lr(epoch), rtol=1e-6)
+  steps = np.arange(120 * STEPS_PER_EPOCH)
+  got = np.asarray(jax.vmap(schedule)(steps))
+  want = np.array([_bot_lr(int(s), STEPS_PER_EPOCH) for s in steps])
+  np.testing.assert_allclose(got, want, rtol=2e-6)
 
 
-def test_schedule_hand_values_and_per_step_warmup():
-  schedule = create_lr_schedule(get_base_config().optim, STEPS_PER_EPOCH)
-  lr = lambda step: float(schedule(step))
-  np.testing.assert_allclose(lr(0), 3.5e-6, rtol=1e-6)
-  np.testing.assert_allclose(lr(5 * STEPS_PER_EPOCH), 3.5e-4 * 0.505, rtol=1e-6)
-  # Warmup is per step: halfway through epoch 5 the lr is between epochs 5 and 6.
-  mid = 5 * STEPS_PER_EPOCH + 3
-  np.testing.assert_allclose(lr(mid), _recipe_lr(5 + 3 / STEPS_PER_EPOCH), rtol=1e-6)
-  assert _recipe_lr(5) < lr(mid) < _recipe_lr(6)
-  # Decays land exactly on the epoch boundary.
-  np.testing.assert_allclose(lr(40 * STEPS_PER_EPOCH - 1), 3.5e-4, rtol=1e-6)
-  np.testing.assert_allclose(lr(40 * STEPS_PER_EPOCH), 3.5e-5, rtol=1e-6)
-  np.testing.assert_allclose(lr(70 * STEPS_PER_EPOCH - 1), 3.5e-5, rtol=1e-6)
-  np.testing.assert_allclose(lr(70 * STEPS_PER_EPOCH), 3.5e-6, rtol=1e-6)
-  np.testing.assert_allclose(lr(120 * STEPS_PER_EPOCH - 1), 3.5e-6, rtol=1e-6)
+def test_bot_schedule_hand_values():
+  lr = lambda step: float(create_lr_schedule(get_base_config().optim, STEPS_PER_EPOCH)(step))
+  spe = STEPS_PER_EPOCH
+  # Epoch 0 runs with last_epoch 1: 0.01 * 0.9 + 0.1 = 0.109 of base, the whole epoch.
+  for step in (0, spe - 1):
+    np.testing.assert_allclose(lr(step), 3.815e-5, rtol=1e-6)
+  np.testing.assert_allclose(lr(spe), 3.5e-4 * (0.01 * 0.8 + 0.2), rtol=1e-6)
+  np.testing.assert_allclose(lr(8 * spe), 3.5e-4 * (0.01 * 0.1 + 0.9), rtol=1e-6)
+  np.testing.assert_allclose(lr(9 * spe), 3.5e-4, rtol=1e-6)  # full lr from epoch 9
+  np.testing.assert_allclose(lr(39 * spe - 1), 3.5e-4, rtol=1e-6)
+  np.testing.assert_allclose(lr(39 * spe), 3.5e-5, rtol=1e-6)  # x0.1 from epoch 39
+  np.testing.assert_allclose(lr(69 * spe - 1), 3.5e-5, rtol=1e-6)
+  np.testing.assert_allclose(lr(69 * spe), 3.5e-6, rtol=1e-6)  # and from epoch 69
+  np.testing.assert_allclose(lr(120 * spe - 1), 3.5e-6, rtol=1e-6)
 
 
-def test_schedule_without_warmup_and_milestone_inside_warmup():
+def test_bot_schedule_without_warmup_and_milestone_inside_warmup():
   cfg = get_base_config().optim
   cfg.warmup_epochs = 0
   np.testing.assert_allclose(float(create_lr_schedule(cfg, 3)(0)), 3.5e-4, rtol=1e-6)
   cfg.warmup_epochs, cfg.milestones = 10, (4,)
-  got = float(create_lr_schedule(cfg, 1)(5))
-  np.testing.assert_allclose(got, 3.5e-4 * (0.01 + 0.99 * 0.5) * 0.1, rtol=1e-6)
+  got = [float(create_lr_schedule(cfg, 1)(e)) for e in range(12)]
+  want = [_bot_lr(e, 1, milestones=(4,)) for e in range(12)]
+  np.testing.assert_allclose(got, want, rtol=2e-6)
+  assert got[3] < got[2]  # the milestone acts inside the warmup, at 0-based epoch 3
+
+
+@pytest.mark.parametrize("spe", [202, 7, 250, 2000])
+def test_fastreid_schedule_equals_simulated_hooks(spe):
+  cfg = get_base_config().optim
+  cfg.lr_schedule, cfg.warmup_epochs, cfg.warmup_iters = "fastreid", 0, 2000
+  cfg.warmup_factor, cfg.milestones = 0.1, (40, 90)
+  schedule = create_lr_schedule(cfg, spe)
+  steps = np.unique(
+    np.concatenate([np.arange(0, 2100), np.arange(0, 120 * spe, max(1, spe // 5))])
+  )
+  steps = np.unique(np.concatenate([steps, np.arange(120) * spe, np.arange(1, 121) * spe - 1]))
+  got = np.asarray(jax.vmap(schedule)(steps))
+  want = np.array([_fastreid_lr(int(s), spe) for s in steps])
+  np.testing.assert_allclose(got, want, rtol=2e-6)
+  if spe == 202:  # fast-reid's Market epoch: the decays act from epochs 49 and 99
+    assert float(schedule(49 * 202 - 1)) == pytest.approx(3.5e-4, rel=1e-6)
+    assert float(schedule(49 * 202)) == pytest.approx(3.5e-5, rel=1e-6)
+    assert float(schedule(99 * 202)) == pytest.approx(3.5e-6, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -60,6 +94,8 @@ def test_schedule_without_warmup_and_milestone_inside_warmup():
     ("milestones", (40, 40), "milestones"),
     ("warmup_factor", 0.0, "warmup_factor"),
     ("warmup_epochs", -1, "warmup_epochs"),
+    ("warmup_iters", 100, "warmup_iters=100 has no effect"),
+    ("lr_schedule", "cosine", "lr_schedule"),
     ("weight_decay", -1e-4, "weight_decay"),
   ],
 )
@@ -138,7 +174,7 @@ def test_adam_with_coupled_decay_matches_numpy():
     p = optax.apply_updates(p, updates)
   decay_of = {"weight": 0.5, "bias": 2.0, "norm": 0.0}
   decays = jax.tree.map(lambda label: decay_of[label], param_groups(params))
-  lrs = [3.5e-4 * (0.01 + 0.99 * s / 4) for s in range(3)]
+  lrs = [_bot_lr(s, 2, warmup=2) for s in range(3)]
   np.testing.assert_allclose([float(schedule(s)) for s in range(3)], lrs, rtol=1e-6)
   want = _numpy_adam(params, grads_seq, decays, lrs)
   for k in params:
