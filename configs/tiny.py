@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.num_identities = 4
   config.input.num_instances = 2
   config.input.eval_batch_size = 16
+  # No ImageNet weights exist for the tiny widths: random initialisation on purpose.
+  config.init.pretrained = "scratch"
   # The tiny model's steps are milliseconds and the host (decoding, logging) dominates:
   # one shared malloc arena slowed the demo (configs/demo.py) from 2 min 20 s to 2 min
   # 44-52 s on the 2-core CPU, so the large-model malloc settings are off here.

@@ -193,7 +193,7 @@ class TrainIterator(Iterator[dict[str, jax.Array]]):
 
   @property
   def batches_per_epoch(self) -> int:
-    """Global batches in which every identity (but the `num_ids % P` left over) is seen."""
+    """Global batches of one sampler epoch (`PKSampler.batches_per_epoch`)."""
     return self._sampler.batches_per_epoch
 
   def host_batch(self, batch: int) -> dict[str, np.ndarray]:
@@ -295,7 +295,7 @@ def create_train_iterator(
     source: random-access training source; its `person_id`s are the class labels
       (0..N-1, already remapped by the dataset builder).
     config: the run config; reads `config.input.{image_size, num_identities (P),
-      num_instances (K), flip_prob, pad, erasing_*, num_workers, prefetch}`.
+      num_instances (K), sampler, flip_prob, pad, erasing_*, num_workers, prefetch}`.
     mesh: device mesh with axis `'data'`; batches are sharded over it.
     seed: seed of the sampling and augmentation.
     num_train_ids: number of classes; labels must lie in [0, num_train_ids). Default:
@@ -346,6 +346,7 @@ def create_train_iterator(
     num_identities=p,
     num_instances=k,
     seed=seed,
+    mode=str(input_config.sampler),
     shard_index=process_index,
     shard_count=process_count,
   )

@@ -1,13 +1,32 @@
 """P x K identity sampler for metric-learning batches, as a grain `Sampler`.
 
 Every batch holds P identities with K images each (the triplet loss needs positives and
-negatives in the batch). An *epoch* is a random permutation of the identities cut into
-`num_ids // P` batches, so every identity is visited once per epoch; the remaining
-`num_ids % P` identities at the end of that epoch's permutation are left out of it (a
-different random set each epoch, as torchreid / fast-reid drop their incomplete batch).
-Each visited identity contributes K distinct images, drawn at random; an identity with
-fewer than K images is sampled with replacement (unless that is disallowed, then it is an
-error).
+negatives in the batch). Two ways to make an epoch (`mode`):
+
+* `'bot'` (default): BoT's `RandomIdentitySampler` (reid-strong-baseline; torchreid's
+  is the same). Every identity's images are shuffled and cut into chunks of K (an
+  identity with fewer than K images is first filled to K by sampling with replacement;
+  the last `n mod K` images are dropped), then batches of P identities are drawn
+  uniformly among the identities that still have chunks, each giving its next chunk,
+  until fewer than P identities have chunks left. An identity with n images is thus
+  visited `max(n, K) // K` times per epoch: in proportion to its image count.
+  The epoch has a fixed length, which the lr schedule needs:
+
+    batches_per_epoch = floor(sum_i (max(n_i, K) // K) / P)
+
+  BoT's own `len(sampler) / batch_size` (for Market-1501's 12,936 images of 751
+  identities, ~184). One pass of the draw above can end a few batches early, when the
+  last identities with chunks left are fewer than P; the epoch is then topped up by a
+  second pass (all identities shuffled and chunked again), as fast-reid's
+  `NaiveIdentitySampler` continues into its next pass. That top-up is the one
+  difference from BoT, whose epochs vary in length by those few batches.
+* `'uniform'`: a random permutation of the identities cut into `num_ids // P` batches,
+  so every identity is visited once per epoch (the `num_ids % P` left over differ from
+  epoch to epoch); each visited identity gives K distinct random images (with
+  replacement below K).
+
+Sampling with replacement below K can be disallowed (`sample_with_replacement=False`:
+such identities are then an error).
 
 The record at a position is a pure function of `(seed, position)`: the sampler has no
 mutable state, so an iterator's state is just its position and grain can checkpoint and
@@ -25,11 +44,62 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+MODES = ("bot", "uniform")
 # Independent random streams derived from the seed.
 _PERMUTATION_STREAM = 0
 _INSTANCE_STREAM = 1
-# Memoised permutations / instance draws (about two epochs' worth at Market scale).
-_CACHE_SIZE = 4096
+_BOT_STREAM = 2
+# Epoch plans kept in memory (a plan is [batches_per_epoch, P * K] record indices).
+_CACHE_SIZE = 4
+
+
+def bot_batches_per_epoch(counts: Sequence[int] | np.ndarray, p: int, k: int) -> int:
+  """BoT's epoch length: floor(sum_i (max(n_i, K) // K) / P) batches of P x K.
+
+  Args:
+    counts: images per identity, int [num_ids].
+    p: identities per batch.
+    k: images per identity in a batch.
+  """
+  counts = np.asarray(counts, np.int64)
+  return int(np.sum(np.maximum(counts, k) // k) // p)
+
+
+def bot_epoch(
+  members: Sequence[np.ndarray], p: int, k: int, num_batches: int, rng: np.random.Generator
+) -> np.ndarray:
+  """One epoch of BoT's `RandomIdentitySampler` (see the module docstring).
+
+  Args:
+    members: record indices of every identity (int arrays, each non-empty).
+    p: identities per batch (at most the number of identities).
+    k: images per identity in a batch.
+    num_batches: batches to return; passes of the draw are chained until there are
+      that many.
+    rng: the epoch's random generator.
+
+  Returns:
+    int64 [num_batches, p * k] record indices; the K images of an identity are
+    consecutive.
+  """
+  batches = []
+  while len(batches) < num_batches:
+    chunks = []  # per identity, its remaining K-chunks (the next one last)
+    for records in members:
+      if len(records) < k:
+        records = rng.choice(records, k, replace=True)
+      records = rng.permutation(records)
+      usable = len(records) - len(records) % k
+      chunks.append(list(records[:usable].reshape(-1, k)[::-1]))
+    available = list(range(len(members)))
+    while len(available) >= p and len(batches) < num_batches:
+      picked = rng.choice(len(available), p, replace=False)
+      identities = [available[i] for i in picked]
+      batches.append(np.concatenate([chunks[i].pop() for i in identities]))
+      for i in identities:
+        if not chunks[i]:
+          available.remove(i)
+  return np.asarray(batches, np.int64).reshape(num_batches, p * k)
 
 
 class PKSampler:
@@ -40,9 +110,11 @@ class PKSampler:
   K images of an identity are consecutive.
 
   Attributes:
+    mode: 'bot' or 'uniform' (see the module docstring).
     num_identities: P, identities per global batch.
     num_instances: K, images per identity.
-    batches_per_epoch: `num_ids // P` (global batches; each process sees the same count).
+    batches_per_epoch: global batches per epoch ('bot': BoT's formula; 'uniform':
+      `num_ids // P`); each process sees the same count.
     local_batch_size: records per process-local batch, `P / shard_count * K`.
   """
 
@@ -53,6 +125,7 @@ class PKSampler:
     num_identities: int = 16,
     num_instances: int = 4,
     seed: int,
+    mode: str = "bot",
     num_epochs: int | None = None,
     sample_with_replacement: bool = True,
     shard_index: int = 0,
@@ -66,6 +139,8 @@ class PKSampler:
       num_identities: P.
       num_instances: K.
       seed: non-negative int; the batches are a pure function of it.
+      mode: 'bot' (BoT's RandomIdentitySampler epoch) or 'uniform' (every identity
+        once per epoch); `config.input.sampler`.
       num_epochs: epochs to yield; None = unbounded.
       sample_with_replacement: allow identities with fewer than K images (sampled with
         replacement). If False, such identities are an error.
@@ -73,6 +148,8 @@ class PKSampler:
       shard_count: number of processes (`jax.process_count()`); must divide P.
     """
     person_ids = np.asarray(person_ids)
+    if mode not in MODES:
+      raise ValueError(f"config.input.sampler={mode!r}: must be one of {MODES}")
     if person_ids.ndim != 1 or person_ids.size == 0:
       raise ValueError(f"person_ids must be a non-empty 1-D sequence, got shape {person_ids.shape}")
     if not np.issubdtype(person_ids.dtype, np.integer):
@@ -111,9 +188,13 @@ class PKSampler:
     order = np.argsort(inverse, kind="stable")
     self._members = tuple(np.split(order, np.cumsum(counts)[:-1]))  # record ids per identity
 
+    self.mode = mode
     self.num_identities = num_identities
     self.num_instances = num_instances
-    self.batches_per_epoch = len(identities) // num_identities
+    if mode == "bot":
+      self.batches_per_epoch = bot_batches_per_epoch(counts, num_identities, num_instances)
+    else:
+      self.batches_per_epoch = len(identities) // num_identities
     self.local_batch_size = num_identities // shard_count * num_instances
     self._identities = identities
     self._seed = int(seed)
@@ -148,7 +229,7 @@ class PKSampler:
   def fingerprint(self) -> str:
     """Everything that decides the global batch sequence (not the sharding)."""
     return (
-      f"PKSampler(num_records={self._num_records}, num_ids={self.num_ids}, "
+      f"PKSampler(mode={self.mode}, num_records={self._num_records}, num_ids={self.num_ids}, "
       f"P={self.num_identities}, K={self.num_instances}, seed={self._seed}, "
       f"num_epochs={self._num_epochs}, replace={self._replace}, "
       f"person_ids_crc32={self._person_ids_crc})"
@@ -163,36 +244,38 @@ class PKSampler:
     batch, offset = divmod(index, self.local_batch_size)
     return batch * self.global_batch_size + self._shard_index * self.local_batch_size + offset
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    """Order in which the identities (indices into `_identities`) are visited in `epoch`."""
-    if (perm := self._cache.get(epoch)) is None:
-      rng = np.random.default_rng([self._seed, _PERMUTATION_STREAM, epoch])
-      perm = rng.permutation(self.num_ids)
-      self._cache_put(epoch, perm)
-    return perm
-
-  def _instances(self, epoch: int, identity: int) -> np.ndarray:
-    """The K source records of `identity` (an index into `_identities`) in `epoch`."""
-    if (chosen := self._cache.get((epoch, identity))) is None:
+  def _uniform_epoch(self, epoch: int) -> np.ndarray:
+    """'uniform': a permutation of the identities, K random images for each visited one."""
+    p, k = self.num_identities, self.num_instances
+    rng = np.random.default_rng([self._seed, _PERMUTATION_STREAM, epoch])
+    visited = rng.permutation(self.num_ids)[: self.batches_per_epoch * p]
+    plan = np.empty((len(visited), k), np.int64)
+    for row, identity in enumerate(visited):
       members = self._members[identity]
-      rng = np.random.default_rng([self._seed, _INSTANCE_STREAM, epoch, identity])
-      chosen = rng.choice(members, self.num_instances, replace=len(members) < self.num_instances)
-      self._cache_put((epoch, identity), chosen)
-    return chosen
+      rng = np.random.default_rng([self._seed, _INSTANCE_STREAM, epoch, int(identity)])
+      plan[row] = rng.choice(members, k, replace=len(members) < k)
+    return plan.reshape(self.batches_per_epoch, p * k)
 
-  def _cache_put(self, key, value) -> None:
-    # Pure-function memo: clearing it only costs recomputation.
-    if len(self._cache) >= _CACHE_SIZE:
-      self._cache.clear()
-    self._cache[key] = value
+  def epoch_plan(self, epoch: int) -> np.ndarray:
+    """Record indices of every global batch of `epoch`, int64 [batches_per_epoch, P * K]."""
+    if (plan := self._cache.get(epoch)) is None:
+      if self.mode == "bot":
+        rng = np.random.default_rng([self._seed, _BOT_STREAM, epoch])
+        plan = bot_epoch(
+          self._members, self.num_identities, self.num_instances, self.batches_per_epoch, rng
+        )
+      else:
+        plan = self._uniform_epoch(epoch)
+      if len(self._cache) >= _CACHE_SIZE:  # pure-function memo: clearing only costs time
+        self._cache.clear()
+      self._cache[epoch] = plan
+    return plan
 
   def record_at(self, position: int) -> int:
     """Source record index at a *global* position (pure function of seed and position)."""
     epoch, rem = divmod(position, self.batches_per_epoch * self.global_batch_size)
-    batch, rem = divmod(rem, self.global_batch_size)
-    slot, instance = divmod(rem, self.num_instances)
-    identity = int(self._permutation(epoch)[batch * self.num_identities + slot])
-    return int(self._instances(epoch, identity)[instance])
+    batch, slot = divmod(rem, self.global_batch_size)
+    return int(self.epoch_plan(epoch)[batch, slot])
 
   def __getitem__(self, index: int) -> grain.RecordMetadata:
     """Returns the record at process-local position `index`.

@@ -41,8 +41,28 @@ Path = tuple[str, ...]
 DROPPED_TITLE = "file entries not used (3x3 convs the model replaces by MHSA, or ignore_unused)"
 
 
+# The official ImageNet-pretrained ResNet50-IBN-a of IBN-Net (a PyTorch state_dict).
+IBN_A_RELEASE = "resnet50_ibn_a-d9d0bb7b.pth"
+# `config.init.pretrained` value that asks for random initialisation on purpose.
+SCRATCH = "scratch"
+
+
 class PretrainedError(ValueError):
   """A pretrained file or its application to a model is invalid (the message says why)."""
+
+
+class MissingPretrainedError(PretrainedError):
+  """A run that needs ImageNet weights names none (`config.init.pretrained` empty)."""
+
+
+def pretrained_file(setting: str) -> str | None:
+  """The file named by `config.init.pretrained`, or None for random initialisation.
+
+  Args:
+    setting: the config value: a path, `SCRATCH` ('scratch': random init on purpose)
+      or '' (random init; training refuses it, see `train_state.check_initialisation`).
+  """
+  return None if setting in ("", SCRATCH) else setting
 
 
 # --- Path reports. ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import flax.traverse_util
 import jax.numpy as jnp
 
 from fsaf_jax.models.attention import MHSA
@@ -105,3 +106,25 @@ class Bottleneck(nn.Module):
       shortcut = conv1x1(out_features, strides=self.strides, name="downsample_conv")(x)
       shortcut = norm(name="downsample_bn")(shortcut)
     return nn.relu(y + shortcut)
+
+
+def zero_attention_last_bn(params: Any) -> Any:
+  """Sets the last BatchNorm scale (`bn3/scale`) of every MHSA bottleneck to 0.
+
+  BoTNet's initialisation: with a zero scale the attention branch adds nothing at the
+  start, so a randomly initialised MHSA inside an ImageNet-pretrained trunk begins as an
+  identity residual (the shortcut) instead of noise. Blocks without MHSA keep theirs.
+
+  Args:
+    params: the model parameters (`variables['params']`), arrays of any sharding.
+
+  Returns:
+    The same tree with those scales replaced by zeros (same shape, dtype, sharding
+    when called under `jax.jit` with the input's sharding).
+  """
+  flat = flax.traverse_util.flatten_dict(params)
+  modules = {path[:i] for path in flat for i in range(1, len(path))}
+  for path in flat:
+    if path[-2:] == ("bn3", "scale") and (*path[:-2], "mhsa") in modules:
+      flat[path] = jnp.zeros_like(flat[path])
+  return flax.traverse_util.unflatten_dict(flat)

@@ -61,6 +61,7 @@ RESUMABLE_FIELDS = (
   "input.prefetch",
   "input.eval_batch_size",
   "init.pretrained",
+  "init.zero_init_attention_bn",
   "host_allocator",
   "eval.",
 )

@@ -2,12 +2,14 @@
 
 `train_and_evaluate(config, workdir)` is what `python train.py` runs:
 
-1. `jax.distributed` if the environment asks for it; the dataset made ready
-   (`data_setup.prepare_dataset`: synthetic data, TFDS build); `model.num_classes`
-   (-1: from the data) and `train.steps_per_epoch` (-1: `num_train_ids // P`)
-   resolved into the config that is saved with every checkpoint.
-2. Mesh, train state (random or `config.init.pretrained`), the jitted data-parallel
-   step (state replicated and donated, batch sharded), the P x K train iterator.
+1. `jax.distributed` if the environment asks for it; an empty `config.init.pretrained`
+   refused before any data work; the dataset made ready (`data_setup.prepare_dataset`:
+   synthetic data, TFDS build); the P x K train iterator; `model.num_classes` (-1: from
+   the data) and `train.steps_per_epoch` (-1: the sampler's epoch, or fast-reid's
+   images // batch) resolved into the config that is saved with every checkpoint.
+2. Mesh, train state (`config.init.pretrained` or 'scratch'), the jitted data-parallel
+   step (state replicated and donated, batch sharded); the run card printed and
+   written to `WORKDIR/run_card.json` (`run_card`).
 3. Resume: the latest checkpoint in `WORKDIR/checkpoints` (train state and iterator
    position: the next batch is the one an uninterrupted run would see), refused if
    its config differs in a field that matters (`checkpoint.RESUMABLE_FIELDS`).
@@ -50,16 +52,17 @@ from data_pipelines import input_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import data_setup
+from fsaf_jax.training import data_setup, run_card
 from fsaf_jax.training.distributed import maybe_initialize_distributed
 from fsaf_jax.training.mesh import make_mesh
 from fsaf_jax.training.preemption import StopOnSignal
-from fsaf_jax.training.train_state import create_train_state
+from fsaf_jax.training.train_state import check_initialisation, create_train_state, init_variables
 from fsaf_jax.training.train_step import check_finite, make_train_step
 
 TB_SUBDIR = "tb"
 INDICES_SUBDIR = "batch_indices"
 FINITE_KEYS = ("loss", "grad_norm", "param_norm")
+EVAL_SPLITS = ("query", "gallery")
 
 
 @dataclasses.dataclass
@@ -93,18 +96,33 @@ class _QuietOrbax(logging.Filter):
 _ORBAX_FILTER = _QuietOrbax()
 
 
+EPOCH_LENGTHS = ("sampler", "images")
+
+
 def resolve_config(
-  config: ml_collections.ConfigDict, num_train_ids: int
+  config: ml_collections.ConfigDict,
+  num_train_ids: int,
+  *,
+  sampler_steps_per_epoch: int,
+  num_train_images: int,
 ) -> ml_collections.ConfigDict:
   """A copy with `model.num_classes` and `train.steps_per_epoch` taken from the data.
 
   Args:
     config: the run config (data paths already resolved).
     num_train_ids: training identities of the dataset.
+    sampler_steps_per_epoch: batches of one epoch of the training sampler
+      (`PKSampler.batches_per_epoch`).
+    num_train_images: images of the training split.
+
+  Returns:
+    The config with `model.num_classes = num_train_ids` and, if it was -1,
+    `train.steps_per_epoch` = the sampler's epoch (`train.epoch_length='sampler'`) or
+    `num_train_images // (P * K)` ('images', fast-reid's).
 
   Raises:
-    ValueError: `model.num_classes` is positive and differs from `num_train_ids`, or
-      there are fewer training identities than P.
+    ValueError: `model.num_classes` is positive and differs from `num_train_ids`, an
+      unknown `train.epoch_length`, or a non-positive `train.steps_per_epoch`.
   """
   config = ml_collections.ConfigDict(config.to_dict())
   if config.model.num_classes not in (-1, num_train_ids):
@@ -114,18 +132,25 @@ def resolve_config(
       "config.model.num_classes=-1 (take it from the data) or fix it"
     )
   config.model.num_classes = num_train_ids
-  p = config.input.num_identities
+  if config.train.epoch_length not in EPOCH_LENGTHS:
+    raise ValueError(
+      f"config.train.epoch_length={config.train.epoch_length!r}: must be one of {EPOCH_LENGTHS}"
+    )
   if config.train.steps_per_epoch == -1:
-    if num_train_ids < p:
+    batch = config.input.num_identities * config.input.num_instances
+    if config.train.epoch_length == "sampler":
+      config.train.steps_per_epoch = int(sampler_steps_per_epoch)
+    else:
+      config.train.steps_per_epoch = num_train_images // batch
+    if config.train.steps_per_epoch <= 0:
       raise ValueError(
-        f"{config.input.dataset!r} has {num_train_ids} training identities, fewer than "
-        f"P = config.input.num_identities = {p}"
+        f"{config.input.dataset!r} gives no full batch of P x K = {batch} per epoch "
+        f"({num_train_images} training images, {num_train_ids} identities)"
       )
-    config.train.steps_per_epoch = num_train_ids // p
   elif config.train.steps_per_epoch <= 0:
     raise ValueError(
-      f"config.train.steps_per_epoch must be -1 (num_train_ids // P) or positive, got "
-      f"{config.train.steps_per_epoch}"
+      f"config.train.steps_per_epoch must be -1 (from the data, see train.epoch_length) or "
+      f"positive, got {config.train.steps_per_epoch}"
     )
   return config
 
@@ -277,45 +302,68 @@ def train_and_evaluate(
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
 
+  check_initialisation(config.init)  # before any data work
   config = data_setup.prepare_dataset(config, workdir)
   dataset, data_dir = config.input.dataset, config.input.data_dir
   num_train_ids = source_lib.num_train_identities(dataset, data_dir)
-  config = resolve_config(config, num_train_ids)
+  train_source = source_lib.load_source(dataset, "train", data_dir)
+  person_ids, _ = input_pipeline.read_labels(train_source)
+  mesh = make_mesh()
+  train_iter = input_pipeline.create_train_iterator(
+    train_source,
+    config,
+    mesh,
+    seed=int(config.seed),
+    num_train_ids=num_train_ids,
+    person_ids=person_ids,
+  )
+  config = resolve_config(
+    config,
+    num_train_ids,
+    sampler_steps_per_epoch=train_iter.batches_per_epoch,
+    num_train_images=len(train_source),
+  )
   steps_per_epoch = int(config.train.steps_per_epoch)
   total_steps = int(config.train.num_epochs) * steps_per_epoch
   image_size = tuple(int(s) for s in config.input.image_size)
   global_batch = config.input.num_identities * config.input.num_instances
   if is_main:
     (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
-  logging.info(
-    "%s: %d training identities, %d steps/epoch x %d epochs = %d steps, batch %d, %d devices",
-    dataset,
-    num_train_ids,
-    steps_per_epoch,
-    config.train.num_epochs,
-    total_steps,
-    global_batch,
-    jax.device_count(),
-  )
 
-  mesh = make_mesh()
   model = fsaf.create_model(config.model, num_train_ids)
+  rng = jax.random.key(config.seed)
+  variables, pretrained_report = init_variables(config, model, rng, image_size, mesh)
   state = create_train_state(
     config,
     model,
-    jax.random.key(config.seed),
+    rng,
     num_train_ids,
     image_size,
     steps_per_epoch=steps_per_epoch,
     mesh=mesh,
+    variables=variables,
   )
-  init_variables = None
+  card = run_card.build_run_card(
+    config,
+    config_name=config_name,
+    split_sizes={
+      "train": len(train_source),
+      **{split: len(source_lib.load_source(dataset, split, data_dir)) for split in EVAL_SPLITS},
+    },
+    num_train_ids=num_train_ids,
+    sampler_mode=train_iter.sampler.mode,
+    sampler_steps_per_epoch=train_iter.batches_per_epoch,
+    schedule=state.lr_schedule,
+    variables=variables,
+    pretrained_report=pretrained_report,
+    mesh=mesh,
+  )
+  if is_main:
+    _print(run_card.format_run_card(card))
+    run_card.write_run_card(card, workdir)
+  untrained_variables = None
   if config.eval.compare_baselines:
-    init_variables = jax.device_get(state.variables)
-  train_source = source_lib.load_source(dataset, "train", data_dir)
-  train_iter = input_pipeline.create_train_iterator(
-    train_source, config, mesh, seed=int(config.seed), num_train_ids=num_train_ids
-  )
+    untrained_variables = jax.device_get(variables)
   manager = checkpoint_lib.create_checkpoint_manager(workdir, config.train.keep_checkpoints)
   state = checkpoint_lib.restore_checkpoint(manager, state, train_iter, config)
   start_step = int(state.step)
@@ -442,7 +490,7 @@ def train_and_evaluate(
         result.baselines = baselines.compare_baselines(
           config,
           result.eval,
-          init_variables,
+          untrained_variables,
           outdir=workdir if is_main else None,
           mesh=mesh,
           config_name=config_name,

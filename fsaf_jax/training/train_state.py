@@ -4,11 +4,12 @@ A `flax.struct` dataclass, so it is a pytree: jit, sharding and orbax checkpoint
 the arrays (`step`, `params`, `batch_stats`, `opt_state`, `centers`,
 `center_opt_state`); the optimisers and the lr schedule are static fields.
 
-`create_train_state` initialises the model under `jax.jit` with replicated output
+`init_variables` initialises the model under `jax.jit` with replicated output
 shardings over the mesh (every device of every process holds the same copy, created
-in place: nothing is built on one host and broadcast), optionally loads ImageNet
-weights (`config.init.pretrained`), and builds the BoT optimiser for the run's
-`steps_per_epoch`.
+in place: nothing is built on one host and broadcast), loads ImageNet weights
+(`config.init.pretrained`) and zero-initialises the last BatchNorm scale of the
+attention blocks (BoTNet); `create_train_state` adds the BoT optimiser for the run's
+`steps_per_epoch`. `check_initialisation` refuses an empty `config.init.pretrained`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from fsaf_jax import pretrained as pretrained_lib
 from fsaf_jax.losses.center import init_centers
+from fsaf_jax.models.bottleneck import zero_attention_last_bn
 from fsaf_jax.training.mesh import make_mesh, replicated
 from fsaf_jax.training.optimizer import create_optimizer
 
@@ -108,17 +111,70 @@ def _resolve_steps_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch:
   return int(steps)
 
 
-def _load_pretrained(variables: PyTree, path: str) -> PyTree:
-  """`variables` with the entries of the pretrained file at `path` in place.
+def check_initialisation(init_config: ml_collections.ConfigDict) -> None:
+  """Refuses a run that would silently start from random weights.
 
-  The arrays keep their (replicated) sharding; what was loaded, dropped and left at
-  init is logged.
+  Args:
+    init_config: `config.init`. `pretrained` must name a converted file, or be
+      'scratch' to train from random initialisation on purpose (the tiny and demo
+      configs do).
+
+  Raises:
+    pretrained.MissingPretrainedError: `pretrained` is empty; the message says where the
+      ImageNet weights come from and how to convert them.
   """
-  from fsaf_jax.pretrained import apply_pretrained  # noqa: PLC0415
+  if not init_config.pretrained:
+    raise pretrained_lib.MissingPretrainedError(
+      "config.init.pretrained is empty: this run would train from random weights, tens of "
+      "points below any published ReID figure (every recipe starts from ImageNet). Get the "
+      f"official IBN-Net release {pretrained_lib.IBN_A_RELEASE} (XingangPan/IBN-Net on "
+      f"GitHub), convert it once with `python -m fsaf_jax.convert_ibn "
+      f"{pretrained_lib.IBN_A_RELEASE} r50_ibn_a.msgpack` and pass "
+      "--config.init.pretrained=r50_ibn_a.msgpack; to train from scratch on purpose, pass "
+      f"--config.init.pretrained={pretrained_lib.SCRATCH}"
+    )
 
-  variables, report = apply_pretrained(variables, path)
-  logging.info("Pretrained weights from %s:\n%s", path, report)
-  return variables
+
+def init_variables(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  rng: jax.Array,
+  image_size: tuple[int, int],
+  mesh: Mesh,
+) -> tuple[PyTree, pretrained_lib.PretrainedReport | None]:
+  """The model's initial variables, replicated over `mesh`, with pretrained weights.
+
+  Args:
+    config: the run config (`init`).
+    model: the FSAF module.
+    rng: PRNG key, the same on every process (the `rng` of `create_train_state`: the
+      model is initialised from its first split).
+    image_size: (H, W) of the training images.
+    mesh: the device mesh.
+
+  Returns:
+    ({'params', 'batch_stats'}, report): the report of `pretrained.apply_pretrained`
+    (what was loaded, dropped and left at init), or None without a pretrained file.
+    With `config.init.zero_init_attention_bn`, the last BatchNorm scale of every MHSA
+    block is then set to 0 (`bottleneck.zero_attention_last_bn`).
+  """
+  h, w = image_size
+  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
+  model_rng = jax.random.split(rng)[0]
+  init = jax.jit(lambda r: model.init(r, dummy, train=False), out_shardings=replicated(mesh))
+  variables = init(model_rng)
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  report = None
+  path = pretrained_lib.pretrained_file(config.init.pretrained)
+  if path:
+    variables, report = pretrained_lib.apply_pretrained(variables, path)
+    logging.info("Pretrained weights from %s:\n%s", path, report)
+  if config.init.zero_init_attention_bn:
+    variables = jax.jit(
+      lambda v: {**v, "params": zero_attention_last_bn(v["params"])},
+      out_shardings=replicated(mesh),
+    )(variables)
+  return variables, report
 
 
 def create_train_state(
@@ -130,6 +186,7 @@ def create_train_state(
   *,
   steps_per_epoch: int | None = None,
   mesh: Mesh | None = None,
+  variables: PyTree | None = None,
 ) -> TrainState:
   """Initialises the model, optional pretrained backbone, optimiser and centres.
 
@@ -143,6 +200,8 @@ def create_train_state(
     steps_per_epoch: optimiser steps per epoch for the lr schedule; default
       `config.train.steps_per_epoch`, which must then be positive.
     mesh: the device mesh the state is replicated over; default `make_mesh()`.
+    variables: the initial {'params', 'batch_stats'} (`init_variables`), replicated
+      over `mesh`; default `init_variables(config, model, rng, image_size, mesh)`.
 
   Returns:
     A `TrainState` at step 0 whose arrays are replicated over `mesh`.
@@ -150,18 +209,15 @@ def create_train_state(
   mesh = make_mesh() if mesh is None else mesh
   steps_per_epoch = _resolve_steps_per_epoch(config, steps_per_epoch)
   repl = replicated(mesh)
-  h, w = image_size
-  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
-  model_rng, centers_rng = jax.random.split(rng)
-  variables = jax.jit(lambda r: model.init(r, dummy, train=False), out_shardings=repl)(model_rng)
-  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  if config.init.pretrained:
-    variables = _load_pretrained(variables, config.init.pretrained)
+  centers_rng = jax.random.split(rng)[1]
+  if variables is None:
+    variables, _ = init_variables(config, model, rng, image_size, mesh)
 
   tx, lr_schedule = create_optimizer(config.optim, steps_per_epoch, variables["params"])
   use_centers = bool(config.loss.center_weight)
   center_tx = optax.sgd(config.optim.center_lr) if use_centers else None
   if use_centers:
+    dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
     feat = jax.eval_shape(lambda v: model.apply(v, dummy, train=False), variables)["feat"]
     feature_dim = feat.shape[-1]
 

@@ -73,12 +73,18 @@ def test_train_batch_is_a_global_array_sharded_over_devices(source, mesh, num_de
       np.testing.assert_array_equal(s.data, np.asarray(x)[i * b // 4 : (i + 1) * b // 4])
 
 
-def test_train_batches_are_pk_and_match_the_source(source, mesh):
+@pytest.mark.parametrize("sampler", ["bot", "uniform"])
+def test_train_batches_are_pk_and_match_the_source(source, mesh, sampler):
   # Without augmentation a row is exactly its source record, decoded and resized.
-  config = _config(flip_prob=0.0, pad=0, erasing_prob=0.0)
+  config = _config(flip_prob=0.0, pad=0, erasing_prob=0.0, sampler=sampler)
   with create_train_iterator(source, config, mesh, seed=1) as it:
     batches = _take(it, 2 * it.batches_per_epoch)
-    assert it.batches_per_epoch == 10 // P
+    assert it.sampler.mode == sampler
+    counts = np.array([3, 5, 2, 4, 6, 4, 1, 3, 4, 5])  # the source fixture's
+    if sampler == "bot":
+      assert it.batches_per_epoch == np.sum(np.maximum(counts, K) // K) // P
+    else:
+      assert it.batches_per_epoch == 10 // P
   for batch in batches:
     runs = batch["label"].reshape(P, K)
     assert (runs == runs[:, :1]).all() and len(set(runs[:, 0])) == P

@@ -6,7 +6,7 @@ import grain
 import numpy as np
 import pytest
 
-from data_pipelines.pk_sampler import PKSampler
+from data_pipelines.pk_sampler import MODES, PKSampler, bot_batches_per_epoch
 
 
 def _labels(counts, seed=0):
@@ -23,10 +23,11 @@ def _batches(sampler, num_batches):
   )
 
 
-def test_every_batch_holds_p_identities_with_k_distinct_images():
+@pytest.mark.parametrize("mode", MODES)
+def test_every_batch_holds_p_identities_with_k_distinct_images(mode):
   labels = _labels([5, 4, 9, 6, 4, 7, 8, 4, 5, 6, 4, 4])
   p, k = 4, 4
-  sampler = PKSampler(labels, num_identities=p, num_instances=k, seed=3)
+  sampler = PKSampler(labels, num_identities=p, num_instances=k, seed=3, mode=mode)
   assert sampler.batches_per_epoch == 3
   for batch in _batches(sampler, 3 * sampler.batches_per_epoch):
     batch_labels = labels[batch]
@@ -41,7 +42,7 @@ def test_every_batch_holds_p_identities_with_k_distinct_images():
 
 def test_epoch_visits_every_identity_once():
   labels = _labels([4] * 12)
-  sampler = PKSampler(labels, num_identities=4, num_instances=2, seed=0)
+  sampler = PKSampler(labels, num_identities=4, num_instances=2, seed=0, mode="uniform")
   assert sampler.batches_per_epoch == 3
   per_epoch = _batches(sampler, 6).reshape(2, -1)
   for epoch in per_epoch:
@@ -53,7 +54,7 @@ def test_epoch_visits_every_identity_once():
 
 def test_remainder_identities_skipped_per_epoch_but_all_seen_over_epochs():
   labels = _labels([3] * 10)  # 10 ids, P = 4: 2 batches per epoch, 2 ids left out
-  sampler = PKSampler(labels, num_identities=4, num_instances=2, seed=1)
+  sampler = PKSampler(labels, num_identities=4, num_instances=2, seed=1, mode="uniform")
   assert sampler.batches_per_epoch == 2
   seen = set()
   for epoch in _batches(sampler, 2 * 8).reshape(8, -1):
@@ -63,19 +64,23 @@ def test_remainder_identities_skipped_per_epoch_but_all_seen_over_epochs():
   assert seen == set(range(10))
 
 
-def test_same_seed_same_batches_different_seed_different():
+@pytest.mark.parametrize("mode", MODES)
+def test_same_seed_same_batches_different_seed_different(mode):
   labels = _labels([4, 6, 5, 4, 7, 4, 4, 5])
-  a = _batches(PKSampler(labels, num_identities=4, num_instances=4, seed=7), 6)
-  b = _batches(PKSampler(labels, num_identities=4, num_instances=4, seed=7), 6)
-  c = _batches(PKSampler(labels, num_identities=4, num_instances=4, seed=8), 6)
+  kwargs = dict(num_identities=4, num_instances=4, mode=mode)
+  a = _batches(PKSampler(labels, seed=7, **kwargs), 6)
+  b = _batches(PKSampler(labels, seed=7, **kwargs), 6)
+  c = _batches(PKSampler(labels, seed=8, **kwargs), 6)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
 
 
-def test_random_access_is_a_pure_function_of_position():
+@pytest.mark.parametrize("mode", MODES)
+def test_random_access_is_a_pure_function_of_position(mode):
   labels = _labels([4, 6, 5, 4, 7, 4, 4, 5])
-  sequential = _batches(PKSampler(labels, num_identities=4, num_instances=2, seed=5), 8).ravel()
-  fresh = PKSampler(labels, num_identities=4, num_instances=2, seed=5)
+  kwargs = dict(num_identities=4, num_instances=2, seed=5, mode=mode)
+  sequential = _batches(PKSampler(labels, **kwargs), 8).ravel()
+  fresh = PKSampler(labels, **kwargs)
   order = np.random.default_rng(0).permutation(len(sequential))
   for j in order:
     assert fresh[int(j)].record_key == sequential[j]
@@ -84,10 +89,11 @@ def test_random_access_is_a_pure_function_of_position():
   assert draws[0] == draws[1] != draws[2]
 
 
-def test_small_identities_sampled_with_replacement():
+@pytest.mark.parametrize("mode", MODES)
+def test_small_identities_sampled_with_replacement(mode):
   counts = [1, 2, 6, 6]
   labels = _labels(counts)
-  sampler = PKSampler(labels, num_identities=4, num_instances=4, seed=0)
+  sampler = PKSampler(labels, num_identities=4, num_instances=4, seed=0, mode=mode)
   pools = {i: set(np.flatnonzero(labels == i)) for i in range(4)}
   used = collections.defaultdict(set)
   for batch in _batches(sampler, 20):
@@ -113,9 +119,10 @@ def test_fewer_identities_than_p_is_an_error():
     PKSampler(_labels([4, 4, 4]), num_identities=4, num_instances=2, seed=0)
 
 
-def test_process_shards_concatenate_to_the_global_batch():
+@pytest.mark.parametrize("mode", MODES)
+def test_process_shards_concatenate_to_the_global_batch(mode):
   labels = _labels([4, 6, 5, 4, 7, 4, 4, 5, 6, 4, 4, 4])
-  kwargs = dict(num_identities=4, num_instances=3, seed=11)
+  kwargs = dict(num_identities=4, num_instances=3, seed=11, mode=mode)
   global_batches = _batches(PKSampler(labels, **kwargs), 7)
   shards = [PKSampler(labels, shard_index=s, shard_count=2, **kwargs) for s in range(2)]
   assert shards[0].local_batch_size == 6
@@ -158,3 +165,56 @@ def test_works_as_a_grain_dataloader_sampler_with_checkpointing():
   resumed = iter(loader)
   resumed.set_state(state)
   np.testing.assert_array_equal(np.array([next(resumed)["record"] for _ in range(3)]), expected[2:])
+
+
+def test_unknown_mode_is_an_error():
+  with pytest.raises(ValueError, match="config.input.sampler='random'"):
+    PKSampler(_labels([4] * 8), num_identities=4, num_instances=2, seed=0, mode="random")
+
+
+def test_bot_epoch_length_formula_by_hand():
+  # K=4: max(n, 4) // 4 chunks = 1, 1, 1, 2, 2 (7 chunks); P=2: floor(7 / 2) = 3 batches.
+  assert bot_batches_per_epoch([1, 2, 5, 8, 9], p=2, k=4) == 3
+  sampler = PKSampler(_labels([1, 2, 5, 8, 9]), num_identities=2, num_instances=4, seed=0)
+  assert sampler.batches_per_epoch == 3
+
+
+def _market_shaped_counts(seed=0):
+  """751 identities, 12,936 images, 2 to 72 per identity (Market-1501's train split)."""
+  rng = np.random.default_rng(seed)
+  counts = np.clip(np.round(rng.lognormal(np.log(14), 0.6, 751)), 2, 72).astype(int)
+  counts[:2] = 2, 72
+  while (diff := 12936 - counts.sum()) != 0:
+    j = rng.integers(2, 751)
+    counts[j] = np.clip(counts[j] + np.sign(diff), 2, 72)
+  assert counts.sum() == 12936 and counts.min() == 2 and counts.max() == 72
+  return counts
+
+
+def test_bot_epoch_on_market_shaped_labels():
+  counts = _market_shaped_counts()
+  labels = np.repeat(np.arange(751), counts)
+  p, k = 16, 4
+  sampler = PKSampler(labels, num_identities=p, num_instances=k, seed=0)
+  chunks = np.maximum(counts, k) // k  # BoT: K-chunks per identity and epoch
+  assert sampler.batches_per_epoch == chunks.sum() // p
+  assert 175 <= sampler.batches_per_epoch <= 205
+  for epoch in range(3):
+    plan = sampler.epoch_plan(epoch)
+    assert plan.shape == (sampler.batches_per_epoch, p * k)
+    runs = labels[plan].reshape(-1, k)
+    assert (runs == runs[:, :1]).all()
+    visits = np.bincount(runs[:, 0], minlength=751)
+    # Every identity is visited once per K-chunk, i.e. in proportion to its image count,
+    # except the fewer than P left with chunks when a pass can no longer fill a batch.
+    assert np.sum(visits < chunks) < p
+    # What the top-up pass adds on top of the chunks is a few batches at most.
+    extra = np.maximum(visits - chunks, 0).sum()
+    assert extra <= 4 * p, extra
+    assert np.mean(visits == chunks) > 0.9
+    assert np.corrcoef(visits, counts)[0, 1] > 0.95
+    # Within an identity's visits of one epoch, its K-chunks are disjoint (drawn from
+    # one shuffle) as long as it has K images or more and the top-up did not revisit it.
+    for identity in np.flatnonzero((visits == chunks) & (counts >= k))[:200]:
+      records = plan.reshape(-1, k)[runs[:, 0] == identity].ravel()
+      assert len(set(records.tolist())) == len(records)

@@ -19,6 +19,10 @@ from data_pipelines.pk_sampler import PKSampler
 
 NUM_TRAIN_IDS = 10
 P, K = 4, 2
+# Every identity once per epoch: 2 steps per epoch keep these loop tests short (the
+# default 'bot' sampler would give 10 * 4 // K // P = 5; its own tests are in
+# tests/data_pipelines/test_pk_sampler.py, and the demo trains with it).
+SAMPLER = "uniform"
 STEPS_PER_EPOCH = NUM_TRAIN_IDS // P
 NUM_EPOCHS = 3
 
@@ -32,6 +36,7 @@ def config(data_root: str | pathlib.Path) -> ml_collections.ConfigDict:
   c.input.manual_dir = str(data_root / "synthetic")
   c.input.num_identities = P
   c.input.num_instances = K
+  c.input.sampler = SAMPLER
   c.input.num_workers = 0
   c.input.eval_batch_size = 16
   s = c.input.synthetic
@@ -77,6 +82,6 @@ def expected_batches(person_ids, num_steps: int, seed: int = 0) -> list[list[int
   Straight from a fresh `PKSampler` over the train split's labels, position by
   position: the sequence a run must consume, each batch once, in order.
   """
-  sampler = PKSampler(person_ids, num_identities=P, num_instances=K, seed=seed)
+  sampler = PKSampler(person_ids, num_identities=P, num_instances=K, seed=seed, mode=SAMPLER)
   b = P * K
   return [[sampler.record_at(s * b + i) for i in range(b)] for s in range(num_steps)]

@@ -74,9 +74,7 @@ def test_fastreid_schedule_equals_simulated_hooks(spe):
   cfg.lr_schedule, cfg.warmup_epochs, cfg.warmup_iters = "fastreid", 0, 2000
   cfg.warmup_factor, cfg.milestones = 0.1, (40, 90)
   schedule = create_lr_schedule(cfg, spe)
-  steps = np.unique(
-    np.concatenate([np.arange(0, 2100), np.arange(0, 120 * spe, max(1, spe // 5))])
-  )
+  steps = np.unique(np.concatenate([np.arange(0, 2100), np.arange(0, 120 * spe, max(1, spe // 5))]))
   steps = np.unique(np.concatenate([steps, np.arange(120) * spe, np.arange(1, 121) * spe - 1]))
   got = np.asarray(jax.vmap(schedule)(steps))
   want = np.array([_fastreid_lr(int(s), spe) for s in steps])

@@ -37,28 +37,39 @@ def max_abs_diff(a, b) -> float:
 # --- Config resolution. -----------------------------------------------------------------
 
 
+def _resolve(c, num_train_ids=10, sampler_steps=5, num_train_images=70):
+  return train_loop.resolve_config(
+    c, num_train_ids, sampler_steps_per_epoch=sampler_steps, num_train_images=num_train_images
+  )
+
+
 def test_resolve_config_from_data():
   c = run.config("/nowhere")
-  resolved = train_loop.resolve_config(c, num_train_ids=10)
+  resolved = _resolve(c, sampler_steps=5)
   assert resolved.model.num_classes == 10
-  assert resolved.train.steps_per_epoch == 10 // run.P
-  assert c.model.num_classes == -1  # the input is not modified
+  assert resolved.train.steps_per_epoch == 5  # the sampler's epoch
+  assert c.model.num_classes == -1 and c.train.steps_per_epoch == -1  # input unchanged
+  c.train.epoch_length = "images"  # fast-reid: len(train_set) // batch
+  assert _resolve(c, num_train_images=70).train.steps_per_epoch == 70 // (run.P * run.K)
+  c.train.epoch_length = "batches"
+  with pytest.raises(ValueError, match="epoch_length='batches'"):
+    _resolve(c)
 
 
 def test_resolve_config_rejects_wrong_num_classes():
   c = run.config("/nowhere")
   c.model.num_classes = 751
   with pytest.raises(ValueError, match="num_classes=751.*10 training identities"):
-    train_loop.resolve_config(c, num_train_ids=10)
+    _resolve(c)
 
 
 def test_resolve_config_keeps_explicit_steps_per_epoch():
   c = run.config("/nowhere")
   c.train.steps_per_epoch = 7
-  assert train_loop.resolve_config(c, num_train_ids=10).train.steps_per_epoch == 7
+  assert _resolve(c).train.steps_per_epoch == 7
   c.train.steps_per_epoch = 0
   with pytest.raises(ValueError, match="steps_per_epoch"):
-    train_loop.resolve_config(c, num_train_ids=10)
+    _resolve(c)
 
 
 def test_data_paths_default_to_workdir(tmp_path):
