@@ -1,10 +1,17 @@
-r"""Table 2 `baseline+SAM`: R50-IBN-a + BoTNet MHSA (Conv4_x, Conv5_x) + ECA, Market-1501.
+r"""The paper's Table 2 "Baseline + SAM": R50-IBN-a + BoTNet MHSA + ECA, Market-1501.
 
-Run:
-  python train.py --config=configs/baseline_sam.py --workdir=/tmp/fsaf_baseline_sam
-Expected time: not measured on a GPU/TPU (none was available); between `baseline.py`
-and `full.py` (~7 h each for 120 epochs on a 2-core CPU, from `benchmarks/run.py`).
-The paper's Table 2 figure for this row: not available here (see the README).
+Target (the paper's figures, not ours; mAP / Rank-1, %): 76.3 / 89.6. No run of ours is
+claimed.
+
+Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
+  python train.py --config=configs/baseline_sam.py --workdir=workdirs/baseline_sam \
+    --config.input.manual_dir=/data/Market-1501-v15.09.15 \
+    --config.init.pretrained=r50_ibn_a.msgpack
+Steps: as `configs/fsaf_market.py` (~185 x 120 = ~22,200). Expected time: not measured
+on a GPU/TPU; about a day on a 2-core CPU.
+
+SAM = MHSA in Conv4_x and Conv5_x + ECA after each stage; no fusion. Hyper-parameters
+and MHSA initialisation as `configs/fsaf_market.py`.
 """
 
 import ml_collections

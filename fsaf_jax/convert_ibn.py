@@ -1,8 +1,8 @@
 r"""Converts an IBN-Net / torchvision ResNet checkpoint to a Flax-native pretrained file.
 
   python -m fsaf_jax.convert_ibn resnet50_ibn_a-d9d0bb7b.pth r50_ibn_a.msgpack
-  python -m fsaf_jax.convert_ibn SRC.pth DST --config=configs/full.py   # check a layout
-  python train.py --config=configs/full.py --config.init.pretrained=r50_ibn_a.msgpack
+  python -m fsaf_jax.convert_ibn SRC.pth DST --config=configs/fsaf_market.py   # check a layout
+  python train.py --config=configs/fsaf_market.py --config.init.pretrained=r50_ibn_a.msgpack
 
 SRC is a PyTorch state_dict (bare, with a `module.` prefix, or wrapped as
 `{'state_dict': ...}` / `{'model': ...}`) of the official ResNet50-IBN-a (keys

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (CPU build: see README)")
 
-from configs import baseline, fsaf_market, full, tiny  # noqa: E402
+from configs import baseline, fsaf_market, tiny  # noqa: E402
 from fsaf_jax import convert_ibn, pretrained  # noqa: E402
 from fsaf_jax.convert_ibn import ConversionError  # noqa: E402
 from fsaf_jax.models import fsaf  # noqa: E402
@@ -445,7 +445,7 @@ def test_r50_ibn_a_matches_torch_at_256x128(r50, last_stride):
   assert errors["conv5"] <= 1e-4, errors
 
 
-@pytest.mark.parametrize("config_module", [full, fsaf_market], ids=["full", "fsaf_market"])
+@pytest.mark.parametrize("config_module", [fsaf_market], ids=["fsaf_market"])
 def test_r50_mhsa_layout_reports_unused_and_init(r50, config_module, tmp_path):
   _, src, baseline_dst, _ = r50
   config = config_module.get_config()

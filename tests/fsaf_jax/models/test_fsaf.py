@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import baseline, baseline_sam, fsaf_duke, fsaf_market, full, tiny
+from configs import (
+  baseline,
+  baseline_sam,
+  bot_r50_ibn_a,
+  fastreid_bot_r50_ibn,
+  fsaf_duke,
+  fsaf_market,
+  tiny,
+)
 from fsaf_jax.models import fsaf
 from tests.reference.fsaf_param_count import fsaf_param_count
 
@@ -55,7 +63,8 @@ def test_fusion_none_feeds_conv5_to_the_head():
   [
     (baseline.get_config, 751, {}),
     (baseline_sam.get_config, 751, {}),
-    (full.get_config, 751, {}),
+    (bot_r50_ibn_a.get_config, 751, {}),
+    (fastreid_bot_r50_ibn.get_config, 751, {}),
     (fsaf_market.get_config, 751, {}),
     (fsaf_duke.get_config, 702, {}),
     (fsaf_market.get_config, 751, {"last_stride": 1}),

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from fsaf_jax.pretrained import save_pretrained
+from fsaf_jax.pretrained import MissingPretrainedError, pretrained_file, save_pretrained
 from fsaf_jax.training.mesh import make_mesh
-from fsaf_jax.training.train_state import create_train_state
+from fsaf_jax.training.train_state import check_initialisation, create_train_state, init_variables
 from tests.reference import tiny_train_run as ref
 
 
@@ -75,3 +75,63 @@ def test_steps_per_epoch_must_be_resolved():
     create_train_state(
       config, ref.model(), jax.random.key(0), ref.NUM_CLASSES, (64, 32), mesh=make_mesh()
     )
+
+
+def _bn3_scales(params):
+  """{block name: (has mhsa, bn3 scale)} of every bottleneck."""
+  backbone = params["backbone"]
+  return {
+    name: ("mhsa" in block, np.asarray(block["bn3"]["scale"]))
+    for name, block in backbone.items()
+    if name.startswith("layer")
+  }
+
+
+def test_attention_blocks_last_bn_scale_starts_at_zero_after_pretrained(tmp_path):
+  # The tiny FSAF has MHSA in Conv4_x / Conv5_x (layer3_*, layer4_*), convs elsewhere.
+  config = ref.config().copy_and_resolve_references()
+  init = ref.initial_state_host()
+  blocks = _bn3_scales(init.params)
+  assert {name for name, (mhsa, _) in blocks.items() if mhsa} == {
+    "layer3_0",
+    "layer3_1",
+    "layer4_0",
+    "layer4_1",
+  }
+  # A pretrained file sets every bn3 scale to 2.5 (as an ImageNet file sets them all).
+  path = tmp_path / "ibn.msgpack"
+  file_params = {
+    "backbone": {name: {"bn3": {"scale": np.full_like(s, 2.5)}} for name, (_, s) in blocks.items()}
+  }
+  save_pretrained(path, {"params": file_params}, {"source": "test"})
+  config.init.pretrained = str(path)
+  for zero_init in (True, False):
+    config.init.zero_init_attention_bn = zero_init
+    variables, report = init_variables(
+      config, ref.model(), jax.random.key(ref.SEED), config.input.image_size, make_mesh()
+    )
+    assert len(report.loaded) == len(blocks)
+    for name, (mhsa, scale) in _bn3_scales(variables["params"]).items():
+      expected = 0.0 if (mhsa and zero_init) else 2.5
+      np.testing.assert_array_equal(scale, np.full_like(scale, expected), err_msg=name)
+      assert variables["params"]["backbone"][name]["bn3"]["scale"].sharding.is_fully_replicated
+  # Nothing else changes: the rest equals the plain init.
+  flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  init_flat = dict(jax.tree_util.tree_flatten_with_path(init.params)[0])
+  for path_, leaf in flat:
+    if "bn3" not in jax.tree_util.keystr(path_):
+      np.testing.assert_array_equal(leaf, init_flat[path_])
+
+
+def test_empty_pretrained_is_refused_naming_the_release_and_scratch():
+  config = ref.config()
+  config.init.pretrained = ""
+  with pytest.raises(MissingPretrainedError) as e:
+    check_initialisation(config.init)
+  message = str(e.value)
+  assert "resnet50_ibn_a-d9d0bb7b.pth" in message
+  assert "python -m fsaf_jax.convert_ibn" in message
+  assert "--config.init.pretrained=scratch" in message
+  config.init.pretrained = "scratch"
+  check_initialisation(config.init)  # on purpose: accepted
+  assert pretrained_file("scratch") is None and pretrained_file("a.msgpack") == "a.msgpack"

@@ -1,0 +1,127 @@
+"""The configs that name a published row reproduce that row's recipe.
+
+Each published config is checked against the recipe written out independently here
+(BoT's reid-strong-baseline defaults, fast-reid's Base-bagtricks, the paper's model),
+its lr at every step of a Market-1501-length run against BoT's formula, and its header
+against the figures it names.
+"""
+
+import importlib
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from data_pipelines.pk_sampler import bot_batches_per_epoch
+from fsaf_jax.pretrained import MissingPretrainedError
+from fsaf_jax.training import train_loop
+from fsaf_jax.training.optimizer import create_lr_schedule
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+# name: (target figures as written in the header, last stride, MHSA stages, ECA, fusion,
+# centre-loss weight, lr schedule)
+PUBLISHED = {
+  "baseline": (("71.7", "82.4"), 2, (), "none", "none", 0.0, "bot"),
+  "baseline_sam": (("76.3", "89.6"), 2, (4, 5), "stage", "none", 0.0, "bot"),
+  "fsaf_market": (("81.5", "92.7", "82.4", "94.8"), 2, (4, 5), "stage", "concat", 0.0, "bot"),
+  "fsaf_duke": (("65.9", "84.5"), 2, (4, 5), "stage", "concat", 0.0, "bot"),
+  "bot_r50_ibn_a": (("95.0", "88.2"), 1, (), "none", "none", 5e-4, "bot"),
+  "fastreid_bot_r50_ibn": (("94.9", "87.6"), 1, (), "none", "none", 0.0, "fastreid"),
+}
+
+
+def _config(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _bot_lr(epoch: int, base=3.5e-4, warmup=10, factor=0.01, milestones=(40, 70)) -> float:
+  """reid-strong-baseline's WarmupMultiStepLR, stepped at each epoch start (1-based)."""
+  last_epoch = epoch + 1
+  alpha = last_epoch / warmup if last_epoch < warmup else 1.0
+  return base * (factor * (1 - alpha) + alpha) * 0.1 ** sum(m <= last_epoch for m in milestones)
+
+
+def test_every_config_file_is_covered():
+  names = {p.stem for p in CONFIGS.glob("*.py")} - {"__init__", "base", "tiny", "demo"}
+  assert names == set(PUBLISHED)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_config_is_the_recipe(name):
+  figures, last_stride, mhsa, eca, fusion, center, schedule = PUBLISHED[name]
+  c = _config(name)
+  m = c.model
+  # ResNet50-IBN-a at 256x128 with a BNNeck, the recipe's variant of it.
+  assert tuple(m.stage_sizes) == (3, 4, 6, 3) and tuple(m.widths) == (64, 128, 256, 512)
+  assert tuple(m.ibn_stages) == (2, 3, 4) and tuple(c.input.image_size) == (256, 128)
+  assert (m.last_stride, tuple(m.mhsa_stages), m.eca_placement, m.fusion) == (
+    last_stride,
+    mhsa,
+    eca,
+    fusion,
+  )
+  # ImageNet weights are required (an empty field is refused at startup).
+  assert c.init.pretrained == ""
+  # BoT's data and losses (fast-reid's Base-bagtricks has the same).
+  i = c.input
+  assert (i.num_identities, i.num_instances, i.sampler) == (16, 4, "bot")
+  assert (i.flip_prob, i.pad, i.erasing_prob) == (0.5, 10, 0.5)
+  assert (c.loss.ce_weight, c.loss.label_smoothing) == (1.0, 0.1)
+  assert (c.loss.triplet_weight, c.loss.triplet_margin) == (1.0, 0.3)
+  assert c.loss.center_weight == center
+  o = c.optim
+  assert (o.base_lr, o.b1, o.b2, o.gamma) == (3.5e-4, 0.9, 0.999, 0.1)
+  assert o.weight_decay == o.weight_decay_bias == o.weight_decay_norm == 5e-4
+  assert o.lr_schedule == schedule and c.train.num_epochs == 120
+  if schedule == "bot":
+    assert (o.warmup_epochs, o.warmup_factor, tuple(o.milestones)) == (10, 0.01, (40, 70))
+    assert c.train.epoch_length == "sampler"
+  else:  # fast-reid: 2,000 warmup iterations from 0.1, (40, 90), 202-iteration epochs
+    assert (o.warmup_iters, o.warmup_factor, tuple(o.milestones)) == (2000, 0.1, (40, 90))
+    assert c.train.epoch_length == "images"
+  if center:
+    assert c.optim.center_lr == 0.5
+  # The header names the figures, the run command with the pretrained file, the steps.
+  header = (CONFIGS / f"{name}.py").read_text().split('"""')[1]
+  for figure in figures:
+    assert figure in header, figure
+  assert f"--config=configs/{name}.py" in header
+  assert "--config.init.pretrained=" in header
+  assert "Steps:" in header and "not ours" in header
+
+
+def test_baseline_lr_at_every_step_of_a_market_run_is_bots():
+  # A Market-1501-shaped training split: 751 identities, 12,936 images, 2 to 72 each.
+  rng = np.random.default_rng(0)
+  counts = np.clip(np.round(rng.lognormal(np.log(14), 0.6, 751)), 2, 72).astype(int)
+  while (diff := 12936 - counts.sum()) != 0:
+    j = rng.integers(0, 751)
+    counts[j] = np.clip(counts[j] + np.sign(diff), 2, 72)
+  c = _config("baseline")
+  spe = bot_batches_per_epoch(counts, c.input.num_identities, c.input.num_instances)
+  assert 175 <= spe <= 205
+  total = c.train.num_epochs * spe
+  steps = np.arange(total)
+  got = np.asarray(jax.jit(jax.vmap(create_lr_schedule(c.optim, int(spe))))(steps))
+  want = np.array([_bot_lr(int(s) // spe) for s in steps])
+  np.testing.assert_allclose(got, want, rtol=2e-6)
+  # The landmarks of BoT's trainer: epoch 0 at 3.815e-5, full from 9, x0.1 at 39 and 69.
+  assert got[0] == pytest.approx(3.815e-5, rel=1e-6)
+  assert got[9 * spe - 1] < 3.5e-4 and got[9 * spe] == pytest.approx(3.5e-4, rel=1e-6)
+  assert got[39 * spe - 1] == pytest.approx(3.5e-4, rel=1e-6)
+  assert got[39 * spe] == pytest.approx(3.5e-5, rel=1e-6)
+  assert got[69 * spe] == pytest.approx(3.5e-6, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_full_size_config_without_pretrained_stops_before_any_data_work(name, tmp_path):
+  c = _config(name)
+  c.input.data_dir = str(tmp_path / "tfds")
+  c.input.manual_dir = str(tmp_path / "missing_dataset")
+  with pytest.raises(MissingPretrainedError, match="resnet50_ibn_a-d9d0bb7b.pth"):
+    train_loop.train_and_evaluate(c, tmp_path / "work", config_name=name)
+  assert not (tmp_path / "tfds").exists()
+  assert not (tmp_path / "work" / "data").exists()
+  assert not (tmp_path / "work" / "config.json").exists()
