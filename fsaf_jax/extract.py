@@ -31,7 +31,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import PIL.Image
@@ -47,7 +46,7 @@ from fsaf_jax.evaluation import evaluator
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import fsaf
-from fsaf_jax.training import checkpoint
+from fsaf_jax.training import checkpoint, train_state
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -133,22 +132,16 @@ def folder_batches(
 
 
 def init_variables(config: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
-  """Variables from the config alone: `model.init`, then `config.init.pretrained`.
+  """Variables from the config alone, exactly as training starts from them.
 
-  Returns {'params', 'batch_stats'}. Stands in for the train state's initialisation
-  (`fsaf_jax.training.train_state.create_train_state`) until that is wired here.
+  `fsaf_jax.training.train_state.init_variables` with the config's seed: `model.init`,
+  then `config.init.pretrained` (a converted file; '' or 'scratch' = none).
+
+  Returns {'params', 'batch_stats'}.
   """
-  h, w = config.input.image_size
-  x = jnp.zeros((1, h, w, 3), jnp.float32)
-  init = jax.jit(functools.partial(model.init, train=False))
-  variables = dict(init(jax.random.key(config.seed), x))
-  if config.init.pretrained:
-    from fsaf_jax import pretrained  # noqa: PLC0415 (optional: torch-free loader)
-
-    variables, report = pretrained.apply_pretrained(
-      variables, pretrained.load_pretrained(config.init.pretrained)
-    )
-    logging.info("Pretrained weights from %s: %s", config.init.pretrained, report)
+  variables, _ = train_state.init_variables(
+    config, model, jax.random.key(config.seed), tuple(config.input.image_size), data_mesh()
+  )
   return variables
 
 

@@ -43,7 +43,8 @@ def lr_milestones(
     A list of {'what', 'epoch' (0-based), 'step', 'lr'}.
   """
   num_epochs = max(1, math.ceil(total_steps / steps_per_epoch))
-  values = [float(schedule(e * steps_per_epoch)) for e in range(num_epochs)]
+  # float32 schedule values, shown with the digits they carry.
+  values = [float(f"{float(schedule(e * steps_per_epoch)):.7g}") for e in range(num_epochs)]
   peak = max(values)
   rows = [{"what": "start", "epoch": 0, "step": 0, "lr": values[0]}]
   top = next(e for e, v in enumerate(values) if np.isclose(v, peak, rtol=1e-6))

@@ -7,6 +7,7 @@ against the figures it names.
 """
 
 import importlib
+import json
 import pathlib
 
 import jax
@@ -125,3 +126,22 @@ def test_full_size_config_without_pretrained_stops_before_any_data_work(name, tm
   assert not (tmp_path / "tfds").exists()
   assert not (tmp_path / "work" / "data").exists()
   assert not (tmp_path / "work" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_full_size_config_trains_from_scratch_on_purpose(data_root, tmp_path):
+  c = _config("baseline")  # ResNet50-IBN-a, full widths
+  c.init.pretrained = "scratch"
+  c.input.data_dir = str(data_root / "tfds")
+  c.input.manual_dir = str(data_root / "synthetic")
+  c.input.image_size = (64, 32)
+  c.input.num_identities, c.input.num_instances = 4, 2
+  c.input.num_workers, c.input.eval_batch_size = 0, 16
+  c.train.num_epochs, c.train.steps_per_epoch, c.train.eval_every_epochs = 1, 2, 0
+  c.eval.num_figure_queries = 1
+  result = train_loop.train_and_evaluate(c, tmp_path / "work", config_name="baseline")
+  assert result.step == 2 and result.eval is not None
+  card = json.loads((tmp_path / "work" / "run_card.json").read_text())
+  assert card["pretrained"] == "scratch" and card["pretrained_parameters_set"] == 0
+  assert card["parameters_left_at_init"] == card["parameters"] > 23_000_000
+  assert card["total_steps"] == 2 and card["sampler"] == "bot"
