@@ -27,6 +27,7 @@ decay on every trainable parameter, norms included, as BoT with
 This file is only imported by tests; the library never imports torch.
 """
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -146,7 +147,12 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
 
 def run_epoch_start(scheduler: WarmupMultiStepLR) -> float:
   """What BoT's trainer does at every epoch start: `scheduler.step()`; returns the lr."""
-  scheduler.step()
+  with warnings.catch_warnings():
+    # BoT steps the scheduler before the epoch's first optimizer.step(), on purpose.
+    warnings.filterwarnings(
+      "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+    )
+    scheduler.step()
   return scheduler.optimizer.param_groups[0]["lr"]
 
 
