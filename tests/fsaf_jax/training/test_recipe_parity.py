@@ -82,19 +82,36 @@ def _config():
   return config
 
 
+def _upsample8(coarse: np.ndarray) -> np.ndarray:
+  """Bilinear x8 upsampling [N, h + 1, w + 1, C] -> [N, 8h, 8w, C] (corner-aligned)."""
+  n, h1, w1, _ = coarse.shape
+  y, x = np.arange(8 * (h1 - 1)) / 8, np.arange(8 * (w1 - 1)) / 8
+  y0, x0 = y.astype(int), x.astype(int)
+  fy, fx = (y - y0)[None, :, None, None], (x - x0)[None, None, :, None]
+  rows = (1 - fy) * coarse[:, y0] + fy * coarse[:, y0 + 1]
+  return (1 - fx) * rows[:, :, x0] + fx * rows[:, :, x0 + 1]
+
+
 def _batches() -> list[dict[str, np.ndarray]]:
-  """P x K batches: uint8 images [16, 64, 32, 3] of 8x8-pixel blocks (better conditioned
-  than per-pixel noise), an identity's K images sharing a pattern up to perturbations,
-  and int32 labels (4 of the 10 classes)."""
+  """P x K batches: uint8 images [16, 64, 32, 3] and int32 labels (4 of the 10 classes).
+
+  An image is a smooth pattern (an 8 x 4 grid of colours, bilinearly upsampled; an
+  identity's K images share it up to perturbations) plus per-pixel noise of +-4 grey
+  levels. Flat regions are avoided on purpose: piecewise-constant images make exact
+  ties in the max-pool and degenerate BatchNorm inputs, which amplify float32
+  rounding (measured: JAX's step-0 gradients then differed from float64 PyTorch by up to
+  0.7% for some seeds, against 1e-5 with these images).
+  """
   rng = np.random.default_rng(SEED)
   h, w = IMAGE_SIZE
   batches = []
   for _ in range(NUM_STEPS):
     ids = rng.permutation(NUM_CLASSES)[:P]
-    pattern = rng.uniform(0, 255, (P, 1, h // 8, w // 8, 3))
-    coarse = pattern + rng.normal(0, 20, (P, K, h // 8, w // 8, 3))
-    coarse = np.clip(np.rint(coarse), 0, 255).astype(np.uint8).reshape(P * K, h // 8, w // 8, 3)
-    images = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
+    pattern = rng.uniform(0, 255, (P, 1, h // 8 + 1, w // 8 + 1, 3))
+    coarse = pattern + rng.normal(0, 20, (P, K, h // 8 + 1, w // 8 + 1, 3))
+    images = _upsample8(coarse.reshape(P * K, h // 8 + 1, w // 8 + 1, 3))
+    images = images + rng.uniform(-4, 4, images.shape)
+    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
     batches.append({"image": images, "label": np.repeat(ids, K).astype(np.int32)})
   return batches
 
@@ -268,22 +285,23 @@ def test_lr_is_bots_per_epoch_staircase(run):
 def test_losses_agree_at_every_step(run):
   """Loss and its parts, before each step's update.
 
-  Step 0 sees identical weights: only float32 rounding of the forward pass differs
-  (measured 1e-7 relative). Later steps see weights that already differ by the
-  rounding of the earlier updates, amplified by Adam (see `test_parameters_agree`):
-  measured up to 4e-6 (CE) and 9e-5 (triplet) absolute at step 2. The tolerances keep
-  what the recipe settles distinguishable: label smoothing 0 instead of 0.1 moves CE
-  by 6e-5 to 1.1e-4 at these near-uniform initial logits; margin 0.5 moves the triplet
-  loss by 0.2.
+  Step 0 sees identical weights, so only float32 rounding of the forward pass differs;
+  later steps also see the (tiny) parameter differences of the earlier updates.
+  Measured over seeds 0-4: at most 3e-7 (CE) and 7e-6 (triplet, total) absolute, on
+  losses of ~1.2 and ~3.4. The tolerances, 5e-6 (CE) and 2e-5 relative (triplet, total),
+  keep what the recipe settles visible: label smoothing 0 (or 0.2) instead of 0.1 moves
+  CE by 6e-5 to 1e-4 at these near-uniform initial logits; triplet margin 0.5 instead of
+  0.3 moves the triplet loss by 0.2.
   """
   for s in range(NUM_STEPS):
     jax_m, torch_m = run.jax_metrics[s], run.torch_metrics[s]
-    tol = 1e-5 if s == 0 else 2e-4
-    np.testing.assert_allclose(jax_m["ce"], torch_m["ce"], rtol=0, atol=2e-5, err_msg=f"ce {s}")
-    np.testing.assert_allclose(
-      jax_m["triplet"], torch_m["triplet"], rtol=tol, err_msg=f"triplet {s}"
-    )
-    np.testing.assert_allclose(jax_m["loss"], torch_m["loss"], rtol=tol, err_msg=f"loss {s}")
+    np.testing.assert_allclose(jax_m["ce"], torch_m["ce"], rtol=0, atol=5e-6, err_msg=f"ce {s}")
+    for key in ("triplet", "loss"):
+      np.testing.assert_allclose(jax_m[key], torch_m[key], rtol=2e-5, err_msg=f"{key} {s}")
+
+
+def _l2(tree_a, tree_b, paths) -> float:
+  return float(np.sqrt(sum(np.sum(np.square(tree_a[p] - tree_b[p])) for p in paths)))
 
 
 def test_parameters_agree_after_three_steps(run):
@@ -292,41 +310,39 @@ def test_parameters_agree_after_three_steps(run):
   Adam moves every entry by about the lr per step whatever its gradient's scale, so
   the natural unit of a difference is the lr. Entries whose effective gradient
   (gradient + weight decay) is at float32 noise level take a +-lr step whose sign is
-  noise: one such entry in the first step differs by 2 x 3.8e-5 = 0.35 LR_TOTAL, and
-  these differences feed back into the later gradients of every entry (the network
-  is sensitive to them: grad norm ~130 at this random initialisation). Measured over
-  the 225,128 entries: median 0.002, 99th percentile 0.04, max 0.6 LR_TOTAL, 7 entries
-  above 0.5; relative L2 norm of the difference of the updates 1.8%.
+  noise: such an entry differs by twice that step's lr (0.35 LR_TOTAL in the first
+  step, 0.98 in the third), and the difference feeds into the later gradients. Measured
+  over seeds 0-4, of the 225,128 entries: median at most 3e-4, 99th percentile 7e-3,
+  max 0.34 LR_TOTAL (one or two noise-signed entries), at most 6 entries above 0.1;
+  relative L2 norm of the difference of the updates at most 0.33%.
 
-  The checks: median <= 0.01 and 99th percentile <= 0.1 LR_TOTAL (everything but the
-  noise-signed entries, held to a few percent of a step), at most 1e-4 of all entries
-  (22) beyond 0.5 LR_TOTAL (the noise-signed ones may step the other way, a few of
-  them), and the update difference <= 5% in relative L2 norm. Not vacuous: without
-  weight decay (or with it off on the norms only) ~200 entries, those whose gradient is
-  below wd * |w|, step the other way (max 2.0 LR_TOTAL, 6.2-6.7% in L2 norm); with
-  fast-reid's per-step warmup instead of BoT's staircase the median entry is 0.3
-  LR_TOTAL off; with triplet margin 0.5 it is 0.035.
+  The checks: median <= 0.005 and 99th percentile <= 0.05 LR_TOTAL (every entry but
+  the noise-signed ones is held to a few percent of a step), at most 22 entries (1e-4)
+  beyond 0.5 LR_TOTAL (the noise-signed ones), and the update difference <= 2% in
+  relative L2 norm. They fail for (tried by hand): no weight decay, or none on the norm
+  layers (~200 entries, those whose gradient is below wd |w|, step the other way),
+  fast-reid's per-step warmup instead of BoT's staircase (median entry 0.3 LR_TOTAL off),
+  triplet margin 0.5.
   """
   paths = [p for p in sorted(run.jax_final) if p[0] == "params"]
-  diff = (
-    np.concatenate([np.abs(run.jax_final[p] - run.torch_final[p]).ravel() for p in paths])
-    / LR_TOTAL
-  )
+  diff = [np.abs(run.jax_final[p] - run.torch_final[p]).ravel() for p in paths]
+  diff = np.concatenate(diff) / LR_TOTAL
   median, p99 = np.quantile(diff, [0.5, 0.99])
   num_far = int(np.sum(diff > 0.5))
-  summary = f"median {median:.4f}, 99% {p99:.4f}, max {diff.max():.3f} LR_TOTAL, {num_far} > 0.5"
-  assert median <= 0.01 and p99 <= 0.1, summary
+  update = _l2(run.torch_final, run.torch_init, paths)
+  rel_l2 = _l2(run.jax_final, run.torch_final, paths) / update
+  summary = (
+    f"median {median:.2e}, 99% {p99:.2e}, max {diff.max():.3f} LR_TOTAL, {num_far} entries "
+    f"> 0.5 of {diff.size}, relative L2 {rel_l2:.2e}"
+  )
+  assert median <= 0.005 and p99 <= 0.05, summary
   assert num_far <= 1e-4 * diff.size, summary
-
-  def l2(tree_a, tree_b, keys):
-    return np.sqrt(sum(np.sum(np.square(tree_a[p] - tree_b[p])) for p in keys))
-
-  update = l2(run.torch_final, run.torch_init, paths)
-  assert l2(run.jax_final, run.torch_final, paths) <= 0.05 * update, summary
-  # The updates are real: every parameter tensor moved by about the lr per entry.
+  assert rel_l2 <= 0.02, summary
+  # Not vacuous: the entries moved by about the lr per step (a few reverse direction).
+  moved = np.concatenate([np.abs(run.torch_final[p] - run.torch_init[p]).ravel() for p in paths])
+  assert np.median(moved) / LR_TOTAL > 0.3, np.median(moved) / LR_TOTAL
   for p in paths:
-    moved = np.median(np.abs(run.torch_final[p] - run.torch_init[p])) / LR_TOTAL
-    assert 0.2 < moved <= 1.1, ("/".join(p), moved)
+    assert np.max(np.abs(run.torch_final[p] - run.torch_init[p])) > 0.3 * LR_TOTAL, p
 
 
 def test_batchnorm_statistics_agree(run):
@@ -337,28 +353,30 @@ def test_batchnorm_statistics_agree(run):
   batch for the BNNeck). After 3 steps from `v0`, with `c = 0.9 ** 3`:
   `flax = c v0 + (torch - c v0) (n - 1) / n`.
 
-  Tolerance, per BatchNorm: 3e-3 x the RMS of what the 3 batches added (`r - c r0`):
-  the statistics are of activations that differ by the parameter differences above
-  (measured at most 9e-4 of it, in the BNNeck variance; 2e-4 elsewhere). Without the
-  factor the variances would be off by 1 / (n - 1) of that: 6.7% in the BNNeck
-  (n = 16), 0.8% in Conv4_x / Conv5_x (n = 128): the last assertion shows it is seen
-  there (in earlier stages, n >= 512, it is below the tolerance).
+  Tolerance, per BatchNorm: 1e-3 x the RMS of what the 3 batches added (`r - c r0`),
+  as the statistics are of activations computed in float32 (measured over seeds 0-4:
+  at most 6e-5 of it). Without the factor the variances would be off by
+  1 / (n - 1) of that: 6.7% in the BNNeck (n = 16), 0.8% in Conv4_x / Conv5_x
+  (n = 128); the last assertion shows it is seen there (in earlier stages, n >= 512,
+  it is near the tolerance).
   """
   c = (1 - BN_MOMENTUM) ** NUM_STEPS
   bnneck = ("batch_stats", "head", "bnneck")
   assert run.bn_count[bnneck] == P * K
   assert run.bn_count[("batch_stats", "backbone", "layer4_1", "bn3")] == P * K * 4 * 2
 
-  def close(actual, expected, init):
+  def error(actual, expected, init):
+    """max |actual - expected| in units of the RMS of what the batches added."""
     added = expected - c * init
-    return np.max(np.abs(actual - expected)) <= 3e-3 * np.sqrt(np.mean(np.square(added)))
+    return np.max(np.abs(actual - expected)) / np.sqrt(np.mean(np.square(added)))
 
   for module, n in run.bn_count.items():
     name = "/".join(module)
     mean, var = module + ("mean",), module + ("var",)
-    assert close(run.jax_final[mean], run.torch_final[mean], run.torch_init[mean]), name
+    mean_error = error(run.jax_final[mean], run.torch_final[mean], run.torch_init[mean])
     v0, torch_var = run.torch_init[var], run.torch_final[var]
     unbiased_to_biased = c * v0 + (torch_var - c * v0) * (n - 1) / n
-    assert close(run.jax_final[var], unbiased_to_biased, v0), name
+    var_error = error(run.jax_final[var], unbiased_to_biased, v0)
+    assert mean_error <= 1e-3 and var_error <= 1e-3, (name, mean_error, var_error)
     if n <= 128:  # the factor's effect, 1 / (n - 1), is well above the tolerance
-      assert not close(run.jax_final[var], torch_var, v0), name
+      assert error(run.jax_final[var], torch_var, v0) > 3e-3, name
