@@ -43,9 +43,17 @@ class UserError(ValueError):
     hint: optional second line saying what to do (printed as `hint: ...`).
   """
 
-  def __init__(self, message: str, hint: str | None = None):
+  def __init__(self, message: str, *, hint: str | None = None):
     super().__init__(message)
     self.hint = hint
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+  """A file or folder the user named does not exist or holds nothing usable."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+  """An output would replace or mix with something already there (refused)."""
 
 
 def one_line(text: str) -> str:
