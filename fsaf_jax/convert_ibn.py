@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -308,8 +307,9 @@ def convert_state_dict(
     A `Conversion`.
 
   Raises:
-    ConversionError: a shape differs (naming the key and both shapes), nothing
-      matches, or ImageNet-ResNet entries are missing (unless `allow_missing`).
+    ConversionError: a shape differs (naming the key and both shapes), a used tensor
+      holds NaN / inf (naming it), nothing matches, or ImageNet-ResNet entries are
+      missing (unless `allow_missing`).
   """
   flat, used, ibn_from_bn = {}, set(), []
   missing, new = [], []
@@ -320,6 +320,7 @@ def convert_state_dict(
     key = torch_key(path)
     name = "/".join(path)
     value = None
+    source_key = key
     if key is not None and key in state_dict:
       value = state_dict[key]
       want = _expected_torch_shape(shape)
@@ -336,13 +337,16 @@ def convert_state_dict(
       value = _split_plain_bn(state_dict, path, shapes, key, source)
       if value is not None:
         plain = key.rsplit(".", 2)[0]
-        used.add(f"{plain}.{key.rsplit('.', 1)[1]}")
+        source_key = f"{plain}.{key.rsplit('.', 1)[1]}"
+        used.add(source_key)
         if plain not in ibn_from_bn:
           ibn_from_bn.append(plain)
     if value is None:
       (new if _is_new_module(path) else missing).append(name)
       continue
-    flat[path] = np.asarray(value, np.float32)
+    value = np.asarray(value, np.float32)
+    check_finite(value, f"{source}: tensor {source_key!r}")
+    flat[path] = value
 
   if not flat:
     sample = ", ".join(list(state_dict)[:6])
@@ -377,6 +381,18 @@ def convert_state_dict(
     left_at_init={"no ImageNet counterpart": new, "missing from the checkpoint": missing},
     ibn_from_bn=ibn_from_bn,
   )
+
+
+def check_finite(value: np.ndarray, what: str) -> None:
+  """Raises ConversionError naming `what` if `value` holds NaN or inf."""
+  finite = np.isfinite(value)
+  if not finite.all():
+    bad = np.argwhere(~finite)[0]
+    raise ConversionError(
+      f"{what} has {int((~finite).sum())} non-finite value(s) (NaN/inf) of {value.size}, "
+      f"first at index {tuple(int(i) for i in bad)} = {value[tuple(bad)]!r}: the checkpoint is "
+      "damaged (or was saved after training diverged); get a clean copy"
+    )
 
 
 def _split_plain_bn(
@@ -428,8 +444,13 @@ def convert_file(
 
   Returns:
     The `Conversion` (its `report()` is what the CLI prints).
+
+  Raises:
+    UserError: `dst` cannot be written (checked first); ConversionError (see
+      `load_torch_checkpoint`, `convert_state_dict`).
   """
   src = os.fspath(src)
+  errors.check_output_file(dst, "DST")
   state_dict = load_torch_checkpoint(src)
   if config is None:
     entries, layout = model_entries()
@@ -459,8 +480,8 @@ def main(argv: Sequence[str]) -> None:
   src, dst = argv[1:]
   try:
     conversion = convert_file(src, dst, _CONFIG.value, allow_missing=_ALLOW_MISSING.value)
-  except (ConversionError, ImportError) as e:
-    sys.exit(f"error: {e}")
+  except ImportError as e:  # PyTorch missing: the message says how to install it
+    raise errors.UserError(str(e)) from e
   print(f"{src} -> {dst}")
   print(conversion.report())
   print(f"train from it with --config.init.pretrained={dst}")
@@ -482,4 +503,4 @@ if __name__ == "__main__":
     "Write the file even if backbone convs/norms that an ImageNet ResNet has are missing "
     "from the checkpoint (they stay at their initial values).",
   )
-  app.run(main)
+  errors.run(main)

@@ -144,7 +144,7 @@ def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
 
   Raises:
     PretrainedError: the file is missing or is not such a file (e.g. a PyTorch `.pth`
-      that still needs converting).
+      that still needs converting), or an entry holds NaN / inf (naming it).
   """
   path = epath.Path(path)
   if not path.exists():
@@ -184,6 +184,14 @@ def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
     entries = tree.get(collection, {})
     if not isinstance(entries, dict):
       raise PretrainedError(f"{not_ours}: '{collection}' is not a dict")
+    for entry, value in traverse_util.flatten_dict(entries, sep="/").items():
+      finite = np.isfinite(np.asarray(value, np.float32))
+      if not finite.all():
+        raise PretrainedError(
+          f"pretrained file {os.fspath(path)!r}: entry {collection}/{entry} has "
+          f"{int((~finite).sum())} non-finite value(s) (NaN/inf) of {finite.size}: the file is "
+          "damaged; re-convert it from a clean checkpoint (`python -m fsaf_jax.convert_ibn`)"
+        )
     out[collection] = entries
   return out
 
