@@ -25,7 +25,9 @@ packages can use it.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -93,12 +95,80 @@ def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
   return wrapped
 
 
+def _missing_config_file(argv: Sequence[str]) -> str | None:
+  """`--flag=PATH` of a config-file flag (ml_collections) whose PATH is not a file."""
+  for arg in argv[1:]:
+    if not arg.startswith("--") or "=" not in arg:
+      continue
+    name, value = arg[2:].split("=", 1)
+    if name not in flags.FLAGS:
+      continue
+    if type(flags.FLAGS[name].parser).__name__ != "ConfigFileFlagParser":
+      continue
+    if not os.path.isfile(value.split(":", 1)[0]):
+      return arg
+  return None
+
+
+def _config_of(argv: Sequence[str], name: str) -> Any:
+  """The ConfigDict of config flag `name`: its parsed value, else loaded from argv."""
+  value = flags.FLAGS[name].value
+  if value is not None:
+    return value
+  given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{name}=")]
+  path, _, param = given[-1].partition(":")
+  spec = importlib.util.spec_from_file_location("_config_for_suggestion", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(param) if param else module.get_config()
+
+
+def _unknown_field(argv: Sequence[str], override: str) -> tuple[str, str] | None:
+  """(unknown field, ' (did you mean X?)' or '') of override `--cfg.a.b=v`, or None."""
+  path = override[2:].split("=", 1)[0].split(".")
+  try:
+    node = _config_of(argv, path[0])
+    for part in path[1:]:
+      names = list(node.keys())
+      if part not in names:
+        close = difflib.get_close_matches(part, names, n=1, cutoff=0.5)
+        return part, (f" (did you mean {close[0]!r}?)" if close else "")
+      node = node[part]
+  except Exception:  # the check is best effort: the caller falls back on the raw error
+    return None
+  return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing with a flag error printed as one ERROR line (exit 2)."""
+  """absl's flag parsing with a command-line mistake printed as one ERROR line (exit 2).
+
+  Mistakes: absl flag errors; an unknown config field or section in a `--config.a.b=v`
+  override (with a "did you mean"); a config file that does not exist. Anything else
+  raised while parsing (e.g. an exception inside a config file's `get_config`) keeps
+  its traceback.
+  """
+  missing_file = _missing_config_file(argv)
+  if missing_file:
+    exit_with(UserError(f"{missing_file}: no such config file"))
+  overrides = [a for a in argv[1:] if a.startswith("--") and "." in a.split("=", 1)[0]]
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    exit_with(UserError(str(e), hint="run with --helpshort to see the flags"))
+  except (flags.Error, KeyError, AttributeError) as e:
+    for override in overrides:
+      if override[2:].split(".", 1)[0] not in flags.FLAGS:
+        continue
+      unknown = _unknown_field(argv, override)
+      if unknown is not None:
+        field, suggestion = unknown
+        exit_with(
+          UserError(
+            f"{override}: unknown config field {field!r}{suggestion}",
+            hint="run with --helpfull to see the config fields",
+          )
+        )
+    if isinstance(e, flags.Error):
+      exit_with(UserError(str(e), hint="run with --helpshort to see the flags"))
+    raise
 
 
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
