@@ -60,6 +60,12 @@ def read_npz(path: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarr
     raise inputs.EvaluationInputError(
       f"Cannot read {path} as a .npz file: it is empty (0 bytes; was its writing interrupted?)"
     )
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
+    raise inputs.EvaluationInputError(
+      f"Cannot read {path} as a .npz file: no zip header (it starts with {magic!r})"
+    )
   try:
     loaded = np.load(path, allow_pickle=False)
   except _READ_ERRORS as e:
