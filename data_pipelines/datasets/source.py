@@ -92,7 +92,8 @@ def build(
   same relative paths and sizes as at its build: `metadata['source_fingerprint']`), or
   holds no copy of the dataset (the download may be gone once built). When `manual_dir`
   holds another copy (other files or sizes), the build is refused, naming both
-  sources, unless `overwrite`, which deletes the built version and builds again.
+  sources, unless `overwrite`, which builds again and then deletes the old build (a
+  failed rebuild leaves the old build in place).
 
   Args:
     name: TFDS name, optionally with config ('msmt17/v1').
@@ -123,9 +124,13 @@ def build(
         hint=instructions or None,
       )
   manual = manual_dir or os.path.join(_expand(data_dir), "downloads", "manual")
+  replaced = None  # the previous build, moved aside until the new one is complete
   if builder.is_prepared() and _has_entries(manual):
     if _other_source(builder, name, data_dir, manual, overwrite):
-      shutil.rmtree(os.fspath(builder.data_path))
+      built = os.fspath(builder.data_path)
+      replaced = f"{built}.replaced"
+      shutil.rmtree(replaced, ignore_errors=True)
+      os.rename(built, replaced)
       builder = get_builder(name, data_dir, skip_corrupt=skip_corrupt)
   if not builder.is_prepared() and not _has_entries(manual):
     raise errors.InputNotFoundError(
@@ -133,8 +138,34 @@ def build(
       "(zip or extracted folder)",
       hint=instructions or None,
     )
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  made = _folders_tfds_makes(builder, data_dir)
+  existed = {f for f in made if os.path.exists(f)}
+  try:
+    builder.download_and_prepare(download_config=config)
+  except BaseException:
+    for folder in made:  # deepest first: the empty folders a failed build leaves
+      if folder not in existed and os.path.isdir(folder) and not any(os.scandir(folder)):
+        os.rmdir(folder)
+    if replaced is not None:  # a failed rebuild leaves the previous build as it was
+      shutil.rmtree(os.fspath(builder.data_path), ignore_errors=True)
+      os.rename(replaced, os.fspath(builder.data_path))
+      logging.warning("%s: rebuild failed; the previous build is left in place", name)
+    raise
+  if replaced is not None:
+    shutil.rmtree(replaced)
   return builder
+
+
+def _folders_tfds_makes(builder: tfds.core.DatasetBuilder, data_dir: Any) -> list[str]:
+  """Folders a build creates (data_dir, the dataset's, downloads/extracted), deepest first."""
+  root = _expand(data_dir)
+  folders = [os.path.join(root, "downloads", "extracted"), os.path.join(root, "downloads")]
+  folder = os.path.dirname(os.fspath(builder.data_path))
+  while len(folder) > len(root):
+    folders.append(folder)
+    folder = os.path.dirname(folder)
+  return [*folders, root]
 
 
 def _has_entries(folder: str) -> bool:
