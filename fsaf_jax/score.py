@@ -158,7 +158,14 @@ def load_query_gallery(query_path: str, gallery_path: str) -> dict[str, np.ndarr
         hint="name the images as a ReID dataset does (e.g. Market-1501 "
         "0002_c1s1_000451_03.jpg: person 0002, camera 1) before extracting",
       )
-    arrays[f"{side}_feats"] = loaded["feats"]
+    where = f"{path} ({side})"
+    try:  # each file on its own first: the messages name its keys
+      feats = inputs.feature_matrix("feats", loaded["feats"])
+      for k in ("pids", "camids"):
+        inputs.id_vector(k, loaded[k], feats.shape[0])
+    except inputs.EvaluationInputError as e:
+      raise inputs.EvaluationInputError(f"{where}: {e}") from None
+    arrays[f"{side}_feats"] = feats
     arrays[f"{side}_pids"] = loaded["pids"]
     arrays[f"{side}_camids"] = loaded["camids"]
   return check_features(arrays, where=f"{query_path} (query) + {gallery_path} (gallery)")
