@@ -320,7 +320,6 @@ def convert_state_dict(
     key = torch_key(path)
     name = "/".join(path)
     value = None
-    source_key = key
     if key is not None and key in state_dict:
       value = state_dict[key]
       want = _expected_torch_shape(shape)
@@ -331,6 +330,7 @@ def convert_state_dict(
           "layout (pass --config=<the training config> / check model.stage_sizes, "
           "stem_width, widths)"
         )
+      check_finite(value, f"{source}: tensor {key!r}")  # indices in the checkpoint's layout
       value = _from_torch(value)
       used.add(key)
     elif key is not None and path[-3] == "bn1" and path[-2] in ("IN", "BN"):
@@ -338,15 +338,14 @@ def convert_state_dict(
       if value is not None:
         plain = key.rsplit(".", 2)[0]
         source_key = f"{plain}.{key.rsplit('.', 1)[1]}"
+        check_finite(state_dict[source_key], f"{source}: tensor {source_key!r}")
         used.add(source_key)
         if plain not in ibn_from_bn:
           ibn_from_bn.append(plain)
     if value is None:
       (new if _is_new_module(path) else missing).append(name)
       continue
-    value = np.asarray(value, np.float32)
-    check_finite(value, f"{source}: tensor {source_key!r}")
-    flat[path] = value
+    flat[path] = np.asarray(value, np.float32)
 
   if not flat:
     sample = ", ".join(list(state_dict)[:6])
