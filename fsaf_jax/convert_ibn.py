@@ -466,7 +466,10 @@ def convert_file(
     "unused_source_keys": {k: v for k, v in conversion.unused.items() if v},
     "ibn_from_bn": conversion.ibn_from_bn,
   }
-  pretrained.save_pretrained(dst, conversion.variables, metadata)
+  try:
+    pretrained.save_pretrained(dst, conversion.variables, metadata)
+  except OSError as e:
+    raise errors.UserError(f"cannot write DST={os.fspath(dst)}: {errors.one_line(str(e))}") from e
   return conversion
 
 

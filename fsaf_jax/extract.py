@@ -366,9 +366,15 @@ def extract_folder(
     )
   result = {"feats": feats, "file_names": names, "pids": pids, "camids": camids}
   out_path = epath.Path(out)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  with out_path.open("wb") as f:
-    np.savez(f, **result)
+  partial = out_path.parent / f".{out_path.name}.partial"  # never a half-written `out`
+  try:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("wb") as f:
+      np.savez(f, **result)
+    partial.replace(out_path)
+  except OSError as e:
+    partial.unlink(missing_ok=True)
+    raise errors.UserError(f"cannot write --out={out}: {errors.one_line(str(e))}") from e
   logging.info("Wrote %s: feats %s", out_path, feats.shape)
 
   if export:

@@ -116,6 +116,8 @@ def save_pretrained(
 ) -> None:
   """Writes converted backbone variables to `path` (see the module docstring).
 
+  Written to a temporary file renamed into place: `path` is never left half-written.
+
   Args:
     path: destination file (local or any `etils.epath` path).
     variables: {'params': nested dict, 'batch_stats': nested dict} of arrays.
@@ -129,7 +131,12 @@ def save_pretrained(
   tree["metadata"] = json.dumps({"format": FORMAT, "version": VERSION, **metadata})
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(serialization.msgpack_serialize(tree))
+  partial = path.parent / f".{path.name}.partial"  # never a half-written `path`
+  try:
+    partial.write_bytes(serialization.msgpack_serialize(tree))
+    partial.replace(path)
+  finally:
+    partial.unlink(missing_ok=True)
 
 
 def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:

@@ -115,3 +115,19 @@ def test_pretrained_file_with_non_finite_entry_is_refused(tmp_path):
   pretrained.save_pretrained(path, variables, {"source": "test"})
   with pytest.raises(pretrained.PretrainedError, match="entry batch_stats/backbone/bn1/mean"):
     pretrained.load_pretrained(path)
+
+
+def test_a_failed_pretrained_write_keeps_the_previous_file(tmp_path, monkeypatch):
+  path = tmp_path / "r50.msgpack"
+  variables = {"params": {"backbone": {"conv1": {"kernel": np.ones((1, 1, 3, 2), np.float32)}}}}
+  pretrained.save_pretrained(path, variables, {"source": "first"})
+  data = path.read_bytes()
+
+  def fail(tree):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(pretrained.serialization, "msgpack_serialize", fail)
+  with pytest.raises(OSError, match="No space left"):
+    pretrained.save_pretrained(path, variables, {"source": "second"})
+  assert path.read_bytes() == data
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["r50.msgpack"]

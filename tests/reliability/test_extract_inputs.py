@@ -230,3 +230,26 @@ def test_one_name_rule_for_builders_and_extract():
   np.testing.assert_array_equal(camids, [2, 0])
   with pytest.raises(ValueError, match="IMG_0001.JPG"):
     naming.parse_market_name("IMG_0001.JPG")
+
+
+def test_a_failed_write_leaves_no_partial_output(folder, tmp_path, monkeypatch):
+  out = tmp_path / "f.npz"
+  out.write_bytes(b"previous result")
+
+  def savez_until_the_disk_is_full(f, **arrays):
+    f.write(b"PK\x03\x04 the first bytes")
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(np, "savez", savez_until_the_disk_is_full)
+  with pytest.raises(errors.UserError, match=r"cannot write --out=.*f.npz: .*No space left"):
+    extract.extract_folder(
+      tiny.get_config(), images=str(folder), out=str(out), batch_size=4, random_weights=True
+    )
+  assert out.read_bytes() == b"previous result"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz", "images"]
+  monkeypatch.undo()  # the disk has room again: the result replaces the old file
+  result = extract.extract_folder(
+    tiny.get_config(), images=str(folder), out=str(out), batch_size=4, random_weights=True
+  )
+  np.testing.assert_array_equal(np.load(out)["feats"], result["feats"])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz", "images"]
