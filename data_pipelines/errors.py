@@ -9,9 +9,12 @@ prints such an error as
   ERROR: <message>
   hint: <what to do>          (only when the error carries a hint)
 
-on stderr and exits with status `EXIT_USER_ERROR` (2). absl flag-parsing errors and
-`app.UsageError` take the same path. Any other exception is a bug or an environment
-failure and keeps its traceback.
+on stderr and exits with status `EXIT_USER_ERROR` (2). `run` sends command-line
+mistakes the same way: absl flag errors, `app.UsageError`, an unknown field or section
+in a `--config.a.b=v` override (with a "did you mean" from the config's own fields), a
+config file that does not exist. Any other exception is a bug or an environment
+failure and keeps its traceback. `check_output_file` / `check_output_dir` check output
+paths before any work starts, creating nothing.
 
     from data_pipelines import errors
 
