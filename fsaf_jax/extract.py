@@ -31,7 +31,6 @@ the `jax.export` extractor (symbolic batch, weights inside): load it with
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
