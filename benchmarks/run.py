@@ -14,6 +14,8 @@ XLA_FLAGS):
     the same run;
   * the feature extractor (`fsaf_jax.evaluation.extractor.make_extractor`) of both
     models, batch 64, against PyTorch eval-mode inference;
+  * on a GPU / TPU, the model FLOP utilisation (MFU) of both, from the model's FLOP
+    count and the device's peak (`benchmarks/peak_flops.py`); PyTorch is skipped there;
   * evaluation / re-ranking timings (`benchmarks/evaluation.py`) and input-pipeline
     images/s (`benchmarks/input_pipeline.py`), reused by import.
 
@@ -54,7 +56,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks import evaluation, input_pipeline  # noqa: E402  (their flags: --rounds, ...)
+from benchmarks import evaluation, input_pipeline, peak_flops  # noqa: E402  (flags: --rounds, ...)
 from benchmarks.harness import (  # noqa: E402
   IMAGE_SIZE,
   NUM_CLASSES,
@@ -164,20 +166,29 @@ PT_DEFAULT = "PyTorch R50-IBN-a"
 PT_MALLOPT = "PyTorch +mallopt"
 HEADER = (
   f"{'section':<8} {'model':<19} {'dtype':<9} {'compile s':>9} {'median s':>8} {'best s':>7} "
-  f"{'img/s':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'JAX/PT':>7} {'JAX/PT+m':>8}"
+  f"{'img/s':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'MFU':>6} {'JAX/PT':>7} {'JAX/PT+m':>8}"
 )
 
 
 def format_rows(runners: list[Runner]) -> list[str]:
-  """Table rows (img/s and GFLOP/s from the median). JAX baseline rows get the speed
-  ratio (median time of PyTorch / median time of JAX, same dtype) to PyTorch with the
-  default malloc (JAX/PT) and with the same malloc settings as JAX (JAX/PT+m)."""
+  """Table rows (img/s and GFLOP/s from the median). JAX rows get the model FLOP
+  utilisation of the devices (MFU, `benchmarks/peak_flops.py`; '-' where the device's
+  peak is not known, e.g. CPUs). JAX baseline rows get the speed ratio (median time of
+  PyTorch / median time of JAX, same dtype) to PyTorch with the default malloc (JAX/PT)
+  and with the same malloc settings as JAX (JAX/PT+m)."""
+  import jax
+
   torch_runs = {(r.name, r.dtype): r for r in runners if r.name in (PT_DEFAULT, PT_MALLOPT)}
+  kind, num_devices = jax.devices()[0].device_kind, jax.device_count()
   rows = []
   for r in runners:
     compile_txt = f"{r.compile_s:9.1f}" if r.compile_s is not None else f"{'-':>9}"
     gflop = f"{r.flops * 1e-9:7.1f}" if r.flops else f"{'-':>7}"
     gflops = f"{r.flops * 1e-9 / r.median:8.1f}" if r.flops else f"{'-':>8}"
+    util = None
+    if r.flops and r.name.startswith("JAX"):
+      util = peak_flops.mfu(r.flops, r.median, kind, r.dtype, num_devices)
+    mfu_txt = f"{100 * util:5.1f}%" if util is not None else f"{'-':>6}"
     ratios = []
     for name in (PT_DEFAULT, PT_MALLOPT):
       pt = torch_runs.get((name, r.dtype))
@@ -185,7 +196,7 @@ def format_rows(runners: list[Runner]) -> list[str]:
       ratios.append(f"{pt.median / r.median:.2f}x" if ok else "")
     rows.append(
       f"{r.group:<8} {r.name:<19} {r.dtype:<9} {compile_txt} {r.median:8.2f} {min(r.times):7.2f} "
-      f"{r.rate:7.2f} {gflop} {gflops} {ratios[0]:>7} {ratios[1]:>8}"
+      f"{r.rate:7.2f} {gflop} {gflops} {mfu_txt} {ratios[0]:>7} {ratios[1]:>8}"
     )
   return rows
 
@@ -292,6 +303,13 @@ def main(argv):
   skip = set(_SECTIONS.value)
   if _QUICK.value:
     skip |= {"bfloat16", "fsaf"}
+  import jax
+
+  backend = jax.default_backend()
+  if backend != "cpu":
+    # The PyTorch reference is a CPU build: on a GPU / TPU the table reports JAX's
+    # images/s and MFU alone.
+    skip.add("torch")
   rounds = _MODEL_ROUNDS.value or (2 if _QUICK.value else 3)
   dtypes = ["float32"] + ([] if "bfloat16" in skip else ["bfloat16"])
   names = ["baseline"] + ([] if "fsaf" in skip else ["fsaf"])
@@ -304,6 +322,11 @@ def main(argv):
     f"'{PT_MALLOPT}' with the same settings as JAX.",
     "NOTE: the machine may be shared: absolute times are noisy; JAX and PyTorch runners are "
     "interleaved round by round, so compare the ratios.",
+    f"JAX devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({backend}); MFU = "
+    "model FLOPs / time / (peak x devices), peaks by device kind in benchmarks/peak_flops.py"
+    + ("" if backend != "cpu" else " (none for CPUs)")
+    + ("; PyTorch (a CPU build) skipped" if backend != "cpu" else "")
+    + ".",
     "FLOPs: conv / dense / attention MACs x 2 from layer shapes, forward; train step = 3 x "
     "forward (fsaf_jax/models/flops.py). Times: median of "
     f"{rounds} interleaved rounds after 1 warm-up call, jax.block_until_ready.",

@@ -25,19 +25,64 @@ from PIL import Image
 
 # ImageNet mean in uint8 pixel units (fsaf_jax.preprocessing.IMAGENET_MEAN * 255).
 IMAGENET_MEAN_PIXEL = (124, 116, 104)
+# Integer grayscale modes PIL gives 16-bit PNG / TIFF images (PIL's own conversion to
+# RGB clips them at 255: an all-white image); scaled from the 16-bit range instead.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Modes with transparency: composited onto this background.
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """`image` converted to mode RGB, from whatever mode PIL decoded it in.
+
+  - 'RGB': unchanged; '1', 'L', 'P', 'CMYK', 'YCbCr', 'HSV': PIL's conversion.
+  - 'RGBA', 'LA', 'PA' and palette images with a transparent colour: composited onto
+    white (`ALPHA_BACKGROUND`), as image viewers show them.
+  - 16-bit grayscale ('I;16', 'I;16B', ..., and 'I', which PIL uses for 16-bit PNGs):
+    value / 257 rounded, so 0..65535 maps onto 0..255 (values outside are clipped).
+
+  Raises:
+    ValueError: naming the mode, for modes without a defined 8-bit RGB meaning ('F':
+      float pixels) or that PIL cannot convert (e.g. 'LAB').
+  """
+  mode = image.mode
+  if mode == "RGB":
+    return image
+  if mode in SIXTEEN_BIT_MODES:
+    values = np.asarray(image).astype(np.float64)
+    gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+  if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+  if mode == "F":
+    raise ValueError(
+      "image mode 'F' (32-bit float pixels) has no defined 8-bit range; save it as an "
+      "8-bit or 16-bit image"
+    )
+  try:
+    return image.convert("RGB")
+  except ValueError as e:
+    raise ValueError(f"image mode {mode!r} cannot be converted to RGB ({e})") from e
 
 
 def decode_image(data: bytes | np.ndarray, image_size: Sequence[int]) -> np.ndarray:
   """Decodes an encoded image and resizes it.
 
   Args:
-    data: encoded JPEG / PNG bytes (any mode PIL reads: converted to RGB), or an already
-      decoded uint8 array [h, w, 3].
+    data: encoded JPEG / PNG bytes (any mode PIL reads: converted by `to_rgb`), or an
+      already decoded uint8 array [h, w, 3].
     image_size: output (H, W).
 
   Returns:
     uint8 array [H, W, 3]: the image resized bilinearly (PIL, as torchvision's `Resize`
     on PIL images) unless it already has that size.
+
+  Raises:
+    ValueError: the image's mode has no RGB conversion (see `to_rgb`); PIL's errors
+      (OSError, ...) for bytes that do not decode.
   """
   height, width = image_size
   if isinstance(data, np.ndarray):
@@ -47,9 +92,7 @@ def decode_image(data: bytes | np.ndarray, image_size: Sequence[int]) -> np.ndar
       return data
     image = Image.fromarray(data)
   else:
-    image = Image.open(io.BytesIO(data))
-    if image.mode != "RGB":
-      image = image.convert("RGB")
+    image = to_rgb(Image.open(io.BytesIO(data)))
   if image.size != (width, height):
     image = image.resize((width, height), Image.BILINEAR)
   return np.asarray(image, dtype=np.uint8)

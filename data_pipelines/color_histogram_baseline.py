@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from data_pipelines.datasets import naming
+from data_pipelines import errors
+from data_pipelines.datasets import image_check, naming
 from fsaf_jax.evaluation import metrics
 
 MARKET_DIR = "Market-1501-v15.09.15"
@@ -46,13 +47,14 @@ def market_root(data_dir: str | pathlib.Path) -> pathlib.Path:
   """`data_dir` or `data_dir/Market-1501-v15.09.15`, whichever holds query/ and the gallery.
 
   Raises:
-    FileNotFoundError: neither holds `query/` and `bounding_box_test/`.
+    InputNotFoundError (a FileNotFoundError): neither holds `query/` and
+      `bounding_box_test/`.
   """
   data_dir = pathlib.Path(data_dir).expanduser()
   for root in (data_dir / MARKET_DIR, data_dir):
     if (root / QUERY_DIR).is_dir() and (root / GALLERY_DIR).is_dir():
       return root
-  raise FileNotFoundError(
+  raise errors.InputNotFoundError(
     f"No Market-1501 folder at {data_dir}: expected {data_dir / MARKET_DIR}/ or {data_dir}/ "
     f"to contain {QUERY_DIR}/ and {GALLERY_DIR}/ (write one with `python -m "
     "data_pipelines.synthetic --out=DIR`)."
@@ -118,26 +120,35 @@ def load_split(
   center_sigma: float = 0.0,
   drop_junk: bool = True,
 ) -> Split:
-  """Histograms of every `*.jpg` in `root/split`, with pid / camera parsed from names.
+  """Histograms of every image in `root/split`, with pid / camera parsed from names.
 
+  Images are the files `naming.is_image_name` accepts (the builders' rule: `.JPG` too).
   Junk images (pid -1) are dropped when `drop_junk`; distractors (pid 0) are kept.
 
   Raises:
-    ValueError: a file name is not a Market-1501 name, or the split is empty.
+    UserError: a file name is not a Market-1501 name, an image does not decode
+      (`CorruptImageError`), or the split is empty.
   """
-  paths = sorted((root / split).glob("*.jpg"))
+  paths = sorted(p for p in (root / split).iterdir() if naming.is_image_name(p.name))
   feats, pids, camids, names = [], [], [], []
   for path in paths:
-    pid, camid = naming.parse_market_name(path.name)
+    try:
+      pid, camid = naming.parse_market_name(path.name)
+    except ValueError as e:
+      raise errors.UserError(f"{path}: {e}") from e
     if drop_junk and pid == -1:
       continue
-    with Image.open(path) as im:
-      feats.append(color_histogram(np.asarray(im.convert("RGB")), bins, space, center_sigma))
+    try:
+      with image_check.strict_pil(), Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+      raise image_check.CorruptImageError(f"cannot decode image {path}: {e}") from e
+    feats.append(color_histogram(pixels, bins, space, center_sigma))
     pids.append(pid)
     camids.append(camid)
     names.append(path.name)
   if not feats:
-    raise ValueError(f"No usable Market-1501 images (*.jpg, pid != -1) in {root / split}.")
+    raise errors.UserError(f"No usable Market-1501 images (*.jpg, pid != -1) in {root / split}.")
   return Split(np.stack(feats), np.asarray(pids), np.asarray(camids), names)
 
 
@@ -200,7 +211,7 @@ def run_baseline(
   gallery = load_split(root, GALLERY_DIR, bins, space, center_sigma)
   if np.any(query.pids <= 0):
     bad = query.file_names[int(np.argmax(query.pids <= 0))]
-    raise ValueError(f"{root / QUERY_DIR}/{bad}: queries must have a pid > 0.")
+    raise errors.UserError(f"{root / QUERY_DIR}/{bad}: queries must have a pid > 0.")
   distmat = histogram_distance(query.features, gallery.features, metric)
   return metrics.evaluate(
     distmat,
@@ -249,4 +260,4 @@ if __name__ == "__main__":
     "Centre weighting of pixels (fraction of width); 0 = uniform.",
   )
   flags.mark_flag_as_required("data")
-  app.run(main)
+  errors.run(main)

@@ -14,11 +14,17 @@ alone does not identify a person; see there).
 
 Also writes `OUT/synthetic.json` (the generator's configuration and the identities'
 attributes, for inspection; the Market builder ignores it).
+
+It never writes into a folder that already holds a dataset (a Market-1501 split
+folder, images or a .zip archive in OUT or up to three levels below it), other than
+its own earlier output (`--overwrite` replaces that): the builders would find two
+copies there, or mix the synthetic images into a real dataset.
 """
 
 import collections
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import time
@@ -27,13 +33,18 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import synthetic_render
+from data_pipelines import errors, synthetic_render
 
 MARKET_DIR = "Market-1501-v15.09.15"
 TRAIN_DIR, QUERY_DIR, GALLERY_DIR = "bounding_box_train", "query", "bounding_box_test"
 SPLIT_DIRS = (TRAIN_DIR, QUERY_DIR, GALLERY_DIR)
 MAX_CAMERAS = 6  # Market-1501 names carry c1..c6
 MAX_PID = 9999  # four digits
+
+META_FILE = "synthetic.json"
+# What marks a folder as holding a dataset already (case-insensitive file extensions).
+_DATASET_FILE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".zip")
+_DATASET_SEARCH_DEPTH = 3
 
 # Independent random streams derived from the seed.
 _IDENTITY_STREAM, _CAMERA_STREAM, _PLAN_STREAM, _IMAGE_STREAM = range(4)
@@ -83,7 +94,7 @@ class SyntheticConfig:
     """Raises ValueError naming the first field that cannot produce a valid dataset."""
 
     def fail(field: str, msg: str):
-      raise ValueError(f"SyntheticConfig.{field}={getattr(self, field)!r}: {msg}")
+      raise errors.UserError(f"SyntheticConfig.{field}={getattr(self, field)!r}: {msg}")
 
     if not 2 <= self.num_ids <= MAX_PID:
       fail("num_ids", f"need 2..{MAX_PID} identities (train and test each need one).")
@@ -261,25 +272,83 @@ def split_statistics(plan: Plan) -> dict[str, dict[str, int]]:
   return stats
 
 
+def existing_dataset(out_dir: str | pathlib.Path) -> pathlib.Path | None:
+  """A path showing that `out_dir` already holds a dataset other than this generator's.
+
+  Looks in `out_dir` and up to `_DATASET_SEARCH_DEPTH` levels of sub-folders for a
+  Market-1501 split folder (`SPLIT_DIRS`) or a `.jpg` / `.jpeg` / `.png` / `.zip` file
+  (any case), skipping `out_dir/MARKET_DIR` when `out_dir/META_FILE` says the generator
+  wrote it.
+
+  Returns:
+    The first such path found (breadth first, sorted), or None.
+  """
+  out_dir = pathlib.Path(out_dir)
+  own = out_dir / MARKET_DIR if (out_dir / META_FILE).is_file() else None
+  if out_dir.name in SPLIT_DIRS:
+    return out_dir
+  level = [out_dir]
+  for _ in range(_DATASET_SEARCH_DEPTH):
+    deeper = []
+    for folder in level:
+      try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+      except OSError:
+        continue
+      for entry in entries:
+        path = pathlib.Path(entry.path)
+        if path == own:
+          continue
+        if entry.is_dir():
+          if entry.name in SPLIT_DIRS:
+            return path
+          deeper.append(path)
+        elif os.path.splitext(entry.name)[1].lower() in _DATASET_FILE_EXTENSIONS:
+          return path
+    level = deeper
+  return None
+
+
 def generate(out_dir: str | pathlib.Path, config: SyntheticConfig, overwrite: bool = False) -> Plan:
   """Writes the dataset under `out_dir/Market-1501-v15.09.15/` and returns its plan.
 
   Args:
     out_dir: output directory (created if missing).
     config: what to generate.
-    overwrite: if the Market folder already exists, delete its split folders first;
-      otherwise an existing non-empty folder is an error (stale files from another
-      configuration would silently mix in).
+    overwrite: if the generator's own Market folder already exists, delete its split
+      folders first; otherwise an existing non-empty folder is an error (stale files
+      from another configuration would silently mix in).
 
   Raises:
-    ValueError: invalid config.
-    FileExistsError: the target exists, is not empty and `overwrite` is False.
+    UserError: invalid config (naming the field); `out_dir` is a file, or already holds
+      a dataset (`existing_dataset`), or a Market folder the generator did not write
+      (even with `overwrite`: it is never deleted).
+    OutputExistsError (a FileExistsError): the generator's earlier output is there and
+      `overwrite` is False.
   """
   plan = make_plan(config)
-  root = pathlib.Path(out_dir) / MARKET_DIR
+  out_dir = pathlib.Path(out_dir)
+  root = out_dir / MARKET_DIR
+  if out_dir.exists() and not out_dir.is_dir():
+    raise errors.UserError(f"synthetic output folder {out_dir} is a file")
+  ours = (out_dir / META_FILE).is_file()
+  if root.exists() and any(root.iterdir()) and not ours:
+    raise errors.OutputExistsError(
+      f"{root} exists but was not written by data_pipelines.synthetic (no {out_dir / META_FILE}):"
+      " a real dataset is never overwritten",
+      hint="choose another output folder",
+    )
+  found = existing_dataset(out_dir)
+  if found is not None:
+    raise errors.OutputExistsError(
+      f"{out_dir} already holds a dataset ({found}): the synthetic generator writes only "
+      "into an empty folder or one holding its own earlier output",
+      hint="choose another output folder (python -m data_pipelines.synthetic --out=DIR; for "
+      "train.py leave config.input.manual_dir empty: WORKDIR/data/synthetic)",
+    )
   if root.exists() and any(root.iterdir()):
     if not overwrite:
-      raise FileExistsError(
+      raise errors.OutputExistsError(
         f"{root} already exists and is not empty; pass overwrite=True (--overwrite) to "
         "replace it or choose another --out."
       )
@@ -301,7 +370,7 @@ def generate(out_dir: str | pathlib.Path, config: SyntheticConfig, overwrite: bo
       for i, (pid, ident) in enumerate(zip(plan.pids, plan.identities, strict=True))
     ],
   )
-  (pathlib.Path(out_dir) / "synthetic.json").write_text(json.dumps(meta, indent=1))
+  (out_dir / META_FILE).write_text(json.dumps(meta, indent=1))
   return plan
 
 
@@ -357,6 +426,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = config_from_flags()
+  errors.check_output_dir(_OUT.value, "--out")
   start = time.perf_counter()
   plan = generate(_OUT.value, config, overwrite=_OVERWRITE.value)
   elapsed = time.perf_counter() - start
@@ -399,4 +469,4 @@ if __name__ == "__main__":
   _OCCLUSION = flags.DEFINE_float("occlusion", _D.occlusion_prob, "Occlusion probability.")
   _POSE = flags.DEFINE_float("pose_jitter", _D.pose_jitter, "Box misalignment / stride scale.")
   flags.mark_flag_as_required("out")
-  app.run(main)
+  errors.run(main)

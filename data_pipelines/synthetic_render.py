@@ -29,6 +29,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from data_pipelines import errors
+
 # Clothing palette (name, RGB). Small on purpose: many identities share each colour.
 PALETTE = (
   ("black", (30, 30, 34)),
@@ -114,7 +116,7 @@ class Difficulty:
     )
     for name, ok, allowed in checks:
       if not ok:
-        raise ValueError(
+        raise errors.UserError(
           f"Difficulty.{name}={getattr(self, name)!r} is outside its range {allowed}."
         )
 

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +39,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
+from data_pipelines import errors
 from fsaf_jax import pretrained
 from fsaf_jax.models import fsaf
 
@@ -73,7 +73,7 @@ _FLAX_BLOCK = re.compile(r"^layer(\d+)_(\d+)$")
 _TORCH_CONV2 = re.compile(r"^layer(\d+)\.(\d+)\.conv2\.weight$")
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError):
   """The checkpoint cannot be converted for the model (the message says why)."""
 
 
@@ -307,8 +307,9 @@ def convert_state_dict(
     A `Conversion`.
 
   Raises:
-    ConversionError: a shape differs (naming the key and both shapes), nothing
-      matches, or ImageNet-ResNet entries are missing (unless `allow_missing`).
+    ConversionError: a shape differs (naming the key and both shapes), a used tensor
+      holds NaN / inf (naming it), nothing matches, or ImageNet-ResNet entries are
+      missing (unless `allow_missing`).
   """
   flat, used, ibn_from_bn = {}, set(), []
   missing, new = [], []
@@ -329,13 +330,16 @@ def convert_state_dict(
           "layout (pass --config=<the training config> / check model.stage_sizes, "
           "stem_width, widths)"
         )
+      check_finite(value, f"{source}: tensor {key!r}")  # indices in the checkpoint's layout
       value = _from_torch(value)
       used.add(key)
     elif key is not None and path[-3] == "bn1" and path[-2] in ("IN", "BN"):
       value = _split_plain_bn(state_dict, path, shapes, key, source)
       if value is not None:
         plain = key.rsplit(".", 2)[0]
-        used.add(f"{plain}.{key.rsplit('.', 1)[1]}")
+        source_key = f"{plain}.{key.rsplit('.', 1)[1]}"
+        check_finite(state_dict[source_key], f"{source}: tensor {source_key!r}")
+        used.add(source_key)
         if plain not in ibn_from_bn:
           ibn_from_bn.append(plain)
     if value is None:
@@ -376,6 +380,18 @@ def convert_state_dict(
     left_at_init={"no ImageNet counterpart": new, "missing from the checkpoint": missing},
     ibn_from_bn=ibn_from_bn,
   )
+
+
+def check_finite(value: np.ndarray, what: str) -> None:
+  """Raises ConversionError naming `what` if `value` holds NaN or inf."""
+  finite = np.isfinite(value)
+  if not finite.all():
+    bad = np.argwhere(~finite)[0]
+    raise ConversionError(
+      f"{what} has {int((~finite).sum())} non-finite value(s) (NaN/inf) of {value.size}, "
+      f"first at index {tuple(int(i) for i in bad)} = {value[tuple(bad)]!r}: the checkpoint is "
+      "damaged (or was saved after training diverged); get a clean copy"
+    )
 
 
 def _split_plain_bn(
@@ -427,8 +443,13 @@ def convert_file(
 
   Returns:
     The `Conversion` (its `report()` is what the CLI prints).
+
+  Raises:
+    UserError: `dst` cannot be written (checked first); ConversionError (see
+      `load_torch_checkpoint`, `convert_state_dict`).
   """
   src = os.fspath(src)
+  errors.check_output_file(dst, "DST")
   state_dict = load_torch_checkpoint(src)
   if config is None:
     entries, layout = model_entries()
@@ -445,7 +466,10 @@ def convert_file(
     "unused_source_keys": {k: v for k, v in conversion.unused.items() if v},
     "ibn_from_bn": conversion.ibn_from_bn,
   }
-  pretrained.save_pretrained(dst, conversion.variables, metadata)
+  try:
+    pretrained.save_pretrained(dst, conversion.variables, metadata)
+  except OSError as e:
+    raise errors.UserError(f"cannot write DST={os.fspath(dst)}: {errors.one_line(str(e))}") from e
   return conversion
 
 
@@ -458,8 +482,8 @@ def main(argv: Sequence[str]) -> None:
   src, dst = argv[1:]
   try:
     conversion = convert_file(src, dst, _CONFIG.value, allow_missing=_ALLOW_MISSING.value)
-  except (ConversionError, ImportError) as e:
-    sys.exit(f"error: {e}")
+  except ImportError as e:  # PyTorch missing: the message says how to install it
+    raise errors.UserError(str(e)) from e
   print(f"{src} -> {dst}")
   print(conversion.report())
   print(f"train from it with --config.init.pretrained={dst}")
@@ -481,4 +505,4 @@ if __name__ == "__main__":
     "Write the file even if backbone convs/norms that an ImageNet ResNet has are missing "
     "from the checkpoint (they stay at their initial values).",
   )
-  app.run(main)
+  errors.run(main)

@@ -1,16 +1,23 @@
 r"""Embeddings for any folder of images, and the serialised feature extractor.
 
   python -m fsaf_jax.extract --config=configs/tiny.py --images=FOLDER \
-      --out=FEATURES.npz [--workdir=DIR] [--export=FILE] [--batch_size=N]
+      --out=FEATURES.npz (--workdir=DIR | --config.init.pretrained=FILE | --random_weights) \
+      [--export=FILE] [--batch_size=N] [--skip_corrupt]
 
-Images: *.jpg / *.jpeg / *.png (any case) under FOLDER, recursively, in sorted order
-of their paths relative to FOLDER; decoded with PIL as RGB and resized to
-`config.input.image_size` (bilinear). A file that does not decode is an error naming
-it; a folder without images is an error.
+Images: *.jpg / *.jpeg / *.png (any case; OS litter such as `._*` files ignored: the
+name rule of the dataset builders, `data_pipelines.datasets.naming.is_image_name`)
+under FOLDER, recursively, in sorted order of their paths relative to FOLDER; decoded
+with PIL, converted to RGB whatever their mode (`data_pipelines.augment.to_rgb`: 16-bit
+grayscale scaled, transparency composited onto white) and resized to
+`config.input.image_size` (bilinear). A file that does not decode (or whose mode has no
+RGB meaning, e.g. float 'F') stops the run with one line naming it, or with
+`--skip_corrupt` is left out and listed; a folder without images is an error.
 
-Weights: from the latest checkpoint in `--workdir`, or without `--workdir` from the
-config's initialisation alone (random, or ImageNet weights with
-`--config.init.pretrained=FILE`).
+Weights: from the latest checkpoint in `--workdir` (a work dir, its `checkpoints/`
+folder or one `checkpoints/<step>`), or the ImageNet backbone of
+`--config.init.pretrained=FILE`; an untrained network only with `--random_weights`
+(features of random weights are meaningless for retrieval, so this is never a default).
+The output paths are checked before any work starts.
 
 Output .npz: `feats` float32 [N, C] (L2-normalised, flip-averaged when
 `--config.eval.flip=True`), `file_names` str [N] (relative to FOLDER), `pids` and
@@ -24,7 +31,6 @@ the `jax.export` extractor (symbolic batch, weights inside): load it with
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -39,28 +45,42 @@ from etils import epath
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from data_pipelines import augment
-from data_pipelines.datasets import naming
-from fsaf_jax import host_allocator
+from data_pipelines import augment, errors
+from data_pipelines.datasets import image_check, naming
+from fsaf_jax import host_allocator, pretrained
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint, train_state
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = naming.IMAGE_EXTENSIONS
+
+
+class ImagesNotADirectoryError(errors.UserError, NotADirectoryError):
+  """--images is not a directory."""
+
+
+class NoWeightsError(errors.UserError):
+  """Neither trained nor pretrained weights were given (and no --random_weights)."""
+
 
 # --- Images. ----------------------------------------------------------------------------
 
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
-  """Image files (IMAGE_EXTENSIONS, any case) under local `folder`, recursive, sorted."""
+  """Image files (`naming.is_image_name`) under local `folder`, recursive, sorted."""
   root = pathlib.Path(folder)
   if not root.is_dir():
-    raise NotADirectoryError(f"--images={folder} is not a directory")
-  paths = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    raise ImagesNotADirectoryError(
+      f"--images={folder} is not a directory"
+      + (" (it is a file)" if root.exists() else " (it does not exist)")
+    )
+  paths = [p for p in root.rglob("*") if naming.is_image_name(p.name) and p.is_file()]
   if not paths:
-    raise ValueError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {folder}")
+    raise errors.InputNotFoundError(
+      f"no {'/'.join(IMAGE_EXTENSIONS)} images under --images={folder}"
+    )
   return sorted(paths, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -68,27 +88,37 @@ def load_image(path: str | os.PathLike, image_size: tuple[int, int]) -> np.ndarr
   """Decodes `path` as RGB resized to `image_size` (H, W): uint8 [H, W, 3].
 
   Same decoding as the evaluation pipeline (`data_pipelines.augment.decode_image`:
-  PIL, bilinear resize), so a dataset image gets the same embedding either way.
+  PIL, `to_rgb`, bilinear resize), so a dataset image gets the same embedding either way.
+
+  Raises:
+    CorruptImageError: naming `path`: empty, truncated or undecodable bytes, or a mode
+      without an RGB conversion.
   """
+  data = pathlib.Path(path).read_bytes()
+  if not data:
+    raise image_check.CorruptImageError(f"cannot decode image {path}: empty file (0 bytes)")
   try:
-    return augment.decode_image(pathlib.Path(path).read_bytes(), image_size)
+    with image_check.strict_pil():
+      return augment.decode_image(data, image_size)
   except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot decode image {path}: {e}") from e
+    raise image_check.CorruptImageError(
+      f"cannot decode image {path}: {errors.one_line(str(e))}",
+      hint="replace or remove the file, or pass --skip_corrupt to leave it out (listed)",
+    ) from e
 
 
 def parse_ids(file_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """(pids, camids) int32 [N] from the base names; -1 where no dataset scheme applies.
 
   Uses `data_pipelines.datasets.naming.parse_person_camera` (Market-1501,
-  DukeMTMC-reID, MSMT17, CUHK03-NP names; camid 0-based), on the base name with its
-  extension lower-cased (`X.JPG` parses as `X.jpg`).
+  DukeMTMC-reID, MSMT17, CUHK03-NP names; camid 0-based) on the base name: the
+  builders' rule, so `X.JPG` parses as `X.jpg` in both.
   """
   pids = np.full(len(file_names), -1, np.int32)
   camids = np.full(len(file_names), -1, np.int32)
   for i, name in enumerate(file_names):
-    stem, ext = os.path.splitext(os.path.basename(name))
     try:
-      pids[i], camids[i] = naming.parse_person_camera(stem + ext.lower())
+      pids[i], camids[i] = naming.parse_person_camera(os.path.basename(name))
     except ValueError:
       pass
   return pids, camids
@@ -103,28 +133,49 @@ def folder_batches(
   pids: np.ndarray,
   camids: np.ndarray,
   num_threads: int = 4,
+  skipped: list[tuple[str, str]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Evaluation batches of the images at `paths` (fixed size, last one padded).
 
   Yields dicts `image` uint8 [batch_size, H, W, 3], `person_id`, `camera_id` int32,
-  `mask` bool (False on padding rows) and `file_name` str (relative to `root`), the
-  format of `data_pipelines.input_pipeline.create_eval_batches`.
+  `mask` bool (False on padding rows and on skipped images) and `file_name` str
+  (relative to `root`), the format of `data_pipelines.input_pipeline.create_eval_batches`.
+
+  Args:
+    skipped: None: an image that does not decode raises `CorruptImageError` naming
+      it. A list: such images get mask False and (file name, reason) is appended.
   """
   h, w = image_size
-  load = functools.partial(load_image, image_size=image_size)
+
+  def load(path: pathlib.Path) -> np.ndarray | image_check.CorruptImageError:
+    try:
+      return load_image(path, image_size)
+    except image_check.CorruptImageError as e:
+      if skipped is None:
+        raise
+      return e
+
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     for start in range(0, len(paths), batch_size):
       chunk = paths[start : start + batch_size]
       n, pad = len(chunk), batch_size - len(chunk)
       image = np.zeros((batch_size, h, w, 3), np.uint8)
-      image[:n] = np.stack(list(pool.map(load, chunk)))
+      mask = np.arange(batch_size) < n
+      names = [p.relative_to(root).as_posix() for p in chunk]
+      for i, loaded in enumerate(pool.map(load, chunk)):
+        if isinstance(loaded, image_check.CorruptImageError):
+          mask[i] = False
+          reason = str(loaded).removeprefix(f"cannot decode image {chunk[i]}: ")
+          skipped.append((names[i], reason))
+        else:
+          image[i] = loaded
       sl = slice(start, start + n)
       yield {
         "image": image,
         "person_id": np.pad(pids[sl], (0, pad), constant_values=-1),
         "camera_id": np.pad(camids[sl], (0, pad), constant_values=-1),
-        "mask": np.arange(batch_size) < n,
-        "file_name": np.array([p.relative_to(root).as_posix() for p in chunk] + [""] * pad),
+        "mask": mask,
+        "file_name": np.array(names + [""] * pad),
       }
 
 
@@ -156,9 +207,56 @@ def restore_variables(
     (`evaluator.inference_config`: a differing field is an IncompatibleCheckpointError,
     a ValueError, naming it; `model.num_classes` -1 means "the checkpoint's").
   """
-  saved, variables = checkpoint.restore_variables(workdir)
+  try:
+    saved, variables = checkpoint.restore_variables(workdir)
+  except FileNotFoundError as e:
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.InputNotFoundError(f"--workdir={workdir}: {e}") from e
   config = evaluator.inference_config(config, saved, f"--workdir={workdir}")
   return int(config.model.num_classes), variables
+
+
+def check_arguments(
+  config: ml_collections.ConfigDict,
+  *,
+  images: str,
+  out: str,
+  workdir: str | None,
+  export: str | None,
+  random_weights: bool,
+) -> None:
+  """The checks of `extract_folder` that need no work: weights chosen, paths usable.
+
+  Raises:
+    NoWeightsError: no `workdir`, no `config.init.pretrained` and not `random_weights`,
+      or `random_weights` together with one of them.
+    UserError: `out` / `export` not writable (or a directory), `images` or the
+      pretrained file missing.
+  """
+  # 'scratch' (a training setting: random init on purpose) names no file either.
+  pretrained_file = pretrained.pretrained_file(config.init.pretrained)
+  if not workdir and not pretrained_file and not random_weights:
+    raise NoWeightsError(
+      "no weights to embed with: neither --workdir (a trained run) nor "
+      "--config.init.pretrained (ImageNet backbone) is given",
+      hint="pass --workdir=DIR or --config.init.pretrained=FILE; --random_weights embeds "
+      "with the untrained network on purpose (features meaningless for retrieval)",
+    )
+  if random_weights and (workdir or pretrained_file):
+    given = f"--workdir={workdir}" if workdir else f"--config.init.pretrained={pretrained_file}"
+    raise NoWeightsError(f"--random_weights contradicts {given}: pass one of them")
+  if pretrained_file and "://" not in pretrained_file and not os.path.isfile(pretrained_file):
+    raise errors.InputNotFoundError(f"--config.init.pretrained={pretrained_file}: no such file")
+  errors.check_output_file(out, "--out")
+  if export:
+    errors.check_output_file(export, "--export")
+  if export and os.path.abspath(os.path.expanduser(out)) == os.path.abspath(
+    os.path.expanduser(export)
+  ):
+    raise errors.UserError(f"--out and --export name the same file {out}")
+  if not os.path.isdir(images):
+    list_images(images)  # the error naming --images
 
 
 def data_mesh() -> Mesh:
@@ -177,11 +275,34 @@ def extract_folder(
   workdir: str | None = None,
   export: str | None = None,
   batch_size: int | None = None,
+  random_weights: bool = False,
+  skip_corrupt: bool = False,
 ) -> dict[str, np.ndarray]:
   """Embeds every image under `images` and writes `out` (.npz); see module docstring.
 
-  Returns the arrays written: `feats` [N, C], `file_names` [N], `pids` [N], `camids` [N].
+  Args:
+    config: the model's config (`config.init.pretrained`: ImageNet backbone weights).
+    images: folder of images.
+    out: the .npz to write.
+    workdir: training work dir (or checkpoint) whose weights to use.
+    export: also write the `jax.export` extractor here.
+    batch_size: default `config.input.eval_batch_size`.
+    random_weights: allow embedding with the untrained network (no workdir, no
+      pretrained file).
+    skip_corrupt: leave out (and list, in a warning) images that do not decode instead
+      of failing.
+
+  Returns:
+    The arrays written: `feats` [N, C], `file_names` [N], `pids` [N], `camids` [N].
+
+  Raises:
+    UserError (one line, naming the flag / file): no weights chosen, the output paths
+    are not writable, `images` holds no image, an image does not decode (without
+    `skip_corrupt`).
   """
+  check_arguments(
+    config, images=images, out=out, workdir=workdir, export=export, random_weights=random_weights
+  )
   image_size = tuple(config.input.image_size)
   root = pathlib.Path(images)
   paths = list_images(root)
@@ -211,15 +332,42 @@ def extract_folder(
     mesh=mesh,
   )
   logging.info("Embedding %d images from %s, batches of %d", len(paths), root, batch_size)
+  skipped: list[tuple[str, str]] | None = [] if skip_corrupt else None
   batches = folder_batches(
-    paths, root, image_size=image_size, batch_size=batch_size, pids=pids, camids=camids
+    paths,
+    root,
+    image_size=image_size,
+    batch_size=batch_size,
+    pids=pids,
+    camids=camids,
+    skipped=skipped,
   )
-  feats, pids, camids, names = extractor_lib.extract_features(extractor, batches)
+  try:
+    feats, pids, camids, names = extractor_lib.extract_features(extractor, batches)
+  except ValueError as e:
+    if skipped and len(skipped) == len(paths):
+      raise image_check.CorruptImageError(
+        f"none of the {len(paths)} images under --images={images} decodes: "
+        + "; ".join(f"{n} ({r})" for n, r in skipped[:5])
+      ) from e
+    raise
+  if skipped:
+    logging.warning(
+      "Skipped %d image(s) that do not decode: %s",
+      len(skipped),
+      "; ".join(f"{n} ({r})" for n, r in skipped),
+    )
   result = {"feats": feats, "file_names": names, "pids": pids, "camids": camids}
   out_path = epath.Path(out)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  with out_path.open("wb") as f:
-    np.savez(f, **result)
+  partial = out_path.parent / f".{out_path.name}.partial"  # never a half-written `out`
+  try:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("wb") as f:
+      np.savez(f, **result)
+    partial.replace(out_path)
+  except OSError as e:
+    partial.unlink(missing_ok=True)
+    raise errors.UserError(f"cannot write --out={out}: {errors.one_line(str(e))}") from e
   logging.info("Wrote %s: feats %s", out_path, feats.shape)
 
   if export:
@@ -241,6 +389,8 @@ def main(argv: Sequence[str]) -> None:
     workdir=_WORKDIR.value,
     export=_EXPORT.value,
     batch_size=_BATCH_SIZE.value,
+    random_weights=_RANDOM_WEIGHTS.value,
+    skip_corrupt=_SKIP_CORRUPT.value,
   )
 
 
@@ -253,5 +403,13 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", None, "Output .npz.")
   _EXPORT = flags.DEFINE_string("export", None, "Also write the jax.export extractor here.")
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: config.input.eval_batch_size.")
+  _RANDOM_WEIGHTS = flags.DEFINE_bool(
+    "random_weights",
+    False,
+    "Embed with the untrained network (no --workdir, no --config.init.pretrained) on purpose.",
+  )
+  _SKIP_CORRUPT = flags.DEFINE_bool(
+    "skip_corrupt", False, "Leave out (and list) images that do not decode instead of failing."
+  )
   flags.mark_flags_as_required(["config", "images", "out"])
-  app.run(main)
+  errors.run(main)

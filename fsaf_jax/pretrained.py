@@ -33,6 +33,8 @@ import numpy as np
 from etils import epath
 from flax import serialization, traverse_util
 
+from data_pipelines import errors
+
 FORMAT = "fsaf_jax.pretrained"
 VERSION = 1
 COLLECTIONS = ("params", "batch_stats")
@@ -47,7 +49,7 @@ IBN_A_RELEASE = "resnet50_ibn_a-d9d0bb7b.pth"
 SCRATCH = "scratch"
 
 
-class PretrainedError(ValueError):
+class PretrainedError(errors.UserError):
   """A pretrained file or its application to a model is invalid (the message says why)."""
 
 
@@ -134,6 +136,8 @@ def save_pretrained(
 ) -> None:
   """Writes converted backbone variables to `path` (see the module docstring).
 
+  Written to a temporary file renamed into place: `path` is never left half-written.
+
   Args:
     path: destination file (local or any `etils.epath` path).
     variables: {'params': nested dict, 'batch_stats': nested dict} of arrays.
@@ -147,7 +151,12 @@ def save_pretrained(
   tree["metadata"] = json.dumps({"format": FORMAT, "version": VERSION, **metadata})
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(serialization.msgpack_serialize(tree))
+  partial = path.parent / f".{path.name}.partial"  # never a half-written `path`
+  try:
+    partial.write_bytes(serialization.msgpack_serialize(tree))
+    partial.replace(path)
+  finally:
+    partial.unlink(missing_ok=True)
 
 
 def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
@@ -162,7 +171,7 @@ def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
 
   Raises:
     PretrainedError: the file is missing or is not such a file (e.g. a PyTorch `.pth`
-      that still needs converting).
+      that still needs converting), or an entry holds NaN / inf (naming it).
   """
   path = epath.Path(path)
   if not path.exists():
@@ -202,6 +211,14 @@ def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
     entries = tree.get(collection, {})
     if not isinstance(entries, dict):
       raise PretrainedError(f"{not_ours}: '{collection}' is not a dict")
+    for entry, value in traverse_util.flatten_dict(entries, sep="/").items():
+      finite = np.isfinite(np.asarray(value, np.float32))
+      if not finite.all():
+        raise PretrainedError(
+          f"pretrained file {os.fspath(path)!r}: entry {collection}/{entry} has "
+          f"{int((~finite).sum())} non-finite value(s) (NaN/inf) of {finite.size}: the file is "
+          "damaged; re-convert it from a clean checkpoint (`python -m fsaf_jax.convert_ibn`)"
+        )
     out[collection] = entries
   return out
 

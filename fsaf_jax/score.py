@@ -2,21 +2,27 @@ r"""Scores precomputed ReID features with the Market-1501 protocol.
 
   python -m fsaf_jax.score FEATURES.npz [--metric=cosine|euclidean] [--rerank] \
       [--json=OUT] [--max_rank=50]
+  python -m fsaf_jax.score QUERY.npz GALLERY.npz [...]
 
 FEATURES.npz holds `query_feats` [M, D], `gallery_feats` [N, D], `query_pids` [M],
-`gallery_pids` [N], `query_camids` [M], `gallery_camids` [N] (as written by
-`python -m fsaf_jax.extract`, or by any other code: features from fast-reid /
-torchreid models score the same way). Prints the metrics table (Rank-1/5/10, mAP,
-mINP, valid queries), with a second row after k-reciprocal re-ranking with
-`--rerank`; `--json` writes the same numbers (fractions, full CMC) as JSON.
+`gallery_pids` [N], `query_camids` [M], `gallery_camids` [N] (written by any code:
+features from fast-reid / torchreid models score the same way). QUERY.npz and
+GALLERY.npz are two files as `python -m fsaf_jax.extract` writes them (`feats`,
+`pids`, `camids`, `file_names`: run it once on the query folder and once on the
+gallery folder). Prints the metrics table (Rank-1/5/10, mAP, mINP, valid queries), with
+a second row after k-reciprocal re-ranking with `--rerank`; `--json` writes the same
+numbers (fractions, full CMC) as JSON.
 
-Bad input (missing key, mismatched lengths, NaN features, empty sets, no query with a
-positive) ends with a one-line error naming the array and its shape, exit status 1.
-Queries without a positive in the gallery are skipped with a warning giving the count.
+Bad input (not a .npz file, missing key, mismatched lengths, NaN features, empty sets,
+no query with a positive, a `--json` path that cannot be written) ends with a one-line
+`ERROR:` naming the file, array and shape, exit status 2, before any scoring. Queries
+without a positive in the gallery are skipped with a warning giving the count;
+degenerate features (all-zero rows, all rows identical) are scored with a warning.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 import zipfile
@@ -25,39 +31,168 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
+from data_pipelines import errors
 from fsaf_jax.evaluation import distance, inputs, metrics, report
 from fsaf_jax.evaluation import rerank as rerank_lib
 
 FEATURE_KEYS = ("query_feats", "gallery_feats")
 ID_KEYS = ("query_pids", "gallery_pids", "query_camids", "gallery_camids")
 REQUIRED_KEYS = FEATURE_KEYS + ID_KEYS
+# One image set, as `python -m fsaf_jax.extract` writes it (also `file_names`).
+EXTRACT_KEYS = ("feats", "pids", "camids")
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def read_npz(path: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Arrays of the .npz file `path`: `keys` (those present), or all of them.
+
+  `keys=()` reads nothing: `npz_keys` uses it for the checks of the file alone.
+
+  Raises:
+    EvaluationInputError: in one line naming `path`: missing, a directory, empty
+      (0 bytes), a .npy array instead of a .npz archive, or not readable as .npz.
+  """
+  if os.path.isdir(path):
+    raise inputs.EvaluationInputError(f"{path} is a directory, not a .npz file")
+  if not os.path.exists(path):
+    raise inputs.EvaluationInputError(f"Cannot read {path}: no such file")
+  if os.path.getsize(path) == 0:
+    raise inputs.EvaluationInputError(
+      f"Cannot read {path} as a .npz file: it is empty (0 bytes; was its writing interrupted?)"
+    )
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
+    raise inputs.EvaluationInputError(
+      f"Cannot read {path} as a .npz file: no zip header (it starts with {magic!r})"
+    )
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except _READ_ERRORS as e:
+    raise inputs.EvaluationInputError(
+      f"Cannot read {path} as a .npz file: {errors.one_line(str(e))}"
+    ) from e
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    raise inputs.EvaluationInputError(
+      f"{path} is a .npy file (one array of shape {np.shape(loaded)}), not a .npz archive of "
+      "named arrays: save with np.savez(path, query_feats=..., gallery_feats=..., ...)"
+    )
+  with loaded as npz:
+    names = [k for k in (npz.files if keys is None else keys) if k in npz.files]
+    try:
+      return {k: npz[k] for k in names}
+    except _READ_ERRORS as e:
+      raise inputs.EvaluationInputError(
+        f"Cannot read {path} as a .npz file: {errors.one_line(str(e))}"
+      ) from e
+
+
+def npz_keys(path: str) -> list[str]:
+  """Names of the arrays in the .npz file `path` (EvaluationInputError as `read_npz`)."""
+  read_npz(path, keys=())
+  with np.load(path, allow_pickle=False) as npz:
+    return list(npz.files)
 
 
 def load_features(path: str) -> dict[str, np.ndarray]:
-  """Reads and checks a features npz.
+  """Reads and checks a features npz holding both the query and the gallery set.
 
   Returns:
     The six arrays (features float32 [M, D] / [N, D], ids int64), validated.
 
   Raises:
-    EvaluationInputError: unreadable file, missing keys, wrong shapes or lengths,
-      non-finite features, empty sets.
+    EvaluationInputError: unreadable file, missing keys (an `extract` file, which holds
+      one set, is named as such), wrong shapes or lengths, non-finite features, empty
+      sets.
   """
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      present = set(npz.files)
-      missing = [k for k in REQUIRED_KEYS if k not in present]
-      if missing:
-        raise inputs.EvaluationInputError(
-          f"{path}: missing key(s) {', '.join(missing)}; the file has "
-          f"{', '.join(sorted(present)) or 'no arrays'}. Expected {', '.join(REQUIRED_KEYS)}."
-        )
-      arrays = {k: npz[k] for k in REQUIRED_KEYS}
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    if isinstance(e, inputs.EvaluationInputError):
-      raise
-    raise inputs.EvaluationInputError(f"Cannot read {path} as a .npz file: {e}") from e
-  return check_features(arrays, where=path)
+  present = set(npz_keys(path))
+  missing = [k for k in REQUIRED_KEYS if k not in present]
+  if missing and set(EXTRACT_KEYS) <= present and not present & set(REQUIRED_KEYS):
+    raise inputs.EvaluationInputError(
+      f"{path} holds one image set (feats, pids, camids: as written by "
+      "`python -m fsaf_jax.extract`), not a query and a gallery set",
+      hint="extract the query and the gallery folders into two files and run "
+      "`python -m fsaf_jax.score QUERY.npz GALLERY.npz`",
+    )
+  if missing:
+    raise inputs.EvaluationInputError(
+      f"{path}: missing key(s) {', '.join(missing)}; the file has "
+      f"{', '.join(sorted(present)) or 'no arrays'}. Expected {', '.join(REQUIRED_KEYS)}."
+    )
+  return check_features(read_npz(path, REQUIRED_KEYS), where=path)
+
+
+def load_query_gallery(query_path: str, gallery_path: str) -> dict[str, np.ndarray]:
+  """Reads and checks two files of `python -m fsaf_jax.extract` (query, gallery).
+
+  Each holds `feats` [n, D], `pids` [n], `camids` [n] (and `file_names`).
+
+  Returns:
+    The six arrays of `load_features`, validated.
+
+  Raises:
+    EvaluationInputError: as `load_features`, naming the file; also when a file's
+      names followed no dataset scheme (all camids -1: no identities to score).
+  """
+  arrays = {}
+  for side, path in (("query", query_path), ("gallery", gallery_path)):
+    present = set(npz_keys(path))
+    missing = [k for k in EXTRACT_KEYS if k not in present]
+    if missing and set(REQUIRED_KEYS) <= present:
+      raise inputs.EvaluationInputError(
+        f"{path} holds both a query and a gallery set ({', '.join(REQUIRED_KEYS)}): "
+        f"score it alone (`python -m fsaf_jax.score {path}`)"
+      )
+    if missing:
+      raise inputs.EvaluationInputError(
+        f"{path} ({side}): missing key(s) {', '.join(missing)}; the file has "
+        f"{', '.join(sorted(present)) or 'no arrays'}. Expected {', '.join(EXTRACT_KEYS)} "
+        "(as written by `python -m fsaf_jax.extract`)."
+      )
+    loaded = read_npz(path, EXTRACT_KEYS)
+    camids = np.asarray(loaded["camids"])
+    if camids.size and np.all(camids == -1):
+      raise inputs.EvaluationInputError(
+        f"{path} ({side}): no file name follows a known dataset scheme (pids and camids "
+        "are all -1), so there are no identities to score",
+        hint="name the images as a ReID dataset does (e.g. Market-1501 "
+        "0002_c1s1_000451_03.jpg: person 0002, camera 1) before extracting",
+      )
+    where = f"{path} ({side})"
+    try:  # each file on its own first: the messages name its keys
+      feats = inputs.feature_matrix("feats", loaded["feats"])
+      for k in ("pids", "camids"):
+        inputs.id_vector(k, loaded[k], feats.shape[0])
+    except inputs.EvaluationInputError as e:
+      raise inputs.EvaluationInputError(f"{where}: {e}") from None
+    arrays[f"{side}_feats"] = feats
+    arrays[f"{side}_pids"] = loaded["pids"]
+    arrays[f"{side}_camids"] = loaded["camids"]
+  return check_features(arrays, where=f"{query_path} (query) + {gallery_path} (gallery)")
+
+
+def degenerate_features(name: str, feats: np.ndarray) -> list[str]:
+  """Warnings for features that can be scored but rank nothing: all-zero or equal rows.
+
+  Args:
+    name: the array's name, for the message.
+    feats: float [n, D], finite.
+
+  Returns:
+    Zero or one message.
+  """
+  n = feats.shape[0]
+  zero = int(np.sum(~np.any(feats != 0, axis=1)))
+  if zero == n:
+    return [f"{name}: all {n} rows are zero vectors: every distance ties, the ranking is arbitrary"]
+  if n > 1 and np.all(feats == feats[:1]):
+    return [
+      f"{name}: all {n} rows are identical: every distance ties, the ranking is arbitrary "
+      "(an untrained or collapsed model?)"
+    ]
+  if zero:
+    return [f"{name}: {zero} of {n} rows are zero vectors (no embedding): their ranks are ties"]
+  return []
 
 
 def check_features(
@@ -88,6 +223,9 @@ def check_features(
         f"(shape {out[f'{side}_feats'].shape})."
       )
     out[k] = ids
+  for k in FEATURE_KEYS:
+    for message in degenerate_features(k, out[k]):
+      warnings.warn(f"{where}: {message}", UserWarning, stacklevel=2)
   return out
 
 
@@ -123,25 +261,27 @@ def score_features(
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) != 2:
-    raise app.UsageError("Expected exactly one argument: FEATURES.npz")
-  path = argv[1]
-  try:
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      arrays = load_features(path)
-      results = score_features(
-        arrays,
-        metric=_METRIC.value,
-        rerank=_RERANK.value,
-        max_rank=_MAX_RANK.value,
-        k1=_K1.value,
-        k2=_K2.value,
-        lambda_value=_LAMBDA.value,
-        query_chunk=_QUERY_CHUNK.value,
-      )
-  except inputs.EvaluationInputError as e:
-    sys.exit(f"score: error: {e}")
+  if len(argv) not in (2, 3):
+    raise app.UsageError(
+      "expected FEATURES.npz (query and gallery keys) or QUERY.npz GALLERY.npz (two files "
+      f"of python -m fsaf_jax.extract); got {len(argv) - 1} arguments {list(argv[1:])}"
+    )
+  path = argv[1] if len(argv) == 2 else f"{argv[1]} + {argv[2]}"
+  if _JSON.value:
+    errors.check_output_file(_JSON.value, "--json")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    arrays = load_features(argv[1]) if len(argv) == 2 else load_query_gallery(*argv[1:])
+    results = score_features(
+      arrays,
+      metric=_METRIC.value,
+      rerank=_RERANK.value,
+      max_rank=_MAX_RANK.value,
+      k1=_K1.value,
+      k2=_K2.value,
+      lambda_value=_LAMBDA.value,
+      query_chunk=_QUERY_CHUNK.value,
+    )
   for w in caught:
     if issubclass(w.category, UserWarning):
       print(f"score: warning: {w.message}", file=sys.stderr)
@@ -171,4 +311,4 @@ if __name__ == "__main__":
   _QUERY_CHUNK = flags.DEFINE_integer(
     "query_chunk", metrics.DEFAULT_QUERY_CHUNK, "Queries scored per device call (bounds memory)."
   )
-  app.run(main)
+  errors.run(main)

@@ -5,8 +5,12 @@ r"""Builds a ReID dataset into TFDS ArrayRecord files and prints its per-split c
 
 `--dataset` takes a config where the dataset has them: `msmt17/v1`, `msmt17/v2`,
 `cuhk03_np/detected`, `cuhk03_np/labeled`. An already built dataset is not rebuilt
-(delete `<data_dir>/<name>/` to rebuild). Counts that differ from the published ones
-are reported as a warning, not an error (e.g. the synthetic Market-layout data).
+when `--manual_dir` holds the same files (paths and sizes) or no copy of it; when it
+holds another copy the build is refused, naming both, unless `--overwrite` (which
+deletes the built version and builds it again). Counts that differ from the published
+ones are reported as a warning, not an error (e.g. the synthetic Market-layout data).
+User mistakes (missing download, bad file names, corrupt images without
+`--skip_corrupt`, unknown dataset) end with one `ERROR:` line, exit status 2.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
+from data_pipelines import errors
 from data_pipelines.datasets import reid_builder, source
 
 
@@ -64,10 +69,16 @@ def format_report(
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise errors.UserError(f"unexpected arguments {argv[1:]}: every input is a --flag")
+  errors.check_output_dir(_DATA_DIR.value, "--data_dir")
   start = time.perf_counter()
   builder = source.build(
-    _DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value, skip_corrupt=_SKIP_CORRUPT.value
+    _DATASET.value,
+    _DATA_DIR.value,
+    _MANUAL_DIR.value,
+    skip_corrupt=_SKIP_CORRUPT.value,
+    overwrite=_OVERWRITE.value,
   )
   elapsed = time.perf_counter() - start
   metadata = builder.info.metadata
@@ -94,4 +105,9 @@ if __name__ == "__main__":
   _SKIP_CORRUPT = flags.DEFINE_bool(
     "skip_corrupt", False, "Leave out (and count) images that do not decode instead of failing."
   )
-  app.run(main)
+  _OVERWRITE = flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Rebuild a dataset already built in --data_dir from another source (other files or sizes).",
+  )
+  errors.run(main)

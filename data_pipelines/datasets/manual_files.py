@@ -18,6 +18,8 @@ import posixpath
 import zipfile
 from collections.abc import Sequence
 
+from data_pipelines import errors
+
 # Operating-system litter found in folders and archives of real releases (Market-1501
 # ships a `Thumbs.db` in its image folders): ignored when listing a folder's images.
 IGNORED_FILE_NAMES = frozenset({"Thumbs.db", "desktop.ini", ".DS_Store"})
@@ -51,6 +53,10 @@ class DatasetRoot(abc.ABC):
     """Content of file `relpath`."""
 
   @abc.abstractmethod
+  def size(self, relpath: str) -> int:
+    """Size in bytes of file `relpath` (uncompressed, inside an archive)."""
+
+  @abc.abstractmethod
   def location(self, relpath: str = "") -> str:
     """Human-readable location of `relpath` for messages (path or `zip:member`)."""
 
@@ -79,6 +85,9 @@ class DirRoot(DatasetRoot):
 
   def read_bytes(self, relpath: str) -> bytes:
     return self._p(relpath).read_bytes()
+
+  def size(self, relpath: str) -> int:
+    return self._p(relpath).stat().st_size
 
   def location(self, relpath: str = "") -> str:
     return str(self._p(relpath))
@@ -122,6 +131,9 @@ class ZipRoot(DatasetRoot):
   def read_bytes(self, relpath: str) -> bytes:
     return self._archive().read(self._member(relpath))
 
+  def size(self, relpath: str) -> int:
+    return self._archive().getinfo(self._member(relpath)).file_size
+
   def location(self, relpath: str = "") -> str:
     return f"{self.zip_path}:{self._member(relpath)}"
 
@@ -140,7 +152,7 @@ def _index_zip(zip_path: pathlib.Path) -> tuple[dict[str, set[str]], set[str]]:
     with zipfile.ZipFile(zip_path) as zf:
       names = zf.namelist()
   except zipfile.BadZipFile as e:
-    raise ValueError(f"{zip_path} is not a readable zip archive: {e}") from e
+    raise errors.UserError(f"{zip_path} is not a readable zip archive: {e}") from e
   files: dict[str, set[str]] = collections.defaultdict(set)
   dirs = {""}
   for name in names:
@@ -204,9 +216,9 @@ def find_dataset_root(
     The dataset root.
 
   Raises:
-    FileNotFoundError: nothing under manual_dir holds all markers (the message lists
-      partial matches and the instructions).
-    ValueError: several equally good roots.
+    InputNotFoundError (a FileNotFoundError and UserError): nothing under manual_dir
+      holds all markers (the message lists partial matches; the hint, the instructions).
+    UserError: several equally good roots.
   """
   manual_dir = pathlib.Path(manual_dir).expanduser()
   dirs = _candidate_dirs(manual_dir)
@@ -238,14 +250,12 @@ def find_dataset_root(
     )
     if partial:
       msg += " Incomplete candidates: " + "; ".join(partial) + "."
-    if instructions:
-      msg += "\n" + instructions
-    raise FileNotFoundError(msg)
+    raise errors.InputNotFoundError(msg, hint=instructions or None)
   if len(found) > 1 and name_hints:
     hinted = [r for r in found if any(h in _root_name(r).lower() for h in name_hints)]
     found = hinted or found
   if len(found) > 1:
-    raise ValueError(
+    raise errors.UserError(
       f"Several {dataset} copies found under manual_dir {manual_dir}: "
       f"{[r.location() for r in found]}. Point manual_dir at the one to use."
     )

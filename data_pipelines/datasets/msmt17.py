@@ -14,6 +14,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
+from data_pipelines import errors
 from data_pipelines.datasets import manual_files, naming, reid_builder
 
 _INSTRUCTIONS = """\
@@ -101,7 +102,7 @@ class Msmt17(reid_builder.ReidBuilder):
     for list_name in list_names:
       entries.extend(self._read_list(root, list_name, folder))
     if not entries:
-      raise ValueError(
+      raise errors.UserError(
         f"{self.dataset_title}: split {split!r} has no images: list files "
         f"{[root.location(n) for n in list_names]} are empty."
       )
@@ -118,20 +119,20 @@ class Msmt17(reid_builder.ReidBuilder):
       where = f"{root.location(list_name)} line {lineno}"
       fields = line.split()
       if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-        raise ValueError(f"{where}: expected 'relpath pid', got {line!r}.")
+        raise errors.UserError(f"{where}: expected 'relpath pid', got {line!r}.")
       relpath, pid = fields[0], int(fields[1])
       file_name = relpath.rsplit("/", 1)[-1]
       full = f"{folder}/{relpath}"
       try:
         name_pid, camid = naming.parse_msmt17_name(file_name)
       except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
+        raise errors.UserError(f"{where}: {e}") from e
       if name_pid != pid:
-        raise ValueError(
+        raise errors.UserError(
           f"{where}: pid {pid} in the list disagrees with pid {name_pid} in the file "
           f"name {file_name!r}."
         )
       if not root.is_file(full):
-        raise FileNotFoundError(f"{where}: image {root.location(full)} does not exist.")
+        raise errors.InputNotFoundError(f"{where}: image {root.location(full)} does not exist.")
       entries.append(reid_builder.ImageEntry(file_name, full, pid, camid))
     return entries

@@ -4,9 +4,19 @@ Each parser takes a bare file name (no directory) and returns `(pid, camid)` wit
 `pid` the dataset's original person id (int, may be -1 or 0 where the dataset uses
 them: see each parser) and `camid` the camera index, **0-based**. A name that does not
 follow the scheme raises `ValueError` naming the file and the expected pattern.
+
+One rule for names, used by the dataset builders and by `fsaf_jax.extract`: the
+extension's case does not matter (`0002_c1s1_000451_03.JPG` parses as `....jpg`,
+`canonical_name`); image files are `IMAGE_EXTENSIONS` in any case, OS litter
+(`Thumbs.db`, `._*` AppleDouble files, dot files) excluded (`is_image_name`).
 """
 
+import os
 import re
+
+from data_pipelines.datasets import manual_files
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 # Market-1501: `0002_c1s1_000451_03.jpg` = pid 0002, camera 1, sequence 1, frame
 # 000451, box 03. pid -1 (`-1_c1s1_...`): junk boxes; pid 0000: distractors.
@@ -33,8 +43,22 @@ CUHK03_NP_EXAMPLE = "0001_c1_1.png (pid_c{cam}_{index}.png)"
 CUHK03_NP_NUM_CAMERAS = 2
 
 
+def canonical_name(file_name: str) -> str:
+  """`file_name` with its extension lower-cased: 'X.JPG' -> 'X.jpg' (the parsers' input)."""
+  stem, ext = os.path.splitext(file_name)
+  return stem + ext.lower()
+
+
+def is_image_name(file_name: str) -> bool:
+  """Whether bare `file_name` is an image file: extension in IMAGE_EXTENSIONS (any case)
+  and not OS litter (`manual_files.is_ignored`)."""
+  return os.path.splitext(file_name)[1].lower() in IMAGE_EXTENSIONS and not manual_files.is_ignored(
+    file_name
+  )
+
+
 def _match(pattern: re.Pattern[str], file_name: str, example: str, dataset: str):
-  m = pattern.match(file_name)
+  m = pattern.match(canonical_name(file_name))
   if m is None:
     raise ValueError(
       f"{dataset}: file name {file_name!r} does not match the expected pattern "
@@ -94,7 +118,7 @@ def parse_person_camera(file_name: str) -> tuple[int, int]:
     ValueError: the name follows none of them (the message lists the patterns).
   """
   for pattern, parse in _PARSERS:
-    if pattern.match(file_name):
+    if pattern.match(canonical_name(file_name)):
       return parse(file_name)
   raise ValueError(
     f"file name {file_name!r} follows no known ReID naming scheme: "

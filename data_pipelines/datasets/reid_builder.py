@@ -16,13 +16,18 @@ Records: `image` (encoded JPEG/PNG as shipped), `person_id` int32, `camera_id` i
 (0-based), `file_name` (bare file name). Metadata (`builder.info.metadata`):
 `num_train_identities`, `train_label_to_pid` (list: label -> original pid), `splits`
 ({split: {num_images, num_ids, num_junk_dropped, num_distractors_dropped,
-skipped_corrupt (file names)}}) and `source` (where the build read from).
+skipped_corrupt (file names)}}), `source` (where the build read from) and
+`source_fingerprint` ({num_files, num_bytes, sha256} of the listed files' relative paths
+and sizes: `source_fingerprint()` computes it for another manual_dir, so that a build
+into a data_dir holding the dataset built from another source can be refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -31,6 +36,7 @@ from absl import logging
 from etils import epath
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
+from data_pipelines import errors
 from data_pipelines.datasets import image_check, manual_files
 
 SPLITS = ("train", "query", "gallery")
@@ -137,7 +143,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       ValueError: the folder has no images, or a file name does not parse (naming it).
     """
     if not root.is_dir(folder):
-      raise FileNotFoundError(
+      raise errors.InputNotFoundError(
         f"{self.dataset_title}: split {split!r} folder {root.location(folder)} is missing."
       )
     entries = []
@@ -148,10 +154,10 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       try:
         pid, camid = parse(name)
       except ValueError as e:
-        raise ValueError(f"{root.location(relpath)}: {e}") from e
+        raise errors.UserError(f"{root.location(relpath)}: {e}") from e
       entries.append(ImageEntry(name, relpath, pid, camid))
     if not entries:
-      raise ValueError(
+      raise errors.UserError(
         f"{self.dataset_title}: split {split!r} has no images: folder "
         f"{root.location(folder)} is empty."
       )
@@ -187,23 +193,40 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     finally:
       tfds_shuffle.MAX_MEM_BUFFER_SIZE = previous
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = manual_files.find_dataset_root(
-      dl_manager.manual_dir,  # raises, with the instructions, if missing or empty
+  def _find_root(self, manual_dir: str | os.PathLike[str]) -> manual_files.DatasetRoot:
+    return manual_files.find_dataset_root(
+      manual_dir,  # raises, with the instructions, if missing or empty
       self._markers(),
       dataset=self.dataset_title,
       name_hints=self.ROOT_NAME_HINTS,
       instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS or "",
     )
+
+  def source_fingerprint(self, manual_dir: str | os.PathLike[str]) -> tuple[str, dict]:
+    """(location, fingerprint) of the dataset found in `manual_dir`, reading no image.
+
+    The fingerprint is what the build records as `metadata['source_fingerprint']`.
+
+    Raises:
+      InputNotFoundError: `manual_dir` holds no copy of the dataset; UserError: a file
+        name off the scheme, an empty split, several copies.
+    """
+    root = self._find_root(manual_dir)
+    listed = {split: self._list_split(root, split) for split in SPLITS}
+    return root.location(), fingerprint(root, listed)
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    root = self._find_root(dl_manager.manual_dir)
     logging.info("%s: reading %s", self.dataset_title, root.location())
-    entries, stats = {}, {}
+    entries, stats, listings = {}, {}, {}
     for split in SPLITS:
       listed = self._list_split(root, split)
+      listings[split] = listed
       _check_unique_names(listed, root, self.dataset_title, split)
       kept, num_junk, num_distractors = self._drop_junk(listed, split)
       kept, skipped = self._check_images(root, kept, split)
       if not kept:
-        raise ValueError(
+        raise errors.UserError(
           f"{self.dataset_title}: split {split!r} has no usable images "
           f"({len(listed)} listed, {num_junk} junk, {num_distractors} distractors, "
           f"{len(skipped)} corrupt) in {root.location()}."
@@ -224,6 +247,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "train_label_to_pid": train_pids,
         "splits": stats,
         "source": root.location(),
+        "source_fingerprint": fingerprint(root, listings),
       }
     )
     return {
@@ -300,13 +324,28 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return kept, skipped
 
 
+def fingerprint(
+  root: manual_files.DatasetRoot, listed: dict[str, list[ImageEntry]]
+) -> dict[str, int | str]:
+  """{num_files, num_bytes, sha256 of 'split relpath size' lines} of the listed files."""
+  digest = hashlib.sha256()
+  num_files = num_bytes = 0
+  for split in SPLITS:
+    for e in listed[split]:
+      size = root.size(e.relpath)
+      digest.update(f"{split}\t{e.relpath}\t{size}\n".encode())
+      num_files += 1
+      num_bytes += size
+  return {"num_files": num_files, "num_bytes": num_bytes, "sha256": digest.hexdigest()}
+
+
 def _check_unique_names(
   entries: list[ImageEntry], root: manual_files.DatasetRoot, title: str, split: str
 ) -> None:
   seen: dict[str, str] = {}
   for e in entries:
     if e.file_name in seen:
-      raise ValueError(
+      raise errors.UserError(
         f"{title}: split {split!r} lists file name {e.file_name!r} twice: "
         f"{root.location(seen[e.file_name])} and {root.location(e.relpath)}."
       )

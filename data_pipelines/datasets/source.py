@@ -15,13 +15,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 import data_pipelines.datasets  # noqa: F401  (registers the builders)
+from data_pipelines import errors
 from data_pipelines.datasets import reid_builder
+
+# The datasets this package builds (TFDS names with their configs).
+DATASETS = (
+  "market1501",
+  "dukemtmc_reid",
+  "msmt17/v1",
+  "msmt17/v2",
+  "cuhk03_np/detected",
+  "cuhk03_np/labeled",
+)
+
+
+class ManualDirIsAFileError(errors.UserError, NotADirectoryError):
+  """manual_dir names a file (e.g. the zip itself) instead of the folder holding it."""
+
 
 Record = dict[str, Any]
 
@@ -33,14 +51,26 @@ def _expand(path: str | os.PathLike[str]) -> str:
 def get_builder(
   name: str, data_dir: str | os.PathLike[str], **builder_kwargs
 ) -> tfds.core.DatasetBuilder:
-  """The TFDS builder `name` ('market1501', 'msmt17/v2', ...) over `data_dir`."""
-  return tfds.builder(name, data_dir=_expand(data_dir), **builder_kwargs)
+  """The TFDS builder `name` ('market1501', 'msmt17/v2', ...) over `data_dir`.
+
+  Raises:
+    UserError: `name` is not one of `DATASETS` (or another registered TFDS dataset).
+  """
+  try:
+    return tfds.builder(name, data_dir=_expand(data_dir), **builder_kwargs)
+  except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.UserError(
+      f"unknown dataset {name!r} ({errors.one_line(str(e)).split('Available')[0].strip()})",
+      hint=f"the ReID datasets built here: {', '.join(DATASETS)}",
+    ) from e
 
 
 def _prepared_builder(name: str, data_dir: str | os.PathLike[str]) -> tfds.core.DatasetBuilder:
   builder = get_builder(name, data_dir)
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise errors.InputNotFoundError(
       f"Dataset {name!r} is not built in data_dir {_expand(data_dir)} (looked for "
       f"{builder.data_path}). Build it with: python -m data_pipelines.datasets.build "
       f"--dataset={name} --manual_dir=DIR --data_dir={data_dir}"
@@ -54,8 +84,16 @@ def build(
   manual_dir: str | os.PathLike[str] | None = None,
   *,
   skip_corrupt: bool = False,
+  overwrite: bool = False,
 ) -> tfds.core.DatasetBuilder:
   """Builds dataset `name` into `data_dir` from `manual_dir` unless already built.
+
+  An already built dataset is used as it is when `manual_dir` holds the same files (the
+  same relative paths and sizes as at its build: `metadata['source_fingerprint']`), or
+  holds no copy of the dataset (the download may be gone once built). When `manual_dir`
+  holds another copy (other files or sizes), the build is refused, naming both
+  sources, unless `overwrite`, which builds again and then deletes the old build (a
+  failed rebuild leaves the old build in place).
 
   Args:
     name: TFDS name, optionally with config ('msmt17/v1').
@@ -64,20 +102,115 @@ def build(
       TFDS's default `<data_dir>/downloads/manual`.
     skip_corrupt: leave out undecodable images (counted in the metadata) instead of
       failing.
+    overwrite: rebuild when the built dataset came from another source.
 
   Returns:
     The prepared builder.
+
+  Raises:
+    OutputExistsError: built from another source and not `overwrite`.
+    InputNotFoundError: not built, and `manual_dir` is missing, empty or holds no copy
+      of the dataset (the hint gives the download instructions).
+    UserError: `manual_dir` is a file, bad file names, corrupt images, ...
   """
   builder = get_builder(name, data_dir, skip_corrupt=skip_corrupt)
+  instructions = builder.MANUAL_DOWNLOAD_INSTRUCTIONS or ""
   if manual_dir is not None:
     manual_dir = _expand(manual_dir)
     if os.path.isfile(manual_dir):
-      raise NotADirectoryError(
+      raise ManualDirIsAFileError(
         f"manual_dir {manual_dir} is a file: pass the folder that holds the archive or "
-        f"the extracted dataset.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        "the extracted dataset",
+        hint=instructions or None,
       )
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  manual = manual_dir or os.path.join(_expand(data_dir), "downloads", "manual")
+  replaced = None  # the previous build, moved aside until the new one is complete
+  if builder.is_prepared() and _has_entries(manual):
+    if _other_source(builder, name, data_dir, manual, overwrite):
+      built = os.fspath(builder.data_path)
+      replaced = f"{built}.replaced"
+      shutil.rmtree(replaced, ignore_errors=True)
+      os.rename(built, replaced)
+      builder = get_builder(name, data_dir, skip_corrupt=skip_corrupt)
+  if not builder.is_prepared() and not _has_entries(manual):
+    raise errors.InputNotFoundError(
+      f"manual_dir {manual} does not exist or is empty: put the {name} download there "
+      "(zip or extracted folder)",
+      hint=instructions or None,
+    )
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  made = _folders_tfds_makes(builder, data_dir)
+  existed = {f for f in made if os.path.exists(f)}
+  try:
+    builder.download_and_prepare(download_config=config)
+  except BaseException:
+    for folder in made:  # deepest first: the empty folders a failed build leaves
+      if folder not in existed and os.path.isdir(folder) and not any(os.scandir(folder)):
+        os.rmdir(folder)
+    if replaced is not None:  # a failed rebuild leaves the previous build as it was
+      shutil.rmtree(os.fspath(builder.data_path), ignore_errors=True)
+      os.rename(replaced, os.fspath(builder.data_path))
+      logging.warning("%s: rebuild failed; the previous build is left in place", name)
+    raise
+  if replaced is not None:
+    shutil.rmtree(replaced)
   return builder
+
+
+def _folders_tfds_makes(builder: tfds.core.DatasetBuilder, data_dir: Any) -> list[str]:
+  """Folders a build creates (data_dir, the dataset's, downloads/extracted), deepest first."""
+  root = _expand(data_dir)
+  folders = [os.path.join(root, "downloads", "extracted"), os.path.join(root, "downloads")]
+  folder = os.path.dirname(os.fspath(builder.data_path))
+  while len(folder) > len(root):
+    folders.append(folder)
+    folder = os.path.dirname(folder)
+  return [*folders, root]
+
+
+def _has_entries(folder: str) -> bool:
+  return os.path.isdir(folder) and any(os.scandir(folder))
+
+
+def _other_source(
+  builder: tfds.core.DatasetBuilder, name: str, data_dir: Any, manual: str, overwrite: bool
+) -> bool:
+  """Whether prepared `builder` was built from another source than `manual` holds.
+
+  Raises:
+    OutputExistsError: it was, and not `overwrite`.
+  """
+  if not isinstance(builder, reid_builder.ReidBuilder):
+    return False
+  metadata = builder.info.metadata
+  try:
+    location, fingerprint = builder.source_fingerprint(manual)
+  except errors.InputNotFoundError:
+    logging.info("%s: manual_dir %s holds no copy; using the built %s", name, manual, name)
+    return False
+  saved = metadata.get("source_fingerprint")
+  if saved is not None:
+    if dict(saved) == fingerprint:
+      return False
+    old = f"{metadata.get('source')} ({saved['num_files']} files, {saved['num_bytes']} bytes)"
+  else:  # built before fingerprints were recorded: compare the locations
+    if metadata.get("source") == location:
+      return False
+    old = f"{metadata.get('source')}"
+  new = f"{location} ({fingerprint['num_files']} files, {fingerprint['num_bytes']} bytes)"
+  if overwrite:
+    logging.warning(
+      "%s: rebuilding %s from %s (was built from %s)", name, builder.data_path, new, old
+    )
+    return True
+  raise errors.OutputExistsError(
+    f"data_dir {_expand(data_dir)} already holds {name} built from {old}; manual_dir {manual} "
+    f"holds another copy, {new} (other files or sizes): the built one would be used and the "
+    "new source ignored",
+    hint=f"rebuild it from the new source with python -m data_pipelines.datasets.build "
+    f"--dataset={name} --manual_dir={manual} --data_dir={data_dir} --overwrite, or use another "
+    "data_dir",
+  )
 
 
 @dataclasses.dataclass

@@ -12,14 +12,15 @@ order), exactly what `select_and_scatter` does, so values and gradients equal
 VJP, so forward-mode differentiation still works.
 
 `max_pool_fn(train)` picks the implementation: this one where a gradient is taken
-(train mode) on the CPU backend, `nn.max_pool` otherwise (its forward is faster, and
-GPU / TPU handle its gradient well).
+(train mode) on the CPU, `nn.max_pool` otherwise (its forward is faster, and GPU / TPU
+handle its gradient well). The CPU choice is made for the platform the step is lowered
+for (`lax.platform_dependent`), so a train step exported or AOT-compiled for GPU / TPU
+on a CPU-only machine gets the portable `nn.max_pool`.
 """
 
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -78,13 +79,29 @@ def max_pool(
   return out
 
 
-def max_pool_fn(train: bool) -> Callable[..., jnp.ndarray]:
-  """`max_pool` when a gradient is taken (`train`) on the CPU backend, else `nn.max_pool`.
+def _reduce_window_max_pool(x, window, strides, padding=((0, 0), (0, 0))) -> jnp.ndarray:
+  """`nn.max_pool` with this module's argument order (the portable implementation)."""
+  return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=tuple(padding))
 
-  Both take `(x, window, strides, padding)` and give identical values and gradients.
+
+def max_pool_fn(train: bool) -> Callable[..., jnp.ndarray]:
+  """Max pooling `(x, window, strides, padding) -> y` for a train or inference pass.
+
+  In train mode (a gradient will be taken) the choice is staged out with
+  `lax.platform_dependent`, so it is made for the platform the computation is lowered
+  for, not the host's: `max_pool` (strided slices) on the CPU, `nn.max_pool`
+  (`reduce_window`, whose gradient is `select_and_scatter`) on GPU / TPU, also when a
+  CPU-only machine exports or AOT-compiles for them. Inference uses `nn.max_pool`
+  everywhere (its forward is faster). Both give identical values and gradients.
   """
-  if train and jax.default_backend() == "cpu":
-    return max_pool
-  return lambda x, window, strides, padding=((0, 0), (0, 0)): nn.max_pool(
-    x, tuple(window), strides=tuple(strides), padding=tuple(padding)
-  )
+  if not train:
+    return _reduce_window_max_pool
+
+  def pool(x, window, strides, padding=((0, 0), (0, 0))):
+    return lax.platform_dependent(
+      x,
+      cpu=lambda v: max_pool(v, window, strides, padding),
+      default=lambda v: _reduce_window_max_pool(v, window, strides, padding),
+    )
+
+  return pool

@@ -257,8 +257,8 @@ def test_cli_reports_a_bad_file_without_a_traceback(tmp_path):
   src = tmp_path / "notes.pth"
   src.write_text("not a checkpoint")
   result = run_cli(str(src), str(tmp_path / "out"))
-  assert result.returncode == 1
-  assert "error:" in result.stderr and "notes.pth" in result.stderr
+  assert result.returncode == 2
+  assert "ERROR:" in result.stderr and "notes.pth" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
 

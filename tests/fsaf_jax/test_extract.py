@@ -72,7 +72,12 @@ def test_extract_folder(folder, tmp_path):
   out = tmp_path / "out" / "feats.npz"
   export = tmp_path / "extractor.jaxexport"
   result = extract.extract_folder(
-    config, images=str(folder), out=str(out), export=str(export), batch_size=3
+    config,
+    images=str(folder),
+    out=str(out),
+    export=str(export),
+    batch_size=3,
+    random_weights=True,
   )
   saved = np.load(out)
   assert sorted(saved.files) == ["camids", "feats", "file_names", "pids"]
@@ -105,7 +110,9 @@ def test_corrupt_image_is_named(folder, tmp_path, kind):
     data = data[: len(data) // 2]
   (folder / "sub" / "broken.jpg").write_bytes(data)
   with pytest.raises(ValueError, match="broken.jpg"):
-    extract.extract_folder(tiny.get_config(), images=str(folder), out=str(tmp_path / "f.npz"))
+    extract.extract_folder(
+      tiny.get_config(), images=str(folder), out=str(tmp_path / "f.npz"), random_weights=True
+    )
   assert not (tmp_path / "f.npz").exists()
 
 
@@ -114,11 +121,17 @@ def test_empty_or_missing_folder(tmp_path):
   (tmp_path / "empty" / "readme.txt").write_text("x")
   with pytest.raises(ValueError, match="no .*images under"):
     extract.extract_folder(
-      tiny.get_config(), images=str(tmp_path / "empty"), out=str(tmp_path / "f.npz")
+      tiny.get_config(),
+      images=str(tmp_path / "empty"),
+      out=str(tmp_path / "f.npz"),
+      random_weights=True,
     )
   with pytest.raises(NotADirectoryError, match="nowhere"):
     extract.extract_folder(
-      tiny.get_config(), images=str(tmp_path / "nowhere"), out=str(tmp_path / "f.npz")
+      tiny.get_config(),
+      images=str(tmp_path / "nowhere"),
+      out=str(tmp_path / "f.npz"),
+      random_weights=True,
     )
 
 
@@ -135,6 +148,7 @@ def test_cli_end_to_end(folder, tmp_path):
   cmd = [
       sys.executable, "-m", "fsaf_jax.extract", "--config=configs/tiny.py",
       f"--images={folder}", f"--out={out}", "--batch_size=4", "--config.eval.flip=True",
+      "--random_weights",
   ]  # fmt: skip
   env = {**os.environ, **_JAX_CACHE_ENV, "PYTHONPATH": str(REPO)}
   subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=600)

@@ -86,8 +86,8 @@ def test_cli_bad_input_exits_with_message(tmp_path):
   path = tmp_path / "bad.npz"
   np.savez(path, **arrays)
   proc = _run(path)
-  assert proc.returncode == 1
-  assert "score: error:" in proc.stderr and "missing key(s) gallery_camids" in proc.stderr
+  assert proc.returncode == 2
+  assert "ERROR:" in proc.stderr and "missing key(s) gallery_camids" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 

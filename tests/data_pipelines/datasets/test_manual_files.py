@@ -79,7 +79,7 @@ def test_nothing_found_names_markers_partial_and_instructions(tmp_path):
       tmp_path, MARKERS, dataset="market1501", instructions="GET IT HERE"
     )
   msg = str(err.value)
-  assert "bounding_box_test" in msg and "GET IT HERE" in msg
+  assert "bounding_box_test" in msg and err.value.hint == "GET IT HERE"
   assert "Market-1501-v15.09.15 (missing ['query', 'bounding_box_test'])" in msg
 
 

@@ -3,6 +3,7 @@ names off the scheme, corrupt or truncated images (fail / skip and count), empty
 
 import pytest
 
+from data_pipelines import errors
 from data_pipelines.datasets import image_check, source
 from tests.reference import reid_layouts
 
@@ -28,11 +29,12 @@ def test_missing_or_empty_manual_dir_prints_instructions(tmp_path, state):
   manual = tmp_path / "manual"
   if state == "empty":
     manual.mkdir()
-  with pytest.raises(AssertionError) as err:
+  with pytest.raises(errors.InputNotFoundError) as err:
     source.build("market1501", tmp_path / "data", manual)
   msg = str(err.value)
   assert str(manual) in msg and "does not exist or is empty" in msg
-  assert "Market-1501-v15.09.15.zip" in msg  # the MANUAL_DOWNLOAD_INSTRUCTIONS
+  assert "Market-1501-v15.09.15.zip" in err.value.hint  # the MANUAL_DOWNLOAD_INSTRUCTIONS
+  assert not (tmp_path / "data").exists()
 
 
 def test_manual_dir_without_the_dataset_prints_instructions(tmp_path):
@@ -40,7 +42,7 @@ def test_manual_dir_without_the_dataset_prints_instructions(tmp_path):
   with pytest.raises(FileNotFoundError) as err:
     source.build("market1501", tmp_path / "data", tmp_path / "manual")
   assert "bounding_box_train" in str(err.value)
-  assert "Market-1501-v15.09.15.zip" in str(err.value)
+  assert "Market-1501-v15.09.15.zip" in err.value.hint
 
 
 def test_manual_dir_that_is_a_file_is_explained(tmp_path):

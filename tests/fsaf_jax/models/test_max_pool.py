@@ -94,8 +94,24 @@ def test_max_pool_fn_picks_an_equivalent_pool():
       np.asarray(pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))),
       np.asarray(nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))),
     )
-  assert jax.default_backend() == "cpu"  # tests run on CPU (conftest)
-  assert max_pool_fn(True) is max_pool and max_pool_fn(False) is not max_pool
+  # Train mode also gives the same gradient (through lax.platform_dependent).
+  grads = [
+    jax.grad(lambda v, t=train: max_pool_fn(t)(v, (3, 3), (2, 2), ((1, 1), (1, 1))).sum())(x)
+    for train in (False, True)
+  ]
+  np.testing.assert_array_equal(np.asarray(grads[0]), np.asarray(grads[1]))
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu", "cuda"])
+def test_train_mode_pool_is_chosen_for_the_lowering_platform(platform):
+  # The gradient of reduce_window max is select_and_scatter (slow on the CPU backend):
+  # the CPU lowering must use the strided-slice form, GPU / TPU the portable one, even
+  # when this CPU-only machine lowers for them.
+  x = _tied_input((2, 8, 6, 2))
+  grad = jax.jit(jax.grad(lambda v: max_pool_fn(True)(v, (3, 3), (2, 2), ((1, 1), (1, 1))).sum()))
+  module = jax.export.export(grad, platforms=(platform,))(x).mlir_module()
+  assert ("select_and_scatter" in module) == (platform != "cpu")
+  assert ("reduce_window" in module) == (platform != "cpu")
 
 
 def test_window_too_large():

@@ -106,6 +106,10 @@ def test_run_trains_checkpoints_and_evaluates(straight, data_root):
   assert result.eval["metrics"]["mAP"] == metrics["metrics"]["mAP"]
   assert list((workdir / "tb").glob("events.out.tfevents.*"))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
+  card = json.loads((workdir / "run_card.json").read_text())
+  assert card["splits"]["train"] == run.NUM_TRAIN_IDS * 4 and card["train_identities"] == 10
+  assert (card["sampler"], card["steps_per_epoch"]) == (run.SAMPLER, run.STEPS_PER_EPOCH)
+  assert card["total_steps"] == TOTAL_STEPS and card["pretrained"] == "scratch"
 
 
 def test_batches_follow_the_sampler_sequence(straight, data_root):
