@@ -40,6 +40,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
+from data_pipelines import errors
 from fsaf_jax import pretrained
 from fsaf_jax.models import fsaf
 
@@ -73,7 +74,7 @@ _FLAX_BLOCK = re.compile(r"^layer(\d+)_(\d+)$")
 _TORCH_CONV2 = re.compile(r"^layer(\d+)\.(\d+)\.conv2\.weight$")
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError):
   """The checkpoint cannot be converted for the model (the message says why)."""
 
 

@@ -33,6 +33,8 @@ import numpy as np
 from etils import epath
 from flax import serialization, traverse_util
 
+from data_pipelines import errors
+
 FORMAT = "fsaf_jax.pretrained"
 VERSION = 1
 COLLECTIONS = ("params", "batch_stats")
@@ -41,7 +43,7 @@ Path = tuple[str, ...]
 DROPPED_TITLE = "file entries not used (3x3 convs the model replaces by MHSA, or ignore_unused)"
 
 
-class PretrainedError(ValueError):
+class PretrainedError(errors.UserError):
   """A pretrained file or its application to a model is invalid (the message says why)."""
 
 

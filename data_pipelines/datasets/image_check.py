@@ -10,10 +10,12 @@ import io
 
 from PIL import Image, ImageFile
 
+from data_pipelines import errors
+
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(errors.UserError):
   """An image file that does not decode (truncated, corrupt or of the wrong format)."""
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines import errors
 
-class EvaluationInputError(ValueError):
+
+class EvaluationInputError(errors.UserError):
   """Malformed evaluation input; the message names the array and its shape."""
 
 
