@@ -66,5 +66,5 @@ def update_latest(outdir: str | os.PathLike, step: int | None) -> bool:
   root.mkdir(parents=True, exist_ok=True)
   tmp = root / f".{LATEST_FILE}.tmp{os.getpid()}"
   tmp.write_text(step_dir_name(step) + "\n")
-  tmp.rename(root / LATEST_FILE)
+  tmp.replace(root / LATEST_FILE)
   return True

@@ -333,20 +333,20 @@ def restore_checkpoint(
     step, restored, damaged = integrity.newest_intact(steps, read)
     if damaged:
       if step is None:
-        raise integrity.DamagedCheckpointError(
-          directory,
-          f"every checkpoint in it is damaged ({integrity.reasons(damaged)}): move the "
-          "folder away to start afresh, or use another --workdir",
+        raise integrity.all_damaged_error(
+          directory, damaged, "move the folder away to start afresh, or use another --workdir"
         )
-      logging.warning(
-        "%s", integrity.describe_skipped(damaged, step, "resuming from the newest intact one,")
-      )
       _sync("fsaf_checkpoint_damaged_found")
+      kept = directory.parent / integrity.DAMAGED_SUBDIR
       if jax.process_index() == 0:
         for bad, _ in damaged:
-          moved = integrity.set_aside(directory / str(bad), directory.parent)
-          logging.warning("Moved the damaged checkpoint step %d to %s", bad, moved)
+          integrity.set_aside(directory / str(bad), directory.parent)
       _sync("fsaf_checkpoint_damaged_moved")
+      logging.warning(
+        "%s (the damaged ones are kept in %s)",
+        integrity.describe_skipped(damaged, step, "resuming from the newest intact one,"),
+        kept,
+      )
       manager.reload()
   where = str(directory / str(step))
   data_iter.set_state(json.dumps(restored.data_iter).encode())
@@ -486,9 +486,7 @@ def restore_for_inference(
     steps, lambda s: _read_inference_step(directory, s)
   )
   if step is None:
-    raise integrity.DamagedCheckpointError(
-      directory, f"every checkpoint in it is damaged ({integrity.reasons(damaged)})"
-    )
+    raise integrity.all_damaged_error(directory, damaged, "")
   if damaged:
     logging.warning("%s", integrity.describe_skipped(damaged, step, "using the newest intact one,"))
   return (step, *found)

@@ -50,10 +50,23 @@ class DamagedCheckpointError(UserError):
   """A checkpoint step cannot be trusted: a checksum differs, a file is missing or
   unreadable, or it holds non-finite values. The message names the step folder."""
 
-  def __init__(self, where: str | os.PathLike, reason: str):
+  def __init__(self, where: str | os.PathLike, reason: str, message: str | None = None):
     self.where = os.fspath(where)
     self.reason = _one_line(reason)
-    super().__init__(f"checkpoint {self.where} is damaged: {self.reason}")
+    super().__init__(message or f"checkpoint {self.where} is damaged: {self.reason}")
+
+
+def all_damaged_error(
+  directory: str | os.PathLike, damaged: Sequence[tuple[int, DamagedCheckpointError]], hint: str
+) -> DamagedCheckpointError:
+  """The error for a checkpoints directory none of whose steps is intact."""
+  reason = f"every checkpoint is damaged ({reasons(damaged)})"
+  return DamagedCheckpointError(
+    directory,
+    reason,
+    f"every checkpoint in {os.fspath(directory)} is damaged "
+    f"({reasons(damaged)}){': ' + hint if hint else ''}",
+  )
 
 
 class CheckpointSaveError(OSError):
@@ -89,7 +102,7 @@ def _files(step_dir: epath.Path) -> list[str]:
   for root, _, names in os.walk(os.fspath(step_dir)):
     for name in names:
       rel = os.path.relpath(os.path.join(root, name), os.fspath(step_dir))
-      if rel != MANIFEST_FILE:
+      if rel not in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
         out.append(rel.replace(os.sep, "/"))
   return sorted(out)
 
@@ -111,7 +124,7 @@ def write_manifest(step_dir: str | os.PathLike) -> epath.Path:
   path = step_dir / MANIFEST_FILE
   tmp = step_dir / (MANIFEST_FILE + ".tmp")
   tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-  tmp.rename(path)
+  tmp.replace(path)
   return path
 
 

@@ -187,9 +187,15 @@ def test_all_damaged_is_refused_and_nothing_is_moved(workdir):
   for step in STEPS:
     damage.flip_byte(damage.largest_file(step_dir(workdir, step) / "variables"))
   before = damage.tree_dir_snapshot(workdir)
-  with pytest.raises(integrity.DamagedCheckpointError, match="every checkpoint in it is damaged"):
+  with pytest.raises(
+    integrity.DamagedCheckpointError,
+    match=f"every checkpoint in {workdir / 'checkpoints'} is damaged",
+  ):
     resume(workdir)
-  with pytest.raises(integrity.DamagedCheckpointError, match="every checkpoint in it is damaged"):
+  with pytest.raises(
+    integrity.DamagedCheckpointError,
+    match=f"every checkpoint in {workdir / 'checkpoints'} is damaged",
+  ):
     checkpoint_lib.restore_for_inference(workdir)
   assert damage.tree_dir_snapshot(workdir) == before
 
