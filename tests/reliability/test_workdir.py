@@ -33,7 +33,8 @@ TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
 HOLDER = """\
 import sys, time
 from fsaf_jax.training.workdir_lock import WorkdirLock
-WorkdirLock(sys.argv[1]).acquire()
+lock = WorkdirLock(sys.argv[1])
+lock.acquire()
 print("locked", flush=True)
 time.sleep(300)
 """
@@ -76,6 +77,13 @@ def holder(tmp_path):
   yield locked, proc
   proc.kill()
   proc.wait()
+
+
+def eval_config():
+  """The tiny run's config with an empty data_dir: the checkpoint's data."""
+  c = run.config("/unused")
+  c.input.data_dir = ""
+  return c
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -170,7 +178,7 @@ def test_evaluating_an_older_step_keeps_the_final_results(workdir):
   final = workdir / "eval" / f"step_{TOTAL_STEPS}"
   before = damage.tree_dir_snapshot(final)
   result = evaluator.evaluate_checkpoint(
-    run.config(""), checkpoint=workdir / "checkpoints" / "2", config_name="tiny"
+    eval_config(), checkpoint=workdir / "checkpoints" / "2", config_name="tiny"
   )
   assert result["step"] == 2
   older = workdir / "eval" / "step_2"
@@ -183,7 +191,7 @@ def test_evaluating_an_older_step_keeps_the_final_results(workdir):
 def test_eval_workdir_skips_a_damaged_newest_checkpoint(workdir, caplog):
   damage.flip_byte(damage.largest_file(workdir / "checkpoints" / str(TOTAL_STEPS) / "variables"))
   with caplog.at_level(logging.WARNING):
-    result = evaluator.evaluate_checkpoint(run.config(""), workdir=workdir, write_figure=False)
+    result = evaluator.evaluate_checkpoint(eval_config(), workdir=workdir, write_figure=False)
   assert result["step"] == TOTAL_STEPS - 2
   warnings = [r.getMessage() for r in caplog.records if "damaged checkpoint" in r.getMessage()]
   assert len(warnings) == 1 and f"damaged checkpoint {TOTAL_STEPS} in" in warnings[0]
