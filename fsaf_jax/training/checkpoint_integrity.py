@@ -14,7 +14,8 @@ checkpoint. This module adds:
 - `SaveMonitor`: follows the asynchronous saves of an orbax manager; once a save is
   finalised it writes the manifest (process 0), and a save that failed (orbax logs the
   error and goes on) raises `CheckpointSaveError` at the next poll (every step) with the
-  cause, the path and the free space, after removing what the save left behind;
+  cause, the path and the free space, after removing what the save left behind (and
+  without the tracebacks tensorstore prints for each write cut short);
 - `newest_intact`: walks steps newest first and returns the first one a check accepts,
   with the damaged ones it skipped (`describe_skipped` makes the warning line).
 """
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -297,6 +299,38 @@ class _SaveErrorCatcher(logging.Filter):
     return True
 
 
+class _QuietClosedLoop:
+  """`sys.unraisablehook` dropping the `RuntimeError('Event loop is closed')` that
+  tensorstore reports for every write still in flight when a failed save's event loop
+  is closed (dozens of tracebacks after one disk-full error); others pass through."""
+
+  def __init__(self):
+    self.dropped = 0
+    self._previous = None
+
+  def __call__(self, unraisable) -> None:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      self.dropped += 1
+      return
+    (self._previous or sys.__unraisablehook__)(unraisable)
+
+  def install(self) -> None:
+    self._previous, sys.unraisablehook = sys.unraisablehook, self
+
+  def uninstall(self) -> None:
+    if sys.unraisablehook is self:
+      sys.unraisablehook = self._previous or sys.__unraisablehook__
+
+
+class _DropUnretrieved(logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' records: after a failed save, each
+  write cut short logs one (with a traceback) when it is collected, up to exit."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in record.getMessage()
+
+
 class SaveMonitor:
   """Follows the asynchronous saves of an orbax manager (see the module doc).
 
@@ -312,6 +346,9 @@ class SaveMonitor:
     self._pending: list[int] = []
     self._catcher = _SaveErrorCatcher()
     logging.getLogger("absl").addFilter(self._catcher)
+    self._quiet_loop = _QuietClosedLoop()
+    self._quiet_loop.install()
+    self._failed = False
 
   @property
   def directory(self) -> epath.Path:
@@ -354,6 +391,8 @@ class SaveMonitor:
         self._raise(step, error)
 
   def _raise(self, step: int, error: BaseException) -> None:
+    self._failed = True
+    logging.getLogger("asyncio").addFilter(_DropUnretrieved())
     removed = self.remove_partial(step)
     raise CheckpointSaveError(
       f"saving checkpoint step {step} to {self.directory} failed: {_exception_line(error)}; "
@@ -378,3 +417,5 @@ class SaveMonitor:
 
   def close(self) -> None:
     logging.getLogger("absl").removeFilter(self._catcher)
+    if not self._failed:  # after a failure, writes cut short may still report until exit
+      self._quiet_loop.uninstall()
