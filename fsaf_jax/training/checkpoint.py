@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from data_pipelines.errors import UserError
 from fsaf_jax.training import checkpoint_integrity as integrity
 from fsaf_jax.training.train_state import TrainState
 
@@ -171,6 +172,15 @@ def check_compatible(
 # --- The manager. -------------------------------------------------------------------------
 
 
+def check_keep(keep: int) -> None:
+  """Raises UserError unless `keep` (config.train.keep_checkpoints) is >= 1."""
+  if int(keep) < 1:
+    raise UserError(
+      f"config.train.keep_checkpoints must be >= 1 (how many of the newest checkpoints "
+      f"are kept), got {keep}"
+    )
+
+
 def create_checkpoint_manager(
   workdir: str | os.PathLike, keep: int, *, read_only: bool = False
 ) -> ocp.CheckpointManager:
@@ -185,8 +195,7 @@ def create_checkpoint_manager(
     An `ocp.CheckpointManager` with items `ITEM_NAMES`. Saves are asynchronous: call
     `wait_until_finished()` before reading a checkpoint back or exiting.
   """
-  if keep < 1:
-    raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
+  check_keep(keep)
   options = ocp.CheckpointManagerOptions(
     preservation_policy=ocp.checkpoint_managers.LatestN(n=int(keep)),
     create=not read_only,

@@ -290,8 +290,11 @@ def train_and_evaluate(
 
   Raises:
     workdir_lock.WorkdirLockedError: another run owns `workdir` (its pid is named).
-    errors.UserError: `workdir` cannot be created or written.
+    errors.UserError: `workdir` cannot be created or written, or a checkpoint setting
+      is out of range (`checkpoint_every_steps`, `keep_checkpoints` < 1).
   """
+  checkpoint_interval(config)  # bad settings refused before anything is written
+  checkpoint_lib.check_keep(config.train.keep_checkpoints)
   maybe_initialize_distributed()
   workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
   is_main = jax.process_index() == 0
@@ -492,6 +495,12 @@ def _train_and_evaluate(
     bar.close()
     try:
       saves.finish()  # the last checkpoint is complete and checked, whatever happened
+    except checkpoint_integrity.CheckpointSaveError as e:
+      if not trained:  # another exception is on its way: it stays the one raised
+        logging.error("%s", e)
+      else:
+        trained = False
+        raise
     finally:
       train_iter.close()
       index_log.close()

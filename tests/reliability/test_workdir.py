@@ -141,13 +141,21 @@ def test_train_py_on_a_locked_workdir_exits_2_with_one_line(holder, data_root, t
 # --- Settings and refused resumes leave the work dir as it was. --------------------------
 
 
-def test_checkpoint_every_zero_is_refused(data_root, tmp_path):
+@pytest.mark.parametrize(
+  "field, message",
+  [
+    ("checkpoint_every_steps", "checkpoint_every_steps=0: must be >= 1"),
+    ("keep_checkpoints", "keep_checkpoints must be >= 1"),
+  ],
+)
+def test_zero_checkpoint_settings_are_refused_before_anything_is_written(
+  data_root, tmp_path, field, message
+):
   c = run.config(data_root)
-  c.train.checkpoint_every_steps = 0
-  with pytest.raises(UserError, match="checkpoint_every_steps=0: must be >= 1"):
-    train_loop.train_and_evaluate(c, tmp_path)
-  assert checkpoint_steps(tmp_path) == []
-  assert not (tmp_path / "config.json").exists()
+  c.train[field] = 0
+  with pytest.raises(UserError, match=message):
+    train_loop.train_and_evaluate(c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
 
 
 def test_refused_resume_keeps_config_json(workdir, data_root):
