@@ -70,6 +70,7 @@ def test_worker_dies_with_a_killed_parent(tmp_path, watch):
     stdout=subprocess.PIPE,
     text=True,
   )
+  children = []
   try:
     assert parent.stdout.readline().strip() == "ready"
     children = descendants(parent.pid)
@@ -83,10 +84,15 @@ def test_worker_dies_with_a_killed_parent(tmp_path, watch):
     else:  # control: without the watchdog the worker (and so the tracker) lives on
       assert len(alive) == 2
   finally:
-    for p in descendants(parent.pid) if parent.poll() is None else []:
-      p.kill()
     parent.kill()
-    for p in [*(locals().get("alive") or [])]:
+    # The worker first: the tracker then exits by itself, freeing the shared memory.
+    for p in children:
+      try:
+        if "resource_tracker" not in " ".join(p.cmdline()):
+          p.kill()
+      except psutil.NoSuchProcess:
+        pass
+    for p in wait_gone(children, timeout=10):
       p.kill()
 
 
