@@ -100,12 +100,14 @@ def _sha256(path: epath.Path) -> tuple[int, str]:
 
 def _files(step_dir: epath.Path) -> list[str]:
   """Relative paths (posix) of the files under `step_dir`, the manifest excluded, sorted."""
+  root = os.fspath(step_dir).rstrip("/")
   out = []
-  for root, _, names in os.walk(os.fspath(step_dir)):
+  for folder, _, names in step_dir.walk():
+    prefix = os.fspath(folder).rstrip("/")[len(root) + 1 :].replace(os.sep, "/")
     for name in names:
-      rel = os.path.relpath(os.path.join(root, name), os.fspath(step_dir))
+      rel = f"{prefix}/{name}" if prefix else name
       if rel not in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
-        out.append(rel.replace(os.sep, "/"))
+        out.append(rel)
   return sorted(out)
 
 
