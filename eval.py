@@ -6,8 +6,12 @@ r"""Evaluates a trained checkpoint on the query / gallery splits of its dataset.
 Restores the latest checkpoint of WORKDIR (or --checkpoint=PATH), refuses one whose
 network or input size differ from --config, embeds the query and gallery images,
 prints Rank-1/5/10, mAP and mINP (also after k-reciprocal re-ranking with
-`--config.eval.rerank=True`), and writes WORKDIR/eval/metrics.json and the ranked-list
-figure WORKDIR/eval/ranked_list.png (`--outdir` to put eval/ elsewhere). An empty
+`--config.eval.rerank=True`), and writes WORKDIR/eval/step_<N>/metrics.json and the
+ranked-list figure WORKDIR/eval/step_<N>/ranked_list.png for the checkpoint's step N
+(`--outdir` to put eval/ elsewhere); WORKDIR/eval/latest names the newest step's folder,
+and evaluating an older step never overwrites a newer one's results. Checkpoints are
+verified (checksums, finite values): with --workdir a damaged newest one is skipped
+with a warning line naming it; --checkpoint=<a damaged step> fails naming it. An empty
 `--config.input.data_dir` means the data the checkpoint was trained on; the dataset
 must be built (train.py builds it; or `python -m data_pipelines.datasets.build`).
 Runs `fsaf_jax.evaluation.evaluator.evaluate_checkpoint`.
@@ -17,9 +21,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from data_pipelines import errors
 from fsaf_jax import host_allocator
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
@@ -42,6 +47,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not (_WORKDIR.value or _CHECKPOINT.value):
     raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
+  if _OUTDIR.value:
+    errors.check_output_dir(_OUTDIR.value, "--outdir")
   host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
   maybe_initialize_distributed()
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
@@ -53,11 +60,13 @@ def main(argv: Sequence[str]) -> None:
       outdir=_OUTDIR.value,
       config_name=os.path.splitext(os.path.basename(config_path))[0],
     )
-  except (FileNotFoundError, IncompatibleCheckpointError) as e:
-    logging.error("%s", e)
-    sys.exit(f"ERROR: {e}")
+  except IncompatibleCheckpointError as e:  # several lines: one per differing field
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
+  except FileNotFoundError as e:
+    raise errors.UserError(str(e)) from None
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  errors.run(main)

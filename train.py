@@ -8,6 +8,11 @@ checkpoint, saves on SIGTERM / Ctrl-C (then exits with 128 + the signal number; 
 same command to continue), evaluates every `eval_every_epochs` and at the end.
 Multi-host: set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (or
 FSAF_DISTRIBUTED=auto) and run the same command on every host.
+
+A user mistake (an incompatible checkpoint, a work dir another run holds, every
+checkpoint damaged, a bad setting) prints one `ERROR:` line (and a `hint:` line) and
+exits with 2; a NaN stop or a failed checkpoint save prints one `ERROR:` line and exits
+with 1.
 """
 
 import os
@@ -17,9 +22,11 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data_pipelines import errors
 from fsaf_jax import host_allocator
 from fsaf_jax.training import train_loop
 from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
+from fsaf_jax.training.checkpoint_integrity import CheckpointSaveError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")
@@ -33,8 +40,11 @@ def main(argv: Sequence[str]) -> None:
   name = os.path.splitext(os.path.basename(config_path))[0]
   try:
     result = train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_name=name)
-  except (FloatingPointError, IncompatibleCheckpointError) as e:
-    sys.exit(f"ERROR: {e}")
+  except IncompatibleCheckpointError as e:  # several lines: one per differing field
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
+  except (FloatingPointError, CheckpointSaveError) as e:
+    sys.exit(f"ERROR: {errors.one_line(str(e))}")
   if result.signal is not None:
     logging.info("Exiting after signal %d at step %d", result.signal, result.step)
     sys.exit(128 + result.signal)
@@ -42,4 +52,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  errors.run(main)

@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from data_pipelines import augment
+from data_pipelines import augment, parent_watch
 from data_pipelines.pk_sampler import PKSampler
 
 _STATE_VERSION = 1
@@ -67,7 +67,10 @@ def ensure_absl_flags_parsed() -> None:
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
+  """Runs first in each grain worker process: flags parsed, and the worker exits when
+  the main process dies, even by SIGKILL (`parent_watch`): no orphaned workers."""
   del worker_index, worker_count
+  parent_watch.die_with_parent()
   ensure_absl_flags_parsed()
 
 

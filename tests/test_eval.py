@@ -127,11 +127,13 @@ def test_latest_checkpoint_of_workdir(run, expected, tmp_path):
   workdir, _, _, _ = run
   result = evaluator.evaluate_checkpoint(cli_config(), workdir=workdir, outdir=tmp_path)
   assert result["step"] == STEPS[-1]
-  assert result["checkpoint"] == str(workdir)
+  assert result["checkpoint"] == str(workdir / "checkpoints" / str(STEPS[-1]))
   assert_same_metrics(result["metrics"], expected[STEPS[-1]]["metrics"])
-  saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  out = tmp_path / "eval" / f"step_{STEPS[-1]}"
+  saved = json.loads((out / "metrics.json").read_text())
   assert saved["step"] == STEPS[-1] and saved["metrics"] == result["metrics"]
-  assert (tmp_path / "eval" / "ranked_list.png").stat().st_size > 0
+  assert (out / "ranked_list.png").stat().st_size > 0
+  assert (tmp_path / "eval" / "latest").read_text().strip() == f"step_{STEPS[-1]}"
 
 
 def test_checkpoint_flag_selects_the_step(run, expected):
@@ -140,8 +142,8 @@ def test_checkpoint_flag_selects_the_step(run, expected):
   result = evaluator.evaluate_checkpoint(cli_config(), checkpoint=path, write_figure=False)
   assert result["step"] == STEPS[0] and result["checkpoint"] == str(path)
   assert_same_metrics(result["metrics"], expected[STEPS[0]]["metrics"])
-  # Default output: the work dir holding the checkpoint.
-  assert result["metrics_path"] == str(workdir / "eval" / "metrics.json")
+  # Default output: the work dir holding the checkpoint, in that step's folder.
+  assert result["metrics_path"] == str(workdir / "eval" / f"step_{STEPS[0]}" / "metrics.json")
 
 
 def test_missing_checkpoint_names_the_path(run, tmp_path):
@@ -192,11 +194,11 @@ def test_cli_end_to_end_with_rerank(run, expected, tmp_path):
     "--config.eval.rerank=True",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  saved = json.loads((tmp_path / "eval" / f"step_{STEPS[-1]}" / "metrics.json").read_text())
   assert saved["config_name"] == "tiny" and saved["step"] == STEPS[-1]
   assert_same_metrics(saved["metrics"], expected[STEPS[-1]]["metrics"])
   assert saved["eval"]["rerank"] and set(saved["metrics_rerank"]) == set(saved["metrics"])
-  assert (tmp_path / "eval" / "ranked_list.png").stat().st_size > 0
+  assert (tmp_path / "eval" / f"step_{STEPS[-1]}" / "ranked_list.png").stat().st_size > 0
   assert "mAP" in proc.stdout  # the metrics table is printed
 
 

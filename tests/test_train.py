@@ -174,15 +174,16 @@ def test_demo_reaches_its_targets(tmp_path):
   )
   elapsed = time.monotonic() - start
   assert result.returncode == 0, result.stderr[-3000:]
-  baselines = json.loads((tmp_path / "eval" / "baselines.json").read_text())
+  results = tmp_path / "eval" / (tmp_path / "eval" / "latest").read_text().strip()
+  baselines = json.loads((results / "baselines.json").read_text())
   trained = baselines["trained"]["mAP"]
   print(f"demo: {elapsed:.0f} s\n{baselines['table']}")
   assert trained >= 0.75
   assert trained - baselines["untrained"]["mAP"] >= 0.3
   assert trained - baselines["colour_histogram"]["mAP"] >= 0.3
   assert baselines["table"] in result.stdout
-  assert (tmp_path / "eval" / "metrics.json").exists()
-  assert (tmp_path / "eval" / "ranked_list.png").exists()
+  assert (results / "metrics.json").exists()
+  assert (results / "ranked_list.png").exists()
 
 
 def _free_port() -> int:
@@ -259,8 +260,9 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   assert sorted(logs[0]) == list(range(1, TOTAL_STEPS + 1)) == sorted(logs[1])
   assert {s: logs[0][s] + logs[1][s] for s in logs[0]} == expected_log
   assert checkpoint_steps(workdir)[-1] == TOTAL_STEPS
-  metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
-  expected_metrics = json.loads((reference_dir / "eval" / "metrics.json").read_text())
+  final = f"step_{TOTAL_STEPS}"
+  metrics = json.loads((workdir / "eval" / final / "metrics.json").read_text())
+  expected_metrics = json.loads((reference_dir / "eval" / final / "metrics.json").read_text())
   # The evaluation saw every query / gallery image once, over both processes' extractors.
   for key in ("num_query", "num_gallery", "num_valid_queries", "feature_dim"):
     assert metrics[key] == expected_metrics[key], key

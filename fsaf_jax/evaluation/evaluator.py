@@ -11,14 +11,16 @@
    `config.eval.metric` distance, chunked over queries, CMC cut at
    `config.eval.max_rank`), and again after k-reciprocal re-ranking
    (`rerank.re_ranking_features`) when `config.eval.rerank`.
-4. Prints the metrics table (`report.metrics_table`), writes `OUTDIR/eval/metrics.json`
-   (`report.write_metrics_json`: `metrics`, `metrics_rerank` as `RankMetrics.as_dict()`
-   fractions, plus dataset, counts, settings, timing and the config) and, unless
-   disabled, the ranked-list figure `OUTDIR/eval/ranked_list.png`
+4. Prints the metrics table (`report.metrics_table`), writes
+   `OUTDIR/eval/step_<N>/metrics.json` (`report.write_metrics_json`: `metrics`,
+   `metrics_rerank` as `RankMetrics.as_dict()` fractions, plus dataset, counts,
+   settings, timing and the config) and, unless disabled, the ranked-list figure
+   `OUTDIR/eval/step_<N>/ranked_list.png`
    (`figure.ranked_list_figure`, the paper's Fig. 2: `config.eval.num_figure_queries`
    queries with a positive, evenly spread over the query set, each with its top-10,
    right matches framed green, wrong ones red; ranked by the re-ranked distances when
-   re-ranking is on).
+   re-ranking is on). One folder per step (`result_dirs`): evaluating another step
+   never overwrites these; `OUTDIR/eval/latest` names the newest step's folder.
 
 It takes variables in memory, so the training loop calls it on its current state
 and `eval.py` (`evaluate_checkpoint`) on restored ones. Multi-process: every process
@@ -56,11 +58,12 @@ from fsaf_jax.evaluation import figure as figure_lib
 from fsaf_jax.evaluation import metrics as metrics_lib
 from fsaf_jax.evaluation import report as report_lib
 from fsaf_jax.evaluation import rerank as rerank_lib
+from fsaf_jax.evaluation import result_dirs
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training.mesh import make_mesh
 
-EVAL_SUBDIR = "eval"
+EVAL_SUBDIR = result_dirs.EVAL_SUBDIR
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "ranked_list.png"
 FIGURE_TOP_K = 10
@@ -331,13 +334,15 @@ def evaluate_model(
       `input.data_dir`, `input.image_size`, `input.eval_batch_size`, `eval.*`.
     variables: FSAF {'params', 'batch_stats'}, in memory (trained, restored or freshly
       initialised); extra collections are ignored.
-    outdir: the work dir (or any output dir): writes `OUTDIR/eval/metrics.json` and
-      `OUTDIR/eval/ranked_list.png` (process 0 only). None: write nothing.
+    outdir: the work dir (or any output dir): writes `OUTDIR/eval/step_<step>/metrics.json`
+      and `.../ranked_list.png` (process 0 only) and points `OUTDIR/eval/latest` at
+      that folder unless it names a higher step (`result_dirs`). None: write nothing.
     mesh: the device mesh ('data' axis); default all devices.
     data_dir: where the dataset is built; default `config.input.data_dir`.
     write_figure: render the ranked-list figure (`config.eval.num_figure_queries`
       rows).
-    step: training step of the variables, recorded in metrics.json.
+    step: training step of the variables, recorded in metrics.json and naming the
+      output folder (None: `eval/step_unknown/`).
     config_name: name of the config (e.g. 'fsaf_market'), recorded in metrics.json.
     checkpoint: path the variables were restored from, recorded in metrics.json.
 
@@ -401,7 +406,7 @@ def evaluate_model(
     extra["metrics_rerank"] = None
 
   if outdir is not None and is_main:
-    eval_dir = epath.Path(outdir) / EVAL_SUBDIR
+    eval_dir = result_dirs.step_dir(outdir, step)
     eval_dir.mkdir(parents=True, exist_ok=True)
     if write_figure and config.eval.num_figure_queries > 0:
       start_fig = time.perf_counter()
@@ -423,6 +428,7 @@ def evaluate_model(
     extra["metrics_path"] = os.fspath(metrics_path)
     timing["total_s"] = time.perf_counter() - start
     report_lib.write_metrics_json(metrics_path, scored, extra)
+    result_dirs.update_latest(outdir, step)
     logging.info("Wrote %s", metrics_path)
   else:
     timing["total_s"] = time.perf_counter() - start
@@ -496,32 +502,37 @@ def evaluate_checkpoint(
     config: the run config (`--config`); its network and input size must match the
       checkpoint's (`inference_config`), its `eval.*` and `input.*` data settings
       are used. An empty `input.data_dir` means the checkpoint's.
-    workdir: a training work dir: its latest checkpoint (unless `checkpoint`), and the
+    workdir: a training work dir: its newest intact checkpoint (unless `checkpoint`;
+      damaged newer ones are skipped with a warning line naming them), and the
       default output dir.
     checkpoint: a checkpoint `WORKDIR/checkpoints/<step>` (or a work dir, or its
       `checkpoints/` dir) to evaluate instead of the latest of `workdir`.
-    outdir: where `eval/` goes; default `workdir`, else the work dir holding
+    outdir: where `eval/step_<N>/` goes; default `workdir`, else the work dir holding
       `checkpoint`.
     mesh, config_name, write_figure: as `evaluate_model`.
 
   Returns:
-    The `evaluate_model` result (`checkpoint`: the path restored, `step`: its step).
+    The `evaluate_model` result (`checkpoint`: the step folder restored, `step`: its
+    step).
 
   Raises:
     FileNotFoundError: no checkpoint there (the path is named), or the dataset is not
       built (the message gives the build command).
     checkpoint.IncompatibleCheckpointError: the network / input size differ.
+    checkpoint_integrity.DamagedCheckpointError: the checkpoint `checkpoint` names is
+      damaged (or every checkpoint of the work dir is).
   """
   if workdir is None and checkpoint is None:
     raise ValueError("pass --workdir (latest checkpoint) or --checkpoint=PATH")
   path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(checkpoint or workdir))))
   if not path.exists():
     raise FileNotFoundError(f"no checkpoint: {path} does not exist")
-  directory, step = checkpoint_lib.locate_checkpoint(path)
+  directory, _ = checkpoint_lib.locate_checkpoint(path)
   owner = directory.parent  # the work dir
-  saved, variables = checkpoint_lib.restore_variables(path, step=step)
-  config = inference_config(config, saved, os.fspath(path))
-  logging.info("Evaluating %s (step %s) on %s", path, step, config.input.dataset)
+  step, saved, variables = checkpoint_lib.restore_for_inference(path)
+  where = os.fspath(directory / str(step))
+  config = inference_config(config, saved, where)
+  logging.info("Evaluating %s (step %s) on %s", where, step, config.input.dataset)
   if outdir is None:
     outdir = workdir if workdir is not None else owner
   return evaluate_model(
@@ -532,5 +543,5 @@ def evaluate_checkpoint(
     write_figure=write_figure,
     step=step,
     config_name=config_name,
-    checkpoint=os.fspath(path),
+    checkpoint=where,
   )

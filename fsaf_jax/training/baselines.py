@@ -4,7 +4,8 @@
 initialised (same architecture and init, no training step) and, when the dataset's
 Market-1501 folder is at hand (the embedded synthetic data), the colour-histogram
 baseline (`data_pipelines.color_histogram_baseline`). It prints a table of Rank-1 /
-mAP / mINP beside the trained network's and writes `WORKDIR/eval/baselines.json`.
+mAP / mINP beside the trained network's and writes `WORKDIR/eval/step_<N>/baselines.json`
+(beside the trained step's metrics.json).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from data_pipelines import color_histogram_baseline
-from fsaf_jax.evaluation import evaluator
+from fsaf_jax.evaluation import evaluator, result_dirs
 
 BASELINES_FILE = "baselines.json"
 
@@ -57,7 +58,8 @@ def compare_baselines(
     config: the resolved run config (absolute data paths).
     trained: the trained network's `evaluator.evaluate_model` result.
     init_variables: the network's variables at initialisation.
-    outdir: the work dir: writes `OUTDIR/eval/baselines.json`; None: nothing written.
+    outdir: the work dir: writes `OUTDIR/eval/step_<N>/baselines.json` (N: the trained
+      step); None: nothing written.
     mesh: the device mesh.
     config_name: recorded in the JSON.
 
@@ -100,7 +102,7 @@ def compare_baselines(
     "table": table,
   }
   if outdir is not None:
-    path = epath.Path(outdir) / evaluator.EVAL_SUBDIR / BASELINES_FILE
+    path = result_dirs.step_dir(outdir, trained.get("step")) / BASELINES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     where = config.input.manual_dir or config.input.data_dir

@@ -38,7 +38,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
+from data_pipelines.errors import UserError
+from fsaf_jax.training import checkpoint_integrity as integrity
 from fsaf_jax.training.train_state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -170,6 +173,15 @@ def check_compatible(
 # --- The manager. -------------------------------------------------------------------------
 
 
+def check_keep(keep: int) -> None:
+  """Raises UserError unless `keep` (config.train.keep_checkpoints) is >= 1."""
+  if int(keep) < 1:
+    raise UserError(
+      f"config.train.keep_checkpoints must be >= 1 (how many of the newest checkpoints "
+      f"are kept), got {keep}"
+    )
+
+
 def create_checkpoint_manager(
   workdir: str | os.PathLike, keep: int, *, read_only: bool = False
 ) -> ocp.CheckpointManager:
@@ -184,8 +196,7 @@ def create_checkpoint_manager(
     An `ocp.CheckpointManager` with items `ITEM_NAMES`. Saves are asynchronous: call
     `wait_until_finished()` before reading a checkpoint back or exiting.
   """
-  if keep < 1:
-    raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
+  check_keep(keep)
   options = ocp.CheckpointManagerOptions(
     preservation_policy=ocp.checkpoint_managers.LatestN(n=int(keep)),
     create=not read_only,
@@ -243,6 +254,53 @@ def save_checkpoint(
   )
 
 
+def _step_dirs(directory: epath.Path) -> list[int]:
+  """Steps of the integer-named folders in `directory` (orbax's temporary ones excluded)."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _read_train_step(
+  manager: ocp.CheckpointManager,
+  abstract: tuple[Any, Any],
+  config: ml_collections.ConfigDict,
+  step: int,
+) -> Any:
+  """Checkpoint `step`, verified: its manifest, config (checked compatible), arrays
+  (finite) and iterator state. Raises DamagedCheckpointError if any of it is wrong."""
+  where = manager.directory / str(step)
+  integrity.verify_manifest(where)
+  try:
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved_config = saved.config
+  except Exception as e:  # noqa: BLE001 (whatever orbax raises on a damaged file)
+    raise integrity.as_damage(where, e) from None
+  check_compatible(saved_config, config, str(where))
+  try:
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(abstract[0]),
+        train_state=ocp.args.StandardRestore(abstract[1]),
+        data_iter=ocp.args.JsonRestore(),
+      ),
+    )
+    restored_step = int(restored.train_state["step"])
+  except Exception as e:  # noqa: BLE001
+    raise integrity.as_damage(where, e) from None
+  if restored_step != step:
+    raise integrity.DamagedCheckpointError(where, f"it holds state.step={restored_step}")
+  integrity.check_finite(restored.variables, where, "variables")
+  integrity.check_finite(restored.train_state, where, "train_state")
+  return restored
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def restore_checkpoint(
   manager: ocp.CheckpointManager,
   state: TrainState,
@@ -250,7 +308,12 @@ def restore_checkpoint(
   config: ml_collections.ConfigDict,
   step: int | None = None,
 ) -> TrainState:
-  """Restores checkpoint `step` (default the latest) into `state` and `data_iter`.
+  """Restores checkpoint `step` (default the newest intact one) into `state` and `data_iter`.
+
+  Every step is verified first (`checkpoint_integrity`: its checksums, readable, finite
+  values). With `step=None`, damaged newer steps are skipped with one warning line
+  naming them and moved to `WORKDIR/damaged_checkpoints/` (kept, out of the way of the
+  saves to come).
 
   Args:
     manager: from `create_checkpoint_manager`.
@@ -258,36 +321,47 @@ def restore_checkpoint(
       dtypes and shardings to restore into.
     data_iter: the train iterator; its position is set to the checkpoint's.
     config: this run's resolved config, checked against the checkpoint's.
-    step: checkpoint to restore; None = the latest.
+    step: checkpoint to restore; None = the newest intact one.
 
   Returns:
     The restored train state (`state` itself if there is no checkpoint).
 
   Raises:
     IncompatibleCheckpointError: the configs differ outside `RESUMABLE_FIELDS`.
+    checkpoint_integrity.DamagedCheckpointError: `step` (or, with `step=None`, every
+      checkpoint) is damaged.
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return state
-  where = str(manager.directory / str(step))
-  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  check_compatible(saved.config, config, where)
-
+  directory = epath.Path(manager.directory)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_items(state))
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(abstract[0]),
-      train_state=ocp.args.StandardRestore(abstract[1]),
-      data_iter=ocp.args.JsonRestore(),
-    ),
-  )
+  read = lambda s: _read_train_step(manager, abstract, config, s)  # noqa: E731
+  if step is not None:
+    restored = read(step)
+  else:
+    steps = _step_dirs(directory)
+    if not steps:
+      return state
+    step, restored, damaged = integrity.newest_intact(steps, read)
+    if damaged:
+      if step is None:
+        raise integrity.all_damaged_error(
+          directory, damaged, "move the folder away to start afresh, or use another --workdir"
+        )
+      _sync("fsaf_checkpoint_damaged_found")
+      kept = directory.parent / integrity.DAMAGED_SUBDIR
+      if jax.process_index() == 0:
+        for bad, _ in damaged:
+          integrity.set_aside(directory / str(bad), directory.parent)
+      _sync("fsaf_checkpoint_damaged_moved")
+      logging.warning(
+        "%s (the damaged ones are kept in %s)",
+        integrity.describe_skipped(damaged, step, "resuming from the newest intact one,"),
+        kept,
+      )
+      manager.reload()
+  where = str(directory / str(step))
   data_iter.set_state(json.dumps(restored.data_iter).encode())
   data_iter.start_prefetch()
   variables, train_state = restored.variables, restored.train_state
-  restored_step = int(train_state["step"])
-  if restored_step != step:
-    raise ValueError(f"checkpoint {where} holds state.step={restored_step}, expected {step}")
   logging.info("Restored checkpoint %s (step %d)", where, step)
   return state.replace(
     step=train_state["step"],
@@ -302,18 +376,21 @@ def restore_checkpoint(
 # --- Inference. ---------------------------------------------------------------------------
 
 
+def _looks_like_step(path: epath.Path) -> bool:
+  """An integer-named folder holding something of a checkpoint (even a damaged one)."""
+  marks = (*ITEM_NAMES, "_CHECKPOINT_METADATA", integrity.MANIFEST_FILE)
+  return path.name.isdigit() and path.is_dir() and any((path / m).exists() for m in marks)
+
+
 def _find_checkpoint(path: epath.Path) -> tuple[epath.Path, int | None]:
   """(manager directory, step or None for the latest) of a workdir / checkpoints dir /
   step dir."""
   if (path / CHECKPOINT_DIR).is_dir():
     return path / CHECKPOINT_DIR, None
+  if _looks_like_step(path):
+    return path.parent, int(path.name)
   if (path / "variables").is_dir() and (path / "config").is_dir():
-    try:
-      return path.parent, int(path.name)
-    except ValueError:
-      raise ValueError(
-        f"{path} looks like a checkpoint but its name is not a step number"
-      ) from None
+    raise ValueError(f"{path} looks like a checkpoint but its name is not a step number")
   if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
     return path, None
   raise FileNotFoundError(
@@ -327,35 +404,25 @@ def locate_checkpoint(path: epath.Path) -> tuple[epath.Path, int | None]:
   """(the checkpoints directory, the step `path` names, else its latest; None if none).
 
   `path`: a training work directory, its `checkpoints/` directory or one checkpoint
-  `checkpoints/<step>/` (FileNotFoundError naming it otherwise).
+  `checkpoints/<step>/` (FileNotFoundError naming it otherwise). The latest step is
+  the newest folder, intact or not (`restore_for_inference` skips damaged ones).
   """
   directory, step = _find_checkpoint(path)
   if step is None:
-    step = max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=None)
+    step = max(_step_dirs(directory), default=None)
   return directory, step
 
 
-def restore_variables(
-  path: str | os.PathLike, step: int | None = None
+def _read_inference_step(
+  directory: epath.Path, step: int
 ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """The config and model variables of a checkpoint, for inference.
-
-  Args:
-    path: a training work directory (its latest checkpoint), its `checkpoints/`
-      directory, or one checkpoint directory `.../checkpoints/<step>`.
-    step: a checkpoint step of the work directory instead of the latest.
-
-  Returns:
-    `(config, variables)`: the run's config (with `model.num_classes` resolved: build
-    the model with `fsaf.create_model(config.model, config.model.num_classes)`) and
-    `{'params', 'batch_stats'}` as host numpy arrays (place them with
-    `jax.device_put`; nothing of the optimiser state is read).
+  """(config, host variables) of checkpoint `step`, verified (checksums, finite values).
 
   Raises:
-    FileNotFoundError: no checkpoint at `path` (or not `step`).
+    checkpoint_integrity.DamagedCheckpointError: naming the step folder.
   """
-  path = epath.Path(os.path.expanduser(os.fspath(path)))
-  directory, found_step = locate_checkpoint(path)
+  where = directory / str(step)
+  integrity.verify_manifest(where)
   # Handlers for the two items read, so that their metadata (shapes, dtypes) is known.
   manager = ocp.CheckpointManager(
     directory,
@@ -366,13 +433,6 @@ def restore_variables(
     options=ocp.CheckpointManagerOptions(read_only=True, create=False),
   )
   try:
-    if step is None:
-      step = found_step
-    if step is None or step not in manager.all_steps():
-      raise FileNotFoundError(
-        f"no checkpoint {'' if step is None else f'for step {step} '}in {directory} "
-        f"(steps there: {list(manager.all_steps())})"
-      )
     metadata = manager.item_metadata(step)["variables"]
     # Onto this process's first device, whatever devices / processes wrote it (a pod's
     # checkpoint read on one machine): without a sharding orbax insists on the saved one.
@@ -388,7 +448,109 @@ def restore_variables(
         variables=ocp.args.StandardRestore(abstract),
       ),
     )
+    variables = jax.tree.map(np.asarray, dict(restored.variables))
+    config = config_from_json(restored.config)
+    if not {"params", "batch_stats"} <= set(variables):
+      raise KeyError(f"variables hold {sorted(variables)}, not params and batch_stats")
+  except Exception as e:  # noqa: BLE001 (whatever orbax raises on a damaged file)
+    raise integrity.as_damage(where, e) from None
   finally:
     manager.close()
-  variables = jax.tree.map(np.asarray, dict(restored.variables))
-  return config_from_json(restored.config), variables
+  integrity.check_finite(variables, where, "variables")
+  return config, variables
+
+
+def restore_for_inference(
+  path: str | os.PathLike, step: int | None = None
+) -> tuple[int, ml_collections.ConfigDict, dict[str, Any]]:
+  """The step, config and model variables of a verified checkpoint, for inference.
+
+  Args:
+    path: a training work directory, its `checkpoints/` directory (then the newest
+      intact checkpoint: damaged newer ones are skipped with one warning line naming
+      them), or one checkpoint directory `.../checkpoints/<step>` (that one only).
+    step: a checkpoint step of the work directory (that one only).
+
+  Returns:
+    `(step, config, variables)`: the step read, the run's config (with
+    `model.num_classes` resolved) and `{'params', 'batch_stats'}` as host numpy arrays.
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path` (or not `step`).
+    checkpoint_integrity.DamagedCheckpointError: the named step is damaged (or every
+      step of the directory is).
+  """
+  path = epath.Path(os.path.expanduser(os.fspath(path)))
+  directory, named = _find_checkpoint(path)
+  steps = _step_dirs(directory)
+  step = named if step is None else step
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} in {directory} (steps there: {steps})"
+      )
+    return (step, *_read_inference_step(directory, step))
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {directory} (steps there: [])")
+  step, found, damaged = integrity.newest_intact(
+    steps, lambda s: _read_inference_step(directory, s)
+  )
+  if step is None:
+    raise integrity.all_damaged_error(directory, damaged, "")
+  if damaged:
+    logging.warning("%s", integrity.describe_skipped(damaged, step, "using the newest intact one,"))
+  return (step, *found)
+
+
+def restore_variables(
+  path: str | os.PathLike, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """The config and model variables of a checkpoint, for inference.
+
+  Args:
+    path: a training work directory (its newest intact checkpoint), its `checkpoints/`
+      directory, or one checkpoint directory `.../checkpoints/<step>`.
+    step: a checkpoint step of the work directory instead of the latest.
+
+  Returns:
+    `(config, variables)`: the run's config (with `model.num_classes` resolved: build
+    the model with `fsaf.create_model(config.model, config.model.num_classes)`) and
+    `{'params', 'batch_stats'}` as host numpy arrays (place them with
+    `jax.device_put`; nothing of the optimiser state is read).
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path` (or not `step`).
+    checkpoint_integrity.DamagedCheckpointError: see `restore_for_inference`.
+  """
+  _, config, variables = restore_for_inference(path, step)
+  return config, variables
+
+
+def newest_restorable_step(workdir_or_checkpoints: str | os.PathLike) -> int | None:
+  """The newest checkpoint step that verifies and restores with finite values (model
+  and optimiser state), or None. For messages after a failure (e.g. the NaN stop)."""
+  path = epath.Path(os.fspath(workdir_or_checkpoints))
+  directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+
+  def check(step: int) -> int:
+    _read_inference_step(directory, step)
+    where = directory / str(step)
+    manager = ocp.CheckpointManager(
+      directory,
+      item_handlers={"train_state": ocp.StandardCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    )
+    try:
+      restored = manager.restore(
+        step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore())
+      )
+      train_state = jax.tree.map(np.asarray, dict(restored.train_state))
+    except Exception as e:  # noqa: BLE001
+      raise integrity.as_damage(where, e) from None
+    finally:
+      manager.close()
+    integrity.check_finite(train_state, where, "train_state")
+    return step
+
+  step, _, _ = integrity.newest_intact(_step_dirs(directory), check)
+  return step

@@ -10,26 +10,34 @@
 2. Mesh, train state (`config.init.pretrained` or 'scratch'), the jitted data-parallel
    step (state replicated and donated, batch sharded); the run card printed and
    written to `WORKDIR/run_card.json` (`run_card`).
-3. Resume: the latest checkpoint in `WORKDIR/checkpoints` (train state and iterator
+3. Resume: the newest intact checkpoint in `WORKDIR/checkpoints` (train state and iterator
    position: the next batch is the one an uninterrupted run would see), refused if
    its config differs in a field that matters (`checkpoint.RESUMABLE_FIELDS`).
 4. Steps until `num_epochs * steps_per_epoch`: a progress bar (loss, lr, images/s);
    every `log_every_steps` the averaged metrics to TensorBoard (`WORKDIR/tb`,
    tensorboardX) and stdout; a checkpoint every `checkpoint_every_steps` and at the
    end; evaluation every `eval_every_epochs` and at the end
-   (`fsaf_jax.evaluation.evaluator.evaluate_model`: `WORKDIR/eval/metrics.json` and
-   the ranked-list figure). With `config.eval.compare_baselines`, the end also scores
-   the untrained network and the colour-histogram baseline (`baselines`).
+   (`fsaf_jax.evaluation.evaluator.evaluate_model`: `WORKDIR/eval/step_<N>/metrics.json`
+   and the ranked-list figure, `WORKDIR/eval/latest` naming the newest). With
+   `config.eval.compare_baselines`, the end also scores the untrained network and the
+   colour-histogram baseline (`baselines`).
 5. SIGTERM / SIGINT: a checkpoint at the next step boundary, then a clean return
    (`TrainResult.signal`).
 6. A NaN / inf loss, gradient or parameter norm stops the run with FloatingPointError
-   naming the first bad step. Metrics are checked (fetched from the device) only at
-   log, checkpoint and evaluation steps, so the step loop stays asynchronous; every
-   step's metrics are kept until then, so the reported step is the first bad one and
-   no checkpoint ever holds a non-finite state.
+   naming the first bad step and the newest checkpoint that restores with finite values.
+   Metrics are checked (fetched from the device) only at log, checkpoint and evaluation
+   steps, so the step loop stays asynchronous; every step's metrics are kept until then,
+   so the reported step is the first bad one and no checkpoint ever holds a non-finite
+   state.
 
 Only process 0 writes logs, event files and metrics; every process takes part in
 checkpointing and evaluation.
+
+Reliability (`checkpoint_integrity`, `workdir_lock`): the work dir is locked for the
+run (a second run on it is refused); every checkpoint gets a checksum manifest once
+written, resume skips damaged ones (one warning line), a failed save stops the run at
+the next step with one line (`CheckpointSaveError`); `config.json` is written once the
+resume check has accepted the run.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -48,11 +56,11 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data_pipelines import input_pipeline
+from data_pipelines import errors, input_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import data_setup, run_card
+from fsaf_jax.training import checkpoint_integrity, data_setup, run_card, workdir_lock
 from fsaf_jax.training.distributed import maybe_initialize_distributed
 from fsaf_jax.training.mesh import make_mesh
 from fsaf_jax.training.preemption import StopOnSignal
@@ -249,26 +257,50 @@ def read_batch_index_log(workdir: str | os.PathLike, process: int = 0) -> dict[i
 
 
 def _fetch_and_check(
-  pending: list[tuple[int, dict[str, jax.Array]]], last_checkpoint: int | None
+  pending: list[tuple[int, dict[str, jax.Array]]], last_good: Callable[[], int | None]
 ) -> list[dict[str, float]]:
   """Fetches the pending steps' metrics to the host and checks them finite, in order.
 
+  Args:
+    pending: (step, metrics on device), in step order.
+    last_good: called on a failure: the newest checkpoint step that restores with
+      finite values (None: none).
+
   Raises:
     FloatingPointError: naming the first step with a non-finite loss, gradient or
-      parameter norm, and the last checkpoint.
+      parameter norm, and the newest good checkpoint.
   """
   host = [(step, jax.device_get(m)) for step, m in pending]
   for step, metrics in host:
     try:
       check_finite(metrics, step, FINITE_KEYS)
     except FloatingPointError as e:
+      good = last_good()
       where = (
-        f"the last checkpoint, step {last_checkpoint}, holds the last good state"
-        if last_checkpoint is not None
+        f"the last checkpoint, step {good}, holds the last good state"
+        if good is not None
         else "no checkpoint was saved"
       )
       raise FloatingPointError(f"{e} ({where})") from None
   return [m for _, m in host]
+
+
+def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
+  """`config.train.checkpoint_every_steps`, checked: a positive number of steps.
+
+  Raises:
+    errors.UserError: zero or negative (0 does not mean 'never': a checkpoint is also
+      saved at the end and on SIGTERM, so use a large value for few checkpoints).
+  """
+  every = int(config.train.checkpoint_every_steps)
+  if every < 1:
+    raise errors.UserError(
+      f"config.train.checkpoint_every_steps={every}: must be >= 1 (steps between "
+      "checkpoints; one is also saved at the end and on SIGTERM / Ctrl-C)",
+      hint="for few checkpoints use a large value, e.g. "
+      "--config.train.checkpoint_every_steps=100000",
+    )
+  return every
 
 
 def train_and_evaluate(
@@ -279,10 +311,38 @@ def train_and_evaluate(
 ) -> TrainResult:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
 
+  The work dir is locked for the run (`workdir_lock`); see `_train_and_evaluate`.
+
+  Raises:
+    workdir_lock.WorkdirLockedError: another run owns `workdir` (its pid is named).
+    errors.UserError: `workdir` cannot be created or written, or a checkpoint setting
+      is out of range (`checkpoint_every_steps`, `keep_checkpoints` < 1).
+  """
+  checkpoint_interval(config)  # bad settings refused before anything is written
+  checkpoint_lib.check_keep(config.train.keep_checkpoints)
+  check_initialisation(config.init)  # an empty init.pretrained: before any data work
+  maybe_initialize_distributed()
+  workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
+  is_main = jax.process_index() == 0
+  if is_main:
+    errors.check_output_dir(workdir, "--workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir, enabled=is_main):
+    return _train_and_evaluate(config, workdir, config_name=config_name)
+
+
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  *,
+  config_name: str | None = None,
+) -> TrainResult:
+  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
+
   Args:
     config: the run config (`configs/base.py` schema).
-    workdir: work directory: `checkpoints/`, `tb/`, `eval/`, `data/` (when the data
-      paths are left empty), `config.json`.
+    workdir: work directory: `checkpoints/`, `tb/`, `eval/step_<N>/`, `data/` (when
+      the data paths are left empty), `config.json`, `train.lock`.
     config_name: the config's name (e.g. 'fsaf_market'), recorded with the metrics.
 
   Returns:
@@ -292,17 +352,16 @@ def train_and_evaluate(
     checkpoint.IncompatibleCheckpointError: `workdir` holds a checkpoint of another
       config.
     FloatingPointError: a non-finite loss / gradient / parameter norm (first bad
-      step named; the last checkpoint is the last good state).
+      step named, and the newest checkpoint that restores with finite values).
+    checkpoint_integrity.CheckpointSaveError: a checkpoint could not be written (the
+      partial one is removed).
+    checkpoint_integrity.DamagedCheckpointError: every checkpoint in `workdir` is
+      damaged.
     ValueError: inconsistent config (num_classes, P x K vs devices, ...).
   """
-  maybe_initialize_distributed()
   logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # a no-op if already there
-  workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
+  workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
-  if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-
-  check_initialisation(config.init)  # before any data work
   config = data_setup.prepare_dataset(config, workdir)
   dataset, data_dir = config.input.dataset, config.input.data_dir
   num_train_ids = source_lib.num_train_identities(dataset, data_dir)
@@ -327,8 +386,6 @@ def train_and_evaluate(
   total_steps = int(config.train.num_epochs) * steps_per_epoch
   image_size = tuple(int(s) for s in config.input.image_size)
   global_batch = config.input.num_identities * config.input.num_instances
-  if is_main:
-    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
 
   model = fsaf.create_model(config.model, num_train_ids)
   rng = jax.random.key(config.seed)
@@ -364,22 +421,31 @@ def train_and_evaluate(
   untrained_variables = None
   if config.eval.compare_baselines:
     untrained_variables = jax.device_get(variables)
+  ckpt_every = checkpoint_interval(config)
   manager = checkpoint_lib.create_checkpoint_manager(workdir, config.train.keep_checkpoints)
   state = checkpoint_lib.restore_checkpoint(manager, state, train_iter, config)
+  if is_main:  # the run is accepted: config.json describes the checkpoints beside it
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+  saves = checkpoint_integrity.SaveMonitor(manager)
   start_step = int(state.step)
-  last_checkpoint = manager.latest_step()
   if start_step:
     logging.info("Resuming from step %d of %d", start_step, total_steps)
   train_step = make_train_step(model, config.loss, mesh)
 
   log_every = max(1, int(config.train.log_every_steps))
-  ckpt_every = max(1, int(config.train.checkpoint_every_steps))
   eval_every = int(config.train.eval_every_epochs) * steps_per_epoch
 
   def save(step):
-    nonlocal last_checkpoint
+    saves.finish()  # the previous save is complete and checked before the next one
     if checkpoint_lib.save_checkpoint(manager, step, state, train_iter, config):
-      last_checkpoint = step
+      saves.started(step)
+
+  def last_good():
+    try:
+      saves.finish()
+    except checkpoint_integrity.CheckpointSaveError as e:
+      logging.error("%s", e)
+    return checkpoint_lib.newest_restorable_step(manager.directory)
 
   def evaluate(step):
     from fsaf_jax.evaluation import evaluator  # noqa: PLC0415
@@ -421,6 +487,7 @@ def train_and_evaluate(
         state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
+        saves.poll()  # a failed save stops the run here, not at the next one
         if window_start is None:  # the first step compiles: time from its end
           jax.block_until_ready(metrics)
           window_start, window_steps = time.perf_counter(), 0
@@ -431,7 +498,7 @@ def train_and_evaluate(
         at_eval = bool(eval_every) and step % eval_every == 0 and step < total_steps
         at_ckpt = step % ckpt_every == 0 or step == total_steps
         if step % log_every == 0 or at_ckpt or at_eval:
-          window_metrics.extend(_fetch_and_check(pending, last_checkpoint))
+          window_metrics.extend(_fetch_and_check(pending, last_good))
           pending.clear()
           if step % log_every == 0 or step == total_steps:
             means = {k: float(np.mean([m[k] for m in window_metrics])) for k in window_metrics[-1]}
@@ -455,7 +522,7 @@ def train_and_evaluate(
 
       if step < total_steps:  # stopped by a signal
         if pending:
-          _fetch_and_check(pending, last_checkpoint)
+          _fetch_and_check(pending, last_good)
           pending.clear()
         save(step)
         result.signal = stop.signum
@@ -470,19 +537,28 @@ def train_and_evaluate(
     trained = True
   finally:
     bar.close()
-    manager.wait_until_finished()  # the last checkpoint is complete, whatever happened
-    train_iter.close()
-    index_log.close()
-    if not trained:  # an exception is on its way
-      logger.close()
-      manager.close()
+    try:
+      saves.finish()  # the last checkpoint is complete and checked, whatever happened
+    except checkpoint_integrity.CheckpointSaveError as e:
+      if not trained:  # another exception is on its way: it stays the one raised
+        logging.error("%s", e)
+      else:
+        trained = False
+        raise
+    finally:
+      train_iter.close()
+      index_log.close()
+      if not trained:  # an exception is on its way
+        saves.close()
+        logger.close()
+        manager.close()
   result.step = step
 
   try:
     if result.signal is None:
       # Trained to the end: evaluate (also when a finished run is started again).
       save(step)
-      manager.wait_until_finished()
+      saves.finish()
       result.eval = evaluate(step)
       if config.eval.compare_baselines:
         from fsaf_jax.training import baselines  # noqa: PLC0415
@@ -496,6 +572,7 @@ def train_and_evaluate(
           config_name=config_name,
         )
   finally:
+    saves.close()
     logger.close()
     manager.close()
   return result

@@ -221,8 +221,9 @@ def test_euclidean_metric(data_dir, variables, features):
 
 def test_metrics_json(evaluated, features):
   config, outdir, result = evaluated
-  path = outdir / "eval" / "metrics.json"
+  path = outdir / "eval" / "step_12" / "metrics.json"
   assert result["metrics_path"] == str(path)
+  assert (outdir / "eval" / "latest").read_text() == "step_12\n"
   saved = json.loads(path.read_text())
   assert saved == json.loads(json.dumps(result))
   assert saved["config_name"] == "tiny_test"
@@ -244,7 +245,7 @@ def test_metrics_json(evaluated, features):
 
 def test_ranked_list_png(evaluated):
   config, outdir, result = evaluated
-  path = outdir / "eval" / "ranked_list.png"
+  path = outdir / "eval" / "step_12" / "ranked_list.png"
   assert result["figure_path"] == str(path)
   assert path.stat().st_size > 0
   with PIL.Image.open(path) as image:
@@ -259,8 +260,10 @@ def test_no_figure_when_disabled(data_dir, variables, tmp_path):
   result = evaluator.evaluate_model(
     make_config(data_dir), variables, outdir=tmp_path, write_figure=False
   )
-  assert (tmp_path / "eval" / "metrics.json").is_file()
-  assert not (tmp_path / "eval" / "ranked_list.png").exists()
+  # No step: its own folder, never the `latest` one.
+  assert (tmp_path / "eval" / "step_unknown" / "metrics.json").is_file()
+  assert not (tmp_path / "eval" / "step_unknown" / "ranked_list.png").exists()
+  assert not (tmp_path / "eval" / "latest").exists()
   assert result["figure_path"] is None
 
 

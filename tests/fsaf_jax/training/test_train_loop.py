@@ -100,7 +100,8 @@ def test_run_trains_checkpoints_and_evaluates(straight, data_root):
   saved, _ = checkpoint_lib.restore_variables(workdir)
   assert saved.model.num_classes == run.NUM_TRAIN_IDS
   assert saved.train.steps_per_epoch == run.STEPS_PER_EPOCH
-  metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+  metrics = json.loads((workdir / "eval" / f"step_{TOTAL_STEPS}" / "metrics.json").read_text())
+  assert (workdir / "eval" / "latest").read_text() == f"step_{TOTAL_STEPS}\n"
   assert metrics["step"] == TOTAL_STEPS
   assert 0.0 <= metrics["metrics"]["mAP"] <= 1.0
   assert result.eval["metrics"]["mAP"] == metrics["metrics"]["mAP"]

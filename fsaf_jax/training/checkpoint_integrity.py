@@ -1,0 +1,423 @@
+"""Checkpoints that can be trusted: a checksum per step, checked saves, damage named.
+
+orbax checks the structure of what it reads but not the content: its zarr3 shards carry
+a crc32c of their index only, so flipped bytes in the weights restore silently, and a
+truncated or garbled file surfaces as a long tensorstore / JSON traceback naming no
+checkpoint. This module adds:
+
+- a manifest `<step>/sha256sums.json` written once the save is finalised:
+  `{"version": 1, "algorithm": "sha256", "files": {relative path: {"size", "sha256"}}}`
+  over every file of the step folder; `verify_manifest` re-hashes them on restore. A
+  step without a manifest (a run killed between the save and the manifest, or saved by
+  an older version) is checked by restoring it: it must read and hold finite values;
+- `DamagedCheckpointError`, one line naming the step folder and what is wrong;
+- `SaveMonitor`: follows the asynchronous saves of an orbax manager; once a save is
+  finalised it writes the manifest (process 0), and a save that failed (orbax logs the
+  error and goes on) raises `CheckpointSaveError` at the next poll (every step) with the
+  cause, the path and the free space, after removing what the save left behind (and
+  without the tracebacks tensorstore prints for each write cut short);
+- `newest_intact`: walks steps newest first and returns the first one a check accepts,
+  with the damaged ones it skipped (`describe_skipped` makes the warning line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from data_pipelines.errors import UserError
+
+MANIFEST_FILE = "sha256sums.json"
+MANIFEST_VERSION = 1
+DAMAGED_SUBDIR = "damaged_checkpoints"
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+_CHUNK = 1 << 20
+
+T = TypeVar("T")
+
+
+class DamagedCheckpointError(UserError):
+  """A checkpoint step cannot be trusted: a checksum differs, a file is missing or
+  unreadable, or it holds non-finite values. The message names the step folder."""
+
+  def __init__(self, where: str | os.PathLike, reason: str, message: str | None = None):
+    self.where = os.fspath(where)
+    self.reason = _one_line(reason)
+    super().__init__(message or f"checkpoint {self.where} is damaged: {self.reason}")
+
+
+def all_damaged_error(
+  directory: str | os.PathLike, damaged: Sequence[tuple[int, DamagedCheckpointError]], hint: str
+) -> DamagedCheckpointError:
+  """The error for a checkpoints directory none of whose steps is intact."""
+  reason = f"every checkpoint is damaged ({reasons(damaged)})"
+  return DamagedCheckpointError(
+    directory,
+    reason,
+    f"every checkpoint in {os.fspath(directory)} is damaged "
+    f"({reasons(damaged)}){': ' + hint if hint else ''}",
+  )
+
+
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (disk full, no permission, ...): one line with
+  the cause, the path and the free space."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+  line = " ".join(str(text).split())
+  return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _exception_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return _one_line(f"{type(e).__name__}: {text[0] if text else ''}")
+
+
+# --- Manifests. ---------------------------------------------------------------------------
+
+
+def _sha256(path: epath.Path) -> tuple[int, str]:
+  digest, size = hashlib.sha256(), 0
+  with path.open("rb") as f:
+    while chunk := f.read(_CHUNK):
+      digest.update(chunk)
+      size += len(chunk)
+  return size, digest.hexdigest()
+
+
+def _files(step_dir: epath.Path) -> list[str]:
+  """Relative paths (posix) of the files under `step_dir`, the manifest excluded, sorted."""
+  root = os.fspath(step_dir).rstrip("/")
+  out = []
+  for folder, _, names in step_dir.walk():
+    prefix = os.fspath(folder).rstrip("/")[len(root) + 1 :].replace(os.sep, "/")
+    for name in names:
+      rel = f"{prefix}/{name}" if prefix else name
+      if rel not in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
+        out.append(rel)
+  return sorted(out)
+
+
+def write_manifest(step_dir: str | os.PathLike) -> epath.Path:
+  """Hashes every file of the finalised checkpoint `step_dir` into its manifest.
+
+  The manifest is written to a temporary name and renamed, so it is whole or absent.
+
+  Returns:
+    The manifest's path, `step_dir/sha256sums.json`.
+  """
+  step_dir = epath.Path(step_dir)
+  files = {}
+  for rel in _files(step_dir):
+    size, digest = _sha256(step_dir / rel)
+    files[rel] = {"size": size, "sha256": digest}
+  manifest = {"version": MANIFEST_VERSION, "algorithm": "sha256", "files": files}
+  path = step_dir / MANIFEST_FILE
+  tmp = step_dir / (MANIFEST_FILE + ".tmp")
+  tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+  tmp.replace(path)
+  return path
+
+
+def has_manifest(step_dir: str | os.PathLike) -> bool:
+  return (epath.Path(step_dir) / MANIFEST_FILE).exists()
+
+
+def verify_manifest(step_dir: str | os.PathLike) -> bool:
+  """Checks the files of `step_dir` against its manifest.
+
+  Returns:
+    True if the manifest is there and every file matches, False if there is no
+    manifest (the caller checks the step by restoring it).
+
+  Raises:
+    DamagedCheckpointError: the folder is missing, the manifest unreadable, or a file
+      missing / of another size / another sha256 (the first such file is named).
+  """
+  step_dir = epath.Path(step_dir)
+  if not step_dir.is_dir():
+    raise DamagedCheckpointError(step_dir, "the folder does not exist")
+  path = step_dir / MANIFEST_FILE
+  if not path.exists():
+    return False
+  try:
+    manifest = json.loads(path.read_text())
+    files = manifest["files"]
+    if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
+      raise ValueError(f"unknown manifest version {manifest.get('version')!r}")
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise DamagedCheckpointError(step_dir, f"its {MANIFEST_FILE} is unreadable ({e})") from None
+  for rel, expected in sorted(files.items()):
+    file = step_dir / rel
+    if not file.exists():
+      raise DamagedCheckpointError(step_dir, f"{rel} is missing")
+    size, digest = _sha256(file)
+    if size != expected.get("size"):
+      raise DamagedCheckpointError(
+        step_dir, f"{rel} has {size} bytes, {expected.get('size')} when saved"
+      )
+    if digest != expected.get("sha256"):
+      raise DamagedCheckpointError(step_dir, f"{rel} differs from when it was saved (sha256)")
+  return True
+
+
+def first_non_finite(tree: Any) -> str | None:
+  """The key path of the first floating-point leaf of `tree` holding NaN or inf, or None.
+
+  Leaves may be numpy or (replicated / sharded) jax arrays; one device sync in all.
+  """
+  leaves = [
+    (path, x)
+    for path, x in jax.tree_util.tree_leaves_with_path(tree)
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  if not leaves:
+    return None
+  finite = np.asarray(jax.device_get([jnp.all(jnp.isfinite(jnp.asarray(x))) for _, x in leaves]))
+  bad = np.nonzero(~finite)[0]
+  return None if bad.size == 0 else jax.tree_util.keystr(leaves[bad[0]][0])
+
+
+def check_finite(tree: Any, where: str | os.PathLike, what: str) -> None:
+  """Raises DamagedCheckpointError if a floating leaf of `tree` (`what`) is not finite."""
+  bad = first_non_finite(tree)
+  if bad is not None:
+    raise DamagedCheckpointError(where, f"{what}{bad} holds NaN or inf")
+
+
+def as_damage(where: str | os.PathLike, error: Exception) -> DamagedCheckpointError:
+  """`error` raised while reading checkpoint `where`, as one DamagedCheckpointError."""
+  if isinstance(error, DamagedCheckpointError):
+    return error
+  return DamagedCheckpointError(where, f"it cannot be read ({_exception_line(error)})")
+
+
+# --- Choosing a checkpoint. ---------------------------------------------------------------
+
+
+def newest_intact(
+  steps: Iterable[int], check: Callable[[int], T]
+) -> tuple[int | None, T | None, list[tuple[int, DamagedCheckpointError]]]:
+  """The newest step `check` accepts.
+
+  Args:
+    steps: candidate steps (any order).
+    check: `check(step)` returns a value (e.g. the restored state) or raises
+      DamagedCheckpointError; other exceptions propagate.
+
+  Returns:
+    (step, check's value, [(damaged step, its error)] newest first); (None, None, all
+    damaged) if no step passes.
+  """
+  damaged = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, check(step), damaged
+    except DamagedCheckpointError as e:
+      damaged.append((step, e))
+  return None, None, damaged
+
+
+def reasons(damaged: Sequence[tuple[int, DamagedCheckpointError]]) -> str:
+  """'step 120: <reason>; step 110: <reason>' of `newest_intact`'s damaged list."""
+  return "; ".join(f"step {s}: {e.reason}" for s, e in damaged)
+
+
+def describe_skipped(
+  damaged: Sequence[tuple[int, DamagedCheckpointError]], used: int, action: str
+) -> str:
+  """One line: which steps were skipped as damaged and why, and which step is `action`."""
+  noun = "checkpoint" if len(damaged) == 1 else "checkpoints"
+  steps = ", ".join(str(s) for s, _ in damaged)
+  where = os.path.dirname(damaged[0][1].where)
+  return f"damaged {noun} {steps} in {where} skipped ({reasons(damaged)}); {action} step {used}"
+
+
+def set_aside(step_dir: str | os.PathLike, workdir: str | os.PathLike) -> epath.Path:
+  """Moves a damaged step folder to `workdir/damaged_checkpoints/<step>[-n]` (kept, out of
+  the way of new saves). Returns the new path."""
+  step_dir = epath.Path(step_dir)
+  target_root = epath.Path(workdir) / DAMAGED_SUBDIR
+  target_root.mkdir(parents=True, exist_ok=True)
+  target, n = target_root / step_dir.name, 1
+  while target.exists():
+    target, n = target_root / f"{step_dir.name}-{n}", n + 1
+  step_dir.rename(target)
+  return target
+
+
+# --- Saves. ------------------------------------------------------------------------------
+
+
+def free_space(path: str | os.PathLike) -> str:
+  """Free space on the disk holding `path` (or its nearest existing parent), e.g.
+  '1.2 GB free', or 'free space unknown' for a remote path."""
+  current = os.path.abspath(os.fspath(path))
+  if "://" in os.fspath(path):
+    return "free space unknown"
+  while not os.path.exists(current) and os.path.dirname(current) != current:
+    current = os.path.dirname(current)
+  try:
+    free = shutil.disk_usage(current).free
+  except OSError:
+    return "free space unknown"
+  for unit in ("bytes", "KB", "MB", "GB", "TB"):
+    if free < 1024 or unit == "TB":
+      return f"{free:.1f} {unit} free" if unit != "bytes" else f"{free} bytes free"
+    free /= 1024
+  return ""  # unreachable
+
+
+class _SaveErrorCatcher(logging.Filter):
+  """Takes orbax's logged save failures (a traceback, then it goes on) off the log and
+  keeps the exception, to report it in one line."""
+
+  def __init__(self):
+    super().__init__()
+    self.errors: list[BaseException] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if (
+      record.levelno >= logging.ERROR
+      and f"{os.sep}orbax{os.sep}" in record.pathname
+      and record.exc_info
+      and record.exc_info[1] is not None
+    ):
+      self.errors.append(record.exc_info[1])
+      return False
+    return True
+
+
+class _QuietClosedLoop:
+  """`sys.unraisablehook` dropping the `RuntimeError('Event loop is closed')` that
+  tensorstore reports for every write still in flight when a failed save's event loop
+  is closed (dozens of tracebacks after one disk-full error); others pass through."""
+
+  def __init__(self):
+    self.dropped = 0
+    self._previous = None
+
+  def __call__(self, unraisable) -> None:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      self.dropped += 1
+      return
+    (self._previous or sys.__unraisablehook__)(unraisable)
+
+  def install(self) -> None:
+    self._previous, sys.unraisablehook = sys.unraisablehook, self
+
+  def uninstall(self) -> None:
+    if sys.unraisablehook is self:
+      sys.unraisablehook = self._previous or sys.__unraisablehook__
+
+
+class _DropUnretrieved(logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' records: after a failed save, each
+  write cut short logs one (with a traceback) when it is collected, up to exit."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in record.getMessage()
+
+
+class SaveMonitor:
+  """Follows the asynchronous saves of an orbax manager (see the module doc).
+
+  Call `started(step)` after each `manager.save`, `poll()` every training step (cheap:
+  a flag read while a save runs, nothing otherwise) and `finish()` after
+  `manager.wait_until_finished()`-worthy moments (end of run). Only process 0 writes
+  manifests; every process raises on a failed save it can see.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, *, write_manifests: bool = True):
+    self._manager = manager
+    self._write = write_manifests
+    self._pending: list[int] = []
+    self._catcher = _SaveErrorCatcher()
+    logging.getLogger("absl").addFilter(self._catcher)
+    self._quiet_loop = _QuietClosedLoop()
+    self._quiet_loop.install()
+    self._failed = False
+
+  @property
+  def directory(self) -> epath.Path:
+    return epath.Path(self._manager.directory)
+
+  def started(self, step: int) -> None:
+    self._pending.append(int(step))
+
+  def poll(self) -> None:
+    """Finishes the pending saves if orbax is done with them (raises if one failed)."""
+    if self._pending and not self._manager.is_saving_in_progress():
+      self.finish()
+
+  def finish(self) -> None:
+    """Waits for the pending saves, checks each was written, writes their manifests.
+
+    Raises:
+      CheckpointSaveError: a save failed; its partial folders are removed first.
+    """
+    if not self._pending:
+      return
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 (any failure of the save is reported as one)
+      self._catcher.errors.append(e)
+    pending, self._pending = self._pending, []
+    for step in pending:
+      step_dir = self.directory / str(step)
+      error = self._catcher.errors[0] if self._catcher.errors else None
+      if error is None and not step_dir.is_dir():
+        error = FileNotFoundError(f"{step_dir} was not written")
+      if error is None and self._write and jax.process_index() == 0:
+        try:
+          write_manifest(step_dir)
+        except OSError as e:
+          error = e
+      if error is not None:
+        self._catcher.errors.clear()
+        self._raise(step, error)
+
+  def _raise(self, step: int, error: BaseException) -> None:
+    self._failed = True
+    logging.getLogger("asyncio").addFilter(_DropUnretrieved())
+    removed = self.remove_partial(step)
+    raise CheckpointSaveError(
+      f"saving checkpoint step {step} to {self.directory} failed: {_exception_line(error)}; "
+      f"{free_space(self.directory)} there"
+      + (f"; removed the partial {', '.join(removed)}" if removed else "")
+      + "; the run stopped, the previous checkpoints are intact: free space (or fix the "
+      "cause) and run the same command to resume"
+    ) from None
+
+  def remove_partial(self, step: int) -> list[str]:
+    """Removes `step`'s folder and orbax temporary folders (process 0). Returns names."""
+    removed = []
+    if jax.process_index() != 0 or not self.directory.exists():
+      return removed
+    for path in self.directory.iterdir():
+      if path.name == str(step) or (_TMP_MARKER in path.name and path.name.startswith(f"{step}.")):
+        shutil.rmtree(os.fspath(path), ignore_errors=True)
+        removed.append(path.name)
+    if removed:
+      self._manager.reload()
+    return removed
+
+  def close(self) -> None:
+    logging.getLogger("absl").removeFilter(self._catcher)
+    if not self._failed:  # after a failure, writes cut short may still report until exit
+      self._quiet_loop.uninstall()

@@ -1,0 +1,279 @@
+"""The work directory misused on purpose: two runs on it, a refused resume, a setting that
+would save every step, evaluation of an older step, damaged checkpoints under eval.py
+and train.py, a NaN after a damaged checkpoint.
+
+The tiny synthetic run (tests/reference/tiny_synthetic_run.py: 6 steps, a checkpoint
+every 2) is trained once in process (`trained`); each test works on a copy.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from data_pipelines.errors import UserError
+from fsaf_jax.evaluation import evaluator, result_dirs
+from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.training import checkpoint_integrity as integrity
+from fsaf_jax.training import train_loop, workdir_lock
+from tests.reference import tiny_synthetic_run as run
+from tests.reliability import checkpoint_damage as damage
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
+
+HOLDER = """\
+import sys, time
+from fsaf_jax.training.workdir_lock import WorkdirLock
+lock = WorkdirLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def env() -> dict[str, str]:
+  return {
+    **os.environ,
+    "PYTHONPATH": str(ROOT),
+    "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".cache" / "jax"),
+  }
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("trained")
+  train_loop.train_and_evaluate(run.config(data_root), workdir, config_name="tiny")
+  return workdir
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  shutil.copytree(trained, tmp_path / "w")
+  return tmp_path / "w"
+
+
+@pytest.fixture
+def holder(tmp_path):
+  """A process holding the lock of `tmp_path / 'locked'`: (workdir, process)."""
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  proc = subprocess.Popen(
+    [sys.executable, "-c", HOLDER, str(locked)],
+    cwd=ROOT,
+    env=env(),
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert proc.stdout.readline().strip() == "locked"
+  yield locked, proc
+  proc.kill()
+  proc.wait()
+
+
+def eval_config():
+  """The tiny run's config with an empty data_dir: the checkpoint's data."""
+  c = run.config("/unused")
+  c.input.data_dir = ""
+  return c
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  folder = pathlib.Path(workdir) / "checkpoints"
+  return (
+    sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+  )
+
+
+# --- The lock. ---------------------------------------------------------------------------
+
+
+def test_a_second_run_is_refused_naming_the_holder(holder):
+  locked, proc = holder
+  with pytest.raises(workdir_lock.WorkdirLockedError) as e:
+    workdir_lock.WorkdirLock(locked).acquire()
+  assert f"pid {proc.pid}" in str(e.value) and str(locked) in str(e.value)
+  assert isinstance(e.value, UserError)
+
+
+def test_a_killed_runs_lock_is_taken_over(holder, caplog):
+  locked, proc = holder
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  with caplog.at_level(logging.WARNING):
+    with workdir_lock.WorkdirLock(locked) as lock:
+      owner = json.loads(pathlib.Path(lock.path).read_text())
+      assert owner["pid"] == os.getpid()
+  assert any(f"from pid {proc.pid}" in r.getMessage() for r in caplog.records)
+  # Released: another one may take it (and the emptied file names nobody).
+  with workdir_lock.WorkdirLock(locked):
+    pass
+  assert (locked / workdir_lock.LOCK_FILE).read_text() == ""
+
+
+def test_train_py_on_a_locked_workdir_exits_2_with_one_line(holder, data_root, tmp_path):
+  locked, proc = holder
+  config_file = run.write_config_file(tmp_path / "tiny_run.py", data_root)
+  before = sorted(p.name for p in locked.iterdir())
+  result = subprocess.run(
+    [sys.executable, "train.py", f"--config={config_file}", f"--workdir={locked}"],
+    cwd=ROOT,
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+  assert len(errors) == 1 and f"pid {proc.pid}" in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert sorted(p.name for p in locked.iterdir()) == before  # nothing written
+
+
+# --- Settings and refused resumes leave the work dir as it was. --------------------------
+
+
+@pytest.mark.parametrize(
+  "field, message",
+  [
+    ("checkpoint_every_steps", "checkpoint_every_steps=0: must be >= 1"),
+    ("keep_checkpoints", "keep_checkpoints must be >= 1"),
+  ],
+)
+def test_zero_checkpoint_settings_are_refused_before_anything_is_written(
+  data_root, tmp_path, field, message
+):
+  c = run.config(data_root)
+  c.train[field] = 0
+  with pytest.raises(UserError, match=message):
+    train_loop.train_and_evaluate(c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+def test_refused_resume_keeps_config_json(workdir, data_root):
+  before = damage.tree_dir_snapshot(workdir)
+  c = run.config(data_root)
+  c.optim.base_lr = 1e-2
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError):
+    train_loop.train_and_evaluate(c, workdir)
+  after = damage.tree_dir_snapshot(workdir)
+  assert after["config.json"] == before["config.json"]
+  assert json.loads(after["config.json"])["optim"]["base_lr"] == run.config(data_root).optim.base_lr
+  assert {k for k in after if k.startswith("checkpoints/")} == {
+    k for k in before if k.startswith("checkpoints/")
+  }
+
+
+# --- Results per step. -------------------------------------------------------------------
+
+
+def test_training_writes_the_final_steps_results(trained):
+  final = trained / "eval" / f"step_{TOTAL_STEPS}"
+  assert (final / "metrics.json").is_file() and (final / "ranked_list.png").is_file()
+  assert result_dirs.latest_dir(trained) == final
+  assert json.loads((final / "metrics.json").read_text())["step"] == TOTAL_STEPS
+
+
+def test_evaluating_an_older_step_keeps_the_final_results(workdir):
+  final = workdir / "eval" / f"step_{TOTAL_STEPS}"
+  before = damage.tree_dir_snapshot(final)
+  result = evaluator.evaluate_checkpoint(
+    eval_config(), checkpoint=workdir / "checkpoints" / "2", config_name="tiny"
+  )
+  assert result["step"] == 2
+  older = workdir / "eval" / "step_2"
+  assert json.loads((older / "metrics.json").read_text())["step"] == 2
+  assert (older / "ranked_list.png").is_file()
+  assert damage.tree_dir_snapshot(final) == before  # untouched
+  assert result_dirs.latest_step(workdir) == TOTAL_STEPS  # still the newest trained step
+
+
+def test_eval_workdir_skips_a_damaged_newest_checkpoint(workdir, caplog):
+  damage.flip_byte(damage.largest_file(workdir / "checkpoints" / str(TOTAL_STEPS) / "variables"))
+  with caplog.at_level(logging.WARNING):
+    result = evaluator.evaluate_checkpoint(eval_config(), workdir=workdir, write_figure=False)
+  assert result["step"] == TOTAL_STEPS - 2
+  warnings = [r.getMessage() for r in caplog.records if "damaged checkpoint" in r.getMessage()]
+  assert len(warnings) == 1 and f"damaged checkpoint {TOTAL_STEPS} in" in warnings[0]
+  assert f"using the newest intact one, step {TOTAL_STEPS - 2}" in warnings[0]
+  # eval.py only reads: the damaged step stays where it is.
+  assert TOTAL_STEPS in checkpoint_steps(workdir)
+
+
+def test_eval_py_on_a_damaged_checkpoint_exits_2_naming_it(workdir):
+  step_dir = workdir / "checkpoints" / str(TOTAL_STEPS)
+  damage.truncate(damage.largest_file(step_dir / "train_state"))  # eval reads variables only
+  damage.truncate(damage.largest_file(step_dir / "variables"))
+  results_before = damage.tree_dir_snapshot(workdir / "eval")
+  result = subprocess.run(
+    [sys.executable, "eval.py", "--config=configs/tiny.py", f"--checkpoint={step_dir}"],
+    cwd=ROOT,
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+  assert errors == [errors[0]] and f"ERROR: checkpoint {step_dir} is damaged: " in errors[0]
+  assert "Traceback" not in result.stderr
+  assert damage.tree_dir_snapshot(workdir / "eval") == results_before  # nothing written
+
+
+# --- Resume and the NaN stop over damaged checkpoints. -----------------------------------
+
+
+def test_resume_skips_a_damaged_checkpoint_and_trains_to_the_end(workdir, data_root, caplog):
+  """Step 6 (the last) damaged: resume from 4, train step 5-6 again, save a new 6."""
+  final = workdir / "checkpoints" / str(TOTAL_STEPS)
+  damage.delete(final / "variables")
+  with caplog.at_level(logging.WARNING):
+    result = train_loop.train_and_evaluate(run.config(data_root), workdir)
+  assert result.step == TOTAL_STEPS
+  assert any(f"damaged checkpoint {TOTAL_STEPS} in" in r.getMessage() for r in caplog.records)
+  assert (workdir / integrity.DAMAGED_SUBDIR / str(TOTAL_STEPS)).is_dir()
+  assert integrity.verify_manifest(final)  # a new, whole step 6
+  log = train_loop.read_batch_index_log(workdir)
+  assert sorted(log) == list(range(1, TOTAL_STEPS + 1))
+
+
+def test_nan_stop_names_the_newest_checkpoint_that_restores(data_root, tmp_path, monkeypatch):
+  """Checkpoint 4 is damaged (its weights deleted) before the loss turns NaN at step 6:
+  the message names step 2, not 4."""
+  make_train_step = train_loop.make_train_step
+  bad_step = 6
+
+  def make_poisoned_step(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+    calls = {"n": 0}
+
+    def poisoned(state, batch):
+      state, metrics = step_fn(state, batch)
+      calls["n"] += 1
+      if calls["n"] == bad_step:
+        four = tmp_path / "checkpoints" / "4"
+        deadline = time.monotonic() + 60
+        while not four.is_dir():  # finalised (renamed into place) by now or very soon
+          assert time.monotonic() < deadline
+          time.sleep(0.01)
+        shutil.rmtree(four / "variables")
+        metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+      return state, metrics
+
+    return poisoned
+
+  monkeypatch.setattr(train_loop, "make_train_step", make_poisoned_step)
+  c = run.config(data_root)
+  c.train.num_epochs = 5
+  with pytest.raises(FloatingPointError) as e:
+    train_loop.train_and_evaluate(c, tmp_path)
+  assert f"loss is nan at step {bad_step}" in str(e.value)
+  assert "the last checkpoint, step 2, holds the last good state" in str(e.value)
