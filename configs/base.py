@@ -144,6 +144,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.num_figure_queries = 8  # rows of the ranked-list figure
   # At the end of training, also score the untrained network (same init) and, when the
   # data has a Market-1501 folder, the colour-histogram baseline; print the table and
-  # write WORKDIR/eval/baselines.json (the CPU demo).
+  # write WORKDIR/eval/step_<N>/baselines.json (the CPU demo).
   config.eval.compare_baselines = False
   return config

@@ -12,9 +12,9 @@ training and 100 test identities, 128x64 JPEGs), builds it with the real `market
 TFDS builder into WORKDIR/data/tfds, trains the FSAF architecture (IBN-a, MHSA in
 Conv4_x/Conv5_x, ECA, Conv3-5 fusion, BNNeck; widths 16-128 instead of 64-512) on 64x32
 crops for 30 epochs of 62 P x K = 16 x 4 batches, evaluates the query / gallery split
-(WORKDIR/eval/metrics.json, ranked_list.png) and prints Rank-1 / mAP beside the same
+(WORKDIR/eval/step_<N>/metrics.json, ranked_list.png) and prints Rank-1 / mAP beside the same
 network untrained (its initialisation) and the colour-histogram baseline
-(WORKDIR/eval/baselines.json). Measured (deterministic for a given machine):
+(WORKDIR/eval/step_<N>/baselines.json). Measured (deterministic for a given machine):
 
                               Rank-1  Rank-5     mAP    mINP
   FSAF trained (step 1860)      91.0    98.5    82.0    60.8
