@@ -1,7 +1,7 @@
 r"""Scores precomputed ReID features with the Market-1501 protocol.
 
   python -m fsaf_jax.score FEATURES.npz [--metric=cosine|euclidean] [--rerank] \
-      [--json=OUT] [--max_rank=50]
+      [--rerank_squared] [--json=OUT] [--max_rank=50]
 
 FEATURES.npz holds `query_feats` [M, D], `gallery_feats` [N, D], `query_pids` [M],
 `gallery_pids` [N], `query_camids` [M], `gallery_camids` [N] (as written by
@@ -9,6 +9,9 @@ FEATURES.npz holds `query_feats` [M, D], `gallery_feats` [N, D], `query_pids` [M
 torchreid models score the same way). Prints the metrics table (Rank-1/5/10, mAP,
 mINP, valid queries), with a second row after k-reciprocal re-ranking with
 `--rerank`; `--json` writes the same numbers (fractions, full CMC) as JSON.
+Re-ranking uses the distances as given (BoT's convention); `--rerank_squared` squares
+them first, as fast-reid's and torchreid's `re_ranking` do, which reproduces their
+re-ranked figures (`rerank.re_ranking`'s `squared`).
 
 Bad input (missing key, mismatched lengths, NaN features, empty sets, no query with a
 positive) ends with a one-line error naming the array and its shape, exit status 1.
@@ -25,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
+from fsaf_jax import host_allocator
 from fsaf_jax.evaluation import distance, inputs, metrics, report
 from fsaf_jax.evaluation import rerank as rerank_lib
 
@@ -101,6 +105,7 @@ def score_features(
   k2: int = 6,
   lambda_value: float = 0.3,
   query_chunk: int = metrics.DEFAULT_QUERY_CHUNK,
+  rerank_squared: bool = False,
 ) -> dict[str, metrics.RankMetrics]:
   """Metrics of checked feature arrays: {'plain': ..., ['re-ranked': ...]}."""
   ids = [arrays[k] for k in ("query_pids", "gallery_pids", "query_camids", "gallery_camids")]
@@ -112,7 +117,7 @@ def score_features(
   }
   if rerank:
     dist = rerank_lib.re_ranking_features(
-      qf, gf, metric=metric, k1=k1, k2=k2, lambda_value=lambda_value
+      qf, gf, metric=metric, k1=k1, k2=k2, lambda_value=lambda_value, squared=rerank_squared
     )
     with warnings.catch_warnings():  # the skipped-queries warning was given once already
       warnings.simplefilter("ignore")
@@ -125,6 +130,7 @@ def score_features(
 def main(argv: Sequence[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError("Expected exactly one argument: FEATURES.npz")
+  host_allocator.configure()  # CPU: keep XLA's buffers mapped, as eval.py does
   path = argv[1]
   try:
     with warnings.catch_warnings(record=True) as caught:
@@ -139,6 +145,7 @@ def main(argv: Sequence[str]) -> None:
         k2=_K2.value,
         lambda_value=_LAMBDA.value,
         query_chunk=_QUERY_CHUNK.value,
+        rerank_squared=_RERANK_SQUARED.value,
       )
   except inputs.EvaluationInputError as e:
     sys.exit(f"score: error: {e}")
@@ -153,7 +160,12 @@ def main(argv: Sequence[str]) -> None:
   if _JSON.value:
     extra = {"features": str(path), "metric": _METRIC.value, "max_rank": _MAX_RANK.value}
     if _RERANK.value:
-      extra["rerank"] = {"k1": _K1.value, "k2": _K2.value, "lambda": _LAMBDA.value}
+      extra["rerank"] = {
+        "k1": _K1.value,
+        "k2": _K2.value,
+        "lambda": _LAMBDA.value,
+        "squared": _RERANK_SQUARED.value,
+      }
     written = report.write_metrics_json(_JSON.value, results, extra=extra)
     print(f"Wrote {written}")
 
@@ -163,6 +175,12 @@ if __name__ == "__main__":
   # of the package's command-line modules into one process (tests, notebooks) works.
   _METRIC = flags.DEFINE_enum("metric", "cosine", distance.METRICS, "Distance between features.")
   _RERANK = flags.DEFINE_bool("rerank", False, "Also report k-reciprocal re-ranking.")
+  _RERANK_SQUARED = flags.DEFINE_bool(
+    "rerank_squared",
+    False,
+    "Square the distances before re-ranking, as fast-reid's / torchreid's re_ranking do "
+    "(reproduces their figures); default: as given, as BoT's.",
+  )
   _JSON = flags.DEFINE_string("json", None, "Write the metrics as JSON to this file.")
   _MAX_RANK = flags.DEFINE_integer("max_rank", 50, "CMC length.")
   _K1 = flags.DEFINE_integer("k1", 20, "Re-ranking k1.")
