@@ -22,10 +22,9 @@ k1 = 20, k2 = 6, lambda = 0.3 by default. Conventions, shared with that referenc
   rows (ties broken by index); all arithmetic is float32 (the original keeps V and
   the Jaccard distance in float16).
 
-How the memory stays small (the dense formulation holds several [A, A] arrays: ~7 GiB
-at Market-1501 scale, 19,281 images, extrapolated from its measured peak in
-`benchmarks/evaluation.py`; this needs the three input blocks on the device plus
-O(A * k) and O(Q * G): 2.3 GiB peak RSS for `re_ranking_features` there):
+How the memory stays small (the dense formulation holds several [A, A] float32 arrays,
+A = Q + G; this needs the three input blocks on the device plus O(A * k) and O(Q * G);
+measured peaks of both in docs/performance.md, from `benchmarks/evaluation.py`):
 
 1. Row blocks of D^T are sliced (and transposed, unless `symmetric`) on the device;
    each is divided by its maximum and its top-(k1 + 1) neighbours taken with
