@@ -3,6 +3,7 @@ r"""Evaluation (metrics, re-ranking) timed beside the implementations users run.
   python benchmarks/setup_peers.py       # once: fast-reid 1.4.0 (--no-deps) + its Cython
   python benchmarks/evaluation.py        # ~15 min on a 2-core CPU (unloaded), ~10 GiB peak
   python benchmarks/evaluation.py --skip=rerank_full,msmt     # the quick sections only
+  python benchmarks/evaluation.py --skip=metrics,rerank,msmt --sharded=50000,1000000,256
 
 The peers are fast-reid's (PyPI `fastreid==1.4.0`, see `benchmarks/peers.py`): its
 Cython `evaluate_rank` (`rank_cy.evaluate_cy`) for the metrics and its NumPy
@@ -28,6 +29,9 @@ the peer that ran:
   a fresh process at each scale, and of the peer at the reduced scale, is measured too.
 * The peak RSS (fresh process) and time of `evaluate_features` at MSMT17 scale
   (11,659 x 82,161, 2,048-d; target: under 8 GiB).
+* With `--sharded=Q,G,D`: `metrics.evaluate_features_sharded` with the gallery split
+  over 4 simulated CPU devices, in a fresh process: time, peak RSS, and the per-device
+  share of the gallery and of a query chunk's distances.
 
 Inputs (`synthetic_features`): identity centres plus heavy-tailed per-image noise (a
 realistic spread of easy and hard queries), 18% distractors (pid 0) in the gallery,
@@ -73,6 +77,12 @@ _SKIP = flags.DEFINE_list(
 )
 _REF_FRACTION = flags.DEFINE_float(
   "rerank_ref_fraction", 0.5, "The reduced re-ranking scale (fraction of Market's sets)."
+)
+_SHARDED = flags.DEFINE_string(
+  "sharded",
+  None,
+  "Also run evaluate_features_sharded on 4 simulated devices at QUERIES,GALLERY,DIM "
+  "(e.g. 50000,1000000,256; opt-in: tens of minutes on a 2-core CPU).",
 )
 _HOST_ALLOCATOR = flags.DEFINE_bool(
   "host_allocator", True, "Apply fsaf_jax.host_allocator (malloc settings), as eval.py does."
@@ -264,13 +274,18 @@ def metrics_section(rounds: int, found: peers.FastReid) -> list[str]:
   ]
 
 
-def _child(argv_child: str, timeout: int = 3600) -> dict:
+def _child(argv_child: str, timeout: int = 7200, devices: int | None = None) -> dict:
   allocator = "--host_allocator" if flags.FLAGS.host_allocator else "--nohost_allocator"
+  env = dict(os.environ)
+  if devices:
+    env["XLA_FLAGS"] = (
+      f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    ).strip()
   proc = subprocess.run(
     [sys.executable, __file__, f"--child={argv_child}", allocator],
     capture_output=True,
     text=True,
-    env=dict(os.environ),
+    env=env,
     timeout=timeout,
   )
   if proc.returncode:
@@ -416,7 +431,48 @@ def msmt_section() -> list[str]:
   ]
 
 
+def sharded_section(spec: str) -> list[str]:
+  nq, ng, dim = (int(x) for x in spec.split(","))
+  r = _child(f"sharded:{spec}", devices=4)
+  return [
+    f"Sharded metrics, evaluate_features_sharded: {nq:,} x {ng:,}, {dim}-d, cosine, gallery "
+    f"split over {r['devices']} simulated CPU devices (one process, XLA_FLAGS="
+    f"--xla_force_host_platform_device_count=4), query_chunk 256, fresh process: "
+    f"{r['seconds']:.1f} s, peak RSS {r['peak_gib']:.2f} GiB (features alone "
+    f"{r['before_gib']:.2f} GiB); per device: gallery shard {r['shard_gib']:.2f} GiB, a "
+    f"chunk's distances {r['chunk_gib']:.3f} GiB; mAP {100 * r['mAP']:.1f}, "
+    f"{r['num_valid']:,} valid queries",
+  ]
+
+
 def run_child(kind: str) -> dict:
+  if kind.startswith("sharded:"):
+    import jax
+    from jax.sharding import Mesh
+
+    from fsaf_jax.evaluation import metrics
+
+    nq, ng, dim = (int(x) for x in kind.split(":")[1].split(","))
+    data = synthetic_features(nq, ng, max(10, ng // 20), 15, dim=dim, duplicate_frac=0.0)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    before = _peak_rss_gib()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      r = metrics.evaluate_features_sharded(
+        data["query_feats"], data["gallery_feats"], *_ids(data), mesh
+      )
+    per_device = -(-ng // mesh.size)
+    return {
+      "seconds": time.perf_counter() - start,
+      "peak_gib": _peak_rss_gib(),
+      "before_gib": before,
+      "devices": mesh.size,
+      "shard_gib": per_device * dim * 4 / 2**30,
+      "chunk_gib": metrics.DEFAULT_QUERY_CHUNK * per_device * 4 / 2**30,
+      "mAP": r.mAP,
+      "num_valid": r.num_valid,
+    }
   if kind == "msmt":
     from fsaf_jax.evaluation import metrics
 
@@ -466,7 +522,9 @@ def run_child(kind: str) -> dict:
   raise ValueError(f"unknown --child={kind}")
 
 
-def run(rounds: int = 2, skip=(), ref_fraction: float = 0.5) -> list[str]:
+def run(
+  rounds: int = 2, skip=(), ref_fraction: float = 0.5, sharded: str | None = None
+) -> list[str]:
   """All sections; returns the printed lines (also used by benchmarks/run.py)."""
   found = peers.load_fastreid()
   lines = [_peer_note(found), ""]
@@ -476,7 +534,9 @@ def run(rounds: int = 2, skip=(), ref_fraction: float = 0.5) -> list[str]:
     fractions = [ref_fraction] + ([] if "rerank_full" in skip or ref_fraction >= 1 else [1.0])
     lines += rerank_section(rounds, fractions, found) + [""]
   if "msmt" not in skip:
-    lines += msmt_section()
+    lines += msmt_section() + [""]
+  if sharded:
+    lines += sharded_section(sharded)
   return lines
 
 
@@ -494,7 +554,7 @@ def main(argv):
     "NOTE: the machine may be shared with other jobs; absolute times are noisy, compare ratios."
   )
   print()
-  for line in run(_ROUNDS.value, set(_SKIP.value), _REF_FRACTION.value):
+  for line in run(_ROUNDS.value, set(_SKIP.value), _REF_FRACTION.value, _SHARDED.value):
     print(line, flush=True)
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
   print(f"\nload average (1/5/15 min) at end: {load}")
