@@ -49,14 +49,19 @@ same settings); `--nohost_allocator` measures without.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
 import os
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from absl import app, flags
@@ -372,7 +377,7 @@ def _rerank_scale(rounds: int, fraction: float, found: peers.FastReid, check: bo
   return out
 
 
-def rerank_section(rounds: int, fractions, found: peers.FastReid) -> list[str]:
+def rerank_section(rounds: int, fractions) -> list[str]:
   lines = [
     "Re-ranking (k1 20, k2 6, lambda 0.3), cosine distances, squared-input convention "
     "(fast-reid's; JAX squared=True) on both sides; the peer and JAX re_ranking take the same "
@@ -381,16 +386,18 @@ def rerank_section(rounds: int, fractions, found: peers.FastReid) -> list[str]:
   rows = [("scale", "runner", "median s", "all rounds s", "peer / runner")]
   checks = []
   for fraction in fractions:
-    out = _rerank_scale(rounds, fraction, found, check=fraction == fractions[0])
-    peer_s = out["runners"][0].median
-    for k, rr in enumerate(out["runners"]):
+    # A fresh process per scale: the peer's dense arrays (~10 GiB at full scale) are
+    # given back when it exits (with the host allocator, this process would keep them).
+    out = _child(f"rerank_scale:{fraction}:{rounds}:{int(fraction == fractions[0])}")
+    medians = [statistics.median(t) for t in out["times"]]
+    for k, (name, times) in enumerate(zip(out["names"], out["times"], strict=True)):
       rows.append(
         (
           out["label"] if k == 0 else "",
-          rr.name,
-          f"{rr.median:.2f}",
-          " ".join(f"{x:.2f}" for x in rr.times),
-          "-" if k in (0, 3) else f"{peer_s / rr.median:.1f}x",
+          name,
+          f"{medians[k]:.2f}",
+          " ".join(f"{x:.2f}" for x in times),
+          "-" if k in (0, 3) else f"{medians[0] / medians[k]:.1f}x",
         )
       )
     checks.append(f"{fraction:g}: max |JAX - peer| = {out['diff']:.1e}")
@@ -407,7 +414,7 @@ def rerank_section(rounds: int, fractions, found: peers.FastReid) -> list[str]:
     child = _child(f"rerank_jax:{fraction}")
     lines.append(
       f"peak RSS, fresh process, JAX re_ranking_features at {fraction:g} of Market (features, "
-      f"3 products, re-ranking; {child['seconds']:.1f} s): {child['peak_gib']:.2f} GiB "
+      f"3 products, re-ranking, first call: {child['seconds']:.1f} s): {child['peak_gib']:.2f} GiB "
       f"(features alone: {child['before_gib']:.2f} GiB) (target < 4 GiB)"
     )
   peer = _child(f"rerank_peer:{fractions[0]}")
@@ -489,6 +496,11 @@ def run_child(kind: str) -> dict:
       "mAP": r.mAP,
       "num_valid": r.num_valid,
     }
+  if kind.startswith("rerank_scale:"):
+    _, fraction, rounds, check = kind.split(":")
+    out = _rerank_scale(int(rounds), float(fraction), peers.load_fastreid(), bool(int(check)))
+    runners = out.pop("runners")
+    return dict(out, names=[r.name for r in runners], times=[r.times for r in runners])
   if kind.startswith("rerank_jax:"):
     from fsaf_jax.evaluation import rerank
 
@@ -523,21 +535,43 @@ def run_child(kind: str) -> dict:
 
 
 def run(
-  rounds: int = 2, skip=(), ref_fraction: float = 0.5, sharded: str | None = None
+  rounds: int = 2,
+  skip=(),
+  ref_fraction: float = 0.5,
+  sharded: str | None = None,
+  emit: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
-  """All sections; returns the printed lines (also used by benchmarks/run.py)."""
+  """All sections; returns the lines (also used by benchmarks/run.py), and passes each
+  section's lines to `emit` as soon as it is done."""
   found = peers.load_fastreid()
-  lines = [_peer_note(found), ""]
+  lines = []
+
+  def add(section: list[str]) -> None:
+    lines.extend(section)
+    if emit:
+      emit(section)
+
+  add([_peer_note(found), ""])
   if "metrics" not in skip:
-    lines += metrics_section(rounds, found) + [""]
+    add(metrics_section(rounds, found) + [""])
+    _release_memory()
   if "rerank" not in skip:
     fractions = [ref_fraction] + ([] if "rerank_full" in skip or ref_fraction >= 1 else [1.0])
-    lines += rerank_section(rounds, fractions, found) + [""]
+    add(rerank_section(rounds, fractions) + [""])
   if "msmt" not in skip:
-    lines += msmt_section() + [""]
+    add(msmt_section() + [""])
   if sharded:
-    lines += sharded_section(sharded)
+    add(sharded_section(sharded))
   return lines
+
+
+def _release_memory() -> None:
+  """Gives freed heap memory back to the OS (the host allocator never trims by itself)."""
+  gc.collect()
+  try:
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
 
 
 def main(argv):
@@ -554,8 +588,13 @@ def main(argv):
     "NOTE: the machine may be shared with other jobs; absolute times are noisy, compare ratios."
   )
   print()
-  for line in run(_ROUNDS.value, set(_SKIP.value), _REF_FRACTION.value, _SHARDED.value):
-    print(line, flush=True)
+  run(
+    _ROUNDS.value,
+    set(_SKIP.value),
+    _REF_FRACTION.value,
+    _SHARDED.value,
+    emit=lambda section: print("\n".join(section), flush=True),
+  )
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
   print(f"\nload average (1/5/15 min) at end: {load}")
 
