@@ -1,7 +1,7 @@
 r"""Evaluation (metrics, re-ranking) timed beside the implementations users run.
 
   python benchmarks/setup_peers.py       # once: fast-reid 1.4.0 (--no-deps) + its Cython
-  python benchmarks/evaluation.py        # ~15 min on a 2-core CPU (unloaded), ~10 GiB peak
+  python benchmarks/evaluation.py        # tens of minutes on a 2-core CPU; ~12 GiB peak (the peer)
   python benchmarks/evaluation.py --skip=rerank_full,msmt     # the quick sections only
   python benchmarks/evaluation.py --skip=metrics,rerank,msmt --sharded=50000,1000000,256
 
