@@ -90,7 +90,10 @@ _SHARDED = flags.DEFINE_string(
   "(e.g. 50000,1000000,256; opt-in: tens of minutes on a 2-core CPU).",
 )
 _HOST_ALLOCATOR = flags.DEFINE_bool(
-  "host_allocator", True, "Apply fsaf_jax.host_allocator (malloc settings), as eval.py does."
+  "host_allocator",
+  True,
+  "Apply fsaf_jax.host_allocator (malloc settings), as eval.py does.",
+  allow_override=True,  # benchmarks/run.py, which imports this module, defines it too
 )
 _CHILD = flags.DEFINE_string("child", None, "Internal: run one measurement in this process.")
 
@@ -576,7 +579,7 @@ def _release_memory() -> None:
 
 def main(argv):
   del argv
-  allocator = host_allocator.configure() if _HOST_ALLOCATOR.value else False
+  allocator = host_allocator.configure() if flags.FLAGS.host_allocator else False
   if _CHILD.value:
     print(json.dumps(run_child(_CHILD.value)))
     return
