@@ -3,7 +3,7 @@ r"""Evaluation (metrics, re-ranking) timed beside the implementations users run.
   python benchmarks/setup_peers.py       # once: fast-reid 1.4.0 (--no-deps) + its Cython
   python benchmarks/evaluation.py        # tens of minutes on a 2-core CPU; ~12 GiB peak (the peer)
   python benchmarks/evaluation.py --skip=rerank_full,msmt     # the quick sections only
-  python benchmarks/evaluation.py --skip=metrics,rerank,msmt --sharded=50000,1000000,256
+  python benchmarks/evaluation.py --skip=metrics,rerank,msmt --sharded=50000,1000000,256,64
 
 The peers are fast-reid's (PyPI `fastreid==1.4.0`, see `benchmarks/peers.py`): its
 Cython `evaluate_rank` (`rank_cy.evaluate_cy`) for the metrics and its NumPy
@@ -86,8 +86,8 @@ _REF_FRACTION = flags.DEFINE_float(
 _SHARDED = flags.DEFINE_string(
   "sharded",
   None,
-  "Also run evaluate_features_sharded on 4 simulated devices at QUERIES,GALLERY,DIM "
-  "(e.g. 50000,1000000,256; opt-in: tens of minutes on a 2-core CPU).",
+  "Also run evaluate_features_sharded on 4 simulated devices at QUERIES,GALLERY,DIM"
+  "[,QUERY_CHUNK] (e.g. 50000,1000000,256,64; opt-in: ~10 min or more on a 2-core CPU).",
 )
 _HOST_ALLOCATOR = flags.DEFINE_bool(
   "host_allocator",
@@ -441,13 +441,19 @@ def msmt_section() -> list[str]:
   ]
 
 
+def metrics_lib_default_chunk() -> int:
+  from fsaf_jax.evaluation import metrics
+
+  return metrics.DEFAULT_QUERY_CHUNK
+
+
 def sharded_section(spec: str) -> list[str]:
-  nq, ng, dim = (int(x) for x in spec.split(","))
-  r = _child(f"sharded:{spec}", devices=4)
+  nq, ng, dim, chunk = ([int(x) for x in spec.split(",")] + [metrics_lib_default_chunk()])[:4]
+  r = _child(f"sharded:{nq},{ng},{dim},{chunk}", devices=4)
   return [
     f"Sharded metrics, evaluate_features_sharded: {nq:,} x {ng:,}, {dim}-d, cosine, gallery "
     f"split over {r['devices']} simulated CPU devices (one process, XLA_FLAGS="
-    f"--xla_force_host_platform_device_count=4), query_chunk 256, fresh process: "
+    f"--xla_force_host_platform_device_count=4), query_chunk {chunk}, fresh process: "
     f"{r['seconds']:.1f} s, peak RSS {r['peak_gib']:.2f} GiB (features alone "
     f"{r['before_gib']:.2f} GiB); per device: gallery shard {r['shard_gib']:.2f} GiB, a "
     f"chunk's distances {r['chunk_gib']:.3f} GiB; mAP {100 * r['mAP']:.1f}, "
@@ -462,7 +468,7 @@ def run_child(kind: str) -> dict:
 
     from fsaf_jax.evaluation import metrics
 
-    nq, ng, dim = (int(x) for x in kind.split(":")[1].split(","))
+    nq, ng, dim, chunk = (int(x) for x in kind.split(":")[1].split(","))
     data = synthetic_features(nq, ng, max(10, ng // 20), 15, dim=dim, duplicate_frac=0.0)
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     before = _peak_rss_gib()
@@ -470,7 +476,7 @@ def run_child(kind: str) -> dict:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       r = metrics.evaluate_features_sharded(
-        data["query_feats"], data["gallery_feats"], *_ids(data), mesh
+        data["query_feats"], data["gallery_feats"], *_ids(data), mesh, query_chunk=chunk
       )
     per_device = -(-ng // mesh.size)
     return {
@@ -479,7 +485,7 @@ def run_child(kind: str) -> dict:
       "before_gib": before,
       "devices": mesh.size,
       "shard_gib": per_device * dim * 4 / 2**30,
-      "chunk_gib": metrics.DEFAULT_QUERY_CHUNK * per_device * 4 / 2**30,
+      "chunk_gib": chunk * per_device * 4 / 2**30,
       "mAP": r.mAP,
       "num_valid": r.num_valid,
     }
