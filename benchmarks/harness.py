@@ -42,10 +42,17 @@ def machine_lines() -> list[str]:
 
 
 class Runner:
-  """A named callable timed by `interleave`; `call()` must block until done."""
+  """A named callable timed by `interleave`; `call()` must block until done.
 
-  def __init__(self, group: str, name: str, call, items: int, flops: float | None):
+  `warm_up=False` skips the warm-up call (for a runner with nothing to compile whose
+  call takes minutes, e.g. a NumPy peer at full scale).
+  """
+
+  def __init__(
+    self, group: str, name: str, call, items: int, flops: float | None, warm_up: bool = True
+  ):
     self.group, self.name, self.call, self.items, self.flops = group, name, call, items, flops
+    self.warm_up = warm_up
     self.compile_s: float | None = None
     self.times: list[float] = []
 
@@ -59,9 +66,11 @@ class Runner:
 
 
 def interleave(runners: list[Runner], rounds: int) -> None:
-  """One warm-up call each, then `rounds` rounds calling every runner once in turn."""
+  """One warm-up call each (unless `warm_up` is off), then `rounds` rounds calling every
+  runner once in turn."""
   for runner in runners:
-    runner.call()
+    if runner.warm_up:
+      runner.call()
   for _ in range(rounds):
     for runner in runners:
       start = time.perf_counter()

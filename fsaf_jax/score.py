@@ -1,7 +1,7 @@
 r"""Scores precomputed ReID features with the Market-1501 protocol.
 
   python -m fsaf_jax.score FEATURES.npz [--metric=cosine|euclidean] [--rerank] \
-      [--json=OUT] [--max_rank=50]
+      [--rerank_squared] [--json=OUT] [--max_rank=50]
   python -m fsaf_jax.score QUERY.npz GALLERY.npz [...]
 
 FEATURES.npz holds `query_feats` [M, D], `gallery_feats` [N, D], `query_pids` [M],
@@ -11,7 +11,10 @@ GALLERY.npz are two files as `python -m fsaf_jax.extract` writes them (`feats`,
 `pids`, `camids`, `file_names`: run it once on the query folder and once on the
 gallery folder). Prints the metrics table (Rank-1/5/10, mAP, mINP, valid queries), with
 a second row after k-reciprocal re-ranking with `--rerank`; `--json` writes the same
-numbers (fractions, full CMC) as JSON.
+numbers (fractions, full CMC) as JSON. Re-ranking uses the distances as given (BoT's
+convention); `--rerank_squared` squares them first, as fast-reid's and torchreid's
+`re_ranking` do, which reproduces their re-ranked figures (`rerank.re_ranking`'s
+`squared`).
 
 Bad input (not a .npz file, missing key, mismatched lengths, NaN features, empty sets,
 no query with a positive, a `--json` path that cannot be written) ends with a one-line
@@ -32,6 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from data_pipelines import errors
+from fsaf_jax import host_allocator
 from fsaf_jax.evaluation import distance, inputs, metrics, report
 from fsaf_jax.evaluation import rerank as rerank_lib
 
@@ -239,6 +243,7 @@ def score_features(
   k2: int = 6,
   lambda_value: float = 0.3,
   query_chunk: int = metrics.DEFAULT_QUERY_CHUNK,
+  rerank_squared: bool = False,
 ) -> dict[str, metrics.RankMetrics]:
   """Metrics of checked feature arrays: {'plain': ..., ['re-ranked': ...]}."""
   ids = [arrays[k] for k in ("query_pids", "gallery_pids", "query_camids", "gallery_camids")]
@@ -250,7 +255,7 @@ def score_features(
   }
   if rerank:
     dist = rerank_lib.re_ranking_features(
-      qf, gf, metric=metric, k1=k1, k2=k2, lambda_value=lambda_value
+      qf, gf, metric=metric, k1=k1, k2=k2, lambda_value=lambda_value, squared=rerank_squared
     )
     with warnings.catch_warnings():  # the skipped-queries warning was given once already
       warnings.simplefilter("ignore")
@@ -266,6 +271,7 @@ def main(argv: Sequence[str]) -> None:
       "expected FEATURES.npz (query and gallery keys) or QUERY.npz GALLERY.npz (two files "
       f"of python -m fsaf_jax.extract); got {len(argv) - 1} arguments {list(argv[1:])}"
     )
+  host_allocator.configure()  # CPU: keep XLA's buffers mapped, as eval.py does
   path = argv[1] if len(argv) == 2 else f"{argv[1]} + {argv[2]}"
   if _JSON.value:
     errors.check_output_file(_JSON.value, "--json")
@@ -281,6 +287,7 @@ def main(argv: Sequence[str]) -> None:
       k2=_K2.value,
       lambda_value=_LAMBDA.value,
       query_chunk=_QUERY_CHUNK.value,
+      rerank_squared=_RERANK_SQUARED.value,
     )
   for w in caught:
     if issubclass(w.category, UserWarning):
@@ -293,7 +300,12 @@ def main(argv: Sequence[str]) -> None:
   if _JSON.value:
     extra = {"features": str(path), "metric": _METRIC.value, "max_rank": _MAX_RANK.value}
     if _RERANK.value:
-      extra["rerank"] = {"k1": _K1.value, "k2": _K2.value, "lambda": _LAMBDA.value}
+      extra["rerank"] = {
+        "k1": _K1.value,
+        "k2": _K2.value,
+        "lambda": _LAMBDA.value,
+        "squared": _RERANK_SQUARED.value,
+      }
     written = report.write_metrics_json(_JSON.value, results, extra=extra)
     print(f"Wrote {written}")
 
@@ -303,6 +315,12 @@ if __name__ == "__main__":
   # of the package's command-line modules into one process (tests, notebooks) works.
   _METRIC = flags.DEFINE_enum("metric", "cosine", distance.METRICS, "Distance between features.")
   _RERANK = flags.DEFINE_bool("rerank", False, "Also report k-reciprocal re-ranking.")
+  _RERANK_SQUARED = flags.DEFINE_bool(
+    "rerank_squared",
+    False,
+    "Square the distances before re-ranking, as fast-reid's / torchreid's re_ranking do "
+    "(reproduces their figures); default: as given, as BoT's.",
+  )
   _JSON = flags.DEFINE_string("json", None, "Write the metrics as JSON to this file.")
   _MAX_RANK = flags.DEFINE_integer("max_rank", 50, "CMC length.")
   _K1 = flags.DEFINE_integer("k1", 20, "Re-ranking k1.")

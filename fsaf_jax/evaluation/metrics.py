@@ -20,8 +20,8 @@ Protocol (torchreid's / fast-reid's `eval_market1501`):
 - Ties (equal distances) are broken by gallery index, i.e. the ranking is a stable
   sort by distance (`np.argsort(kind='stable')`). Distances are compared in float32.
 
-Algorithm. Sorting each query's row is slow on CPU (`jnp.argsort` of 3368 x 15913
-takes 11-17 s), so nothing is sorted: the rank of a positive is 1 + the number of
+Algorithm. Sorting each query's row is slow on CPU (XLA:CPU's sort is a comparator
+sort per row), so nothing is sorted: the rank of a positive is 1 + the number of
 valid gallery items ranked before it. For a chunk of queries with (at most) P
 positives each, fused elementwise passes over the chunk's [chunk, N] distances (16
 positives per pass, nothing of size [chunk, N, P] is stored) give, for each gallery
@@ -32,7 +32,8 @@ positive's rank gives the CMC directly, so no top-k is needed either. Queries ar
 processed in order of their number of positives, so P (padded to a power of two) fits
 each chunk. The float64 AP / INP / CMC arithmetic on the resulting integer ranks runs
 on the host. The reference is the per-query NumPy loop in
-`tests/reference/reid_metrics_numpy.py`; `benchmarks/evaluation.py` times both.
+`tests/reference/reid_metrics_numpy.py`; `benchmarks/evaluation.py` times this module
+beside fast-reid's Cython `evaluate_rank` (figures in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsaf_jax.evaluation import distance as distance_lib
 from fsaf_jax.evaluation import inputs
@@ -453,4 +455,133 @@ def evaluate_features(
     return _ranks_from_bins(bins, pos.shape[1]), finite
 
   chunks = _run_chunks(run_chunk, counts, table, g_pids.shape[0], query_chunk)
+  return _finish(*chunks, counts, max_rank, "The feature distance matrix")
+
+
+def _sharded_ranks_fn(mesh: Mesh, axis: str, metric: str, num_gallery: int, num_pos: int):
+  """Compiled chunk scorer over a gallery sharded along `axis` (see `evaluate_features_sharded`).
+
+  Each device scores the chunk's queries against its gallery shard: the positives'
+  distances are summed across devices (the one device holding a positive contributes
+  its distance, the others 0), each device counts, for its items, the positives ranked
+  before them (ties by global gallery index) and histograms its negatives; the
+  histograms are summed across devices, which gives the ranks as on one device.
+  """
+  p = num_pos
+
+  def shard(q_feats, q_sq, g_feats, g_sq, g_pids, pos_idx, q_pids):
+    n_local = g_feats.shape[0]
+    offset = jax.lax.axis_index(axis) * n_local
+    dist = distance_lib.distance_from_prepared(
+      distance_lib.Prepared(q_feats, q_sq), distance_lib.Prepared(g_feats, g_sq), metric
+    )
+    local_pos = pos_idx - offset  # global order is kept: ties still break by gallery index
+    here = (local_pos >= 0) & (local_pos < n_local)
+    pos_dist = jnp.take_along_axis(dist, jnp.clip(local_pos, 0, n_local - 1), axis=1)
+    pos_dist = jax.lax.psum(jnp.where(here, pos_dist, 0.0), axis)
+    pos_dist = jnp.where(pos_idx >= num_gallery, jnp.inf, pos_dist)  # padding
+    b = _count_positives_before(dist, pos_dist, local_pos)
+    negative = (g_pids[None, :] != q_pids[:, None]) & (g_pids >= 0)[None, :]
+    bins = jnp.where(negative & (b < p), b, p)
+    c = bins.shape[0]
+    segments = (bins + (p + 1) * jnp.arange(c, dtype=jnp.int32)[:, None]).reshape(-1)
+    hist = jax.ops.segment_sum(
+      jnp.ones(segments.shape, jnp.int32), segments, num_segments=c * (p + 1)
+    ).reshape(c, p + 1)
+    hist = jax.lax.psum(hist, axis)
+    ranks = jnp.arange(1, p + 1, dtype=jnp.int32)[None, :] + jnp.cumsum(hist[:, :p], axis=1)
+    finite = jax.lax.pmin(jnp.all(jnp.isfinite(dist)).astype(jnp.int32), axis)
+    return ranks, finite
+
+  rep, gal = PartitionSpec(), PartitionSpec(axis)
+  return jax.jit(
+    jax.shard_map(
+      shard,
+      mesh=mesh,
+      in_specs=(rep, rep, gal, gal, gal, rep, rep),
+      out_specs=(rep, rep),
+      check_vma=False,
+    )
+  )
+
+
+def evaluate_features_sharded(
+  q_feats,
+  g_feats,
+  q_pids,
+  g_pids,
+  q_camids,
+  g_camids,
+  mesh: Mesh,
+  *,
+  axis: str = "data",
+  metric: str = "cosine",
+  max_rank: int = 50,
+  query_chunk: int = DEFAULT_QUERY_CHUNK,
+) -> RankMetrics:
+  """`evaluate_features` with the gallery sharded over the devices of a mesh axis.
+
+  The gallery features and ids are split along `axis` (padded with junk items, pid -1,
+  to a multiple of its size), queries are replicated, and every chunk of queries is
+  scored against all shards at once, the per-query counts combined across devices:
+  device memory holds 1 / N of the gallery and of each chunk's distances. The ranks
+  are exactly those of the distances the devices compute, ties broken by global
+  gallery index; those distances equal the one-device ones where the products are
+  exact, and may otherwise differ by rounding (XLA's matmul rounding depends on the
+  operand shapes, e.g. the shard width), which can flip an exact tie. A 1-device mesh
+  gives `evaluate_features`'s figures. Single-process meshes (every device
+  addressable by this process).
+
+  Args:
+    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank,
+      query_chunk: as `evaluate_features`.
+    mesh: a `jax.sharding.Mesh` with axis `axis`.
+    axis: the mesh axis the gallery is split along.
+
+  Returns:
+    RankMetrics.
+  """
+  distance_lib.check_metric(metric)
+  if axis not in mesh.axis_names:
+    raise inputs.EvaluationInputError(f"The mesh has axes {mesh.axis_names}, not {axis!r}.")
+  q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
+  q_feats = inputs.feature_matrix("query features", q_feats)
+  g_feats = inputs.feature_matrix("gallery features", g_feats)
+  if q_feats.shape[0] != q_pids.shape[0] or g_feats.shape[0] != g_pids.shape[0]:
+    raise inputs.EvaluationInputError(
+      f"query features {q_feats.shape} / gallery features {g_feats.shape} do not match "
+      f"{q_pids.shape[0]} query and {g_pids.shape[0]} gallery ids."
+    )
+  if q_feats.shape[1] != g_feats.shape[1]:
+    raise inputs.EvaluationInputError(
+      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
+    )
+  n = g_pids.shape[0]
+  max_rank = _check_max_rank(max_rank, n)
+  counts, table = _count_positives(q_pids, g_pids, q_camids, g_camids)
+  _check_int32(q_pids, g_pids)
+  shards = mesh.shape[axis]
+  pad = -n % shards
+  g_feats_padded = np.concatenate(
+    [np.asarray(g_feats), np.zeros((pad, g_feats.shape[1]), np.float32)]
+  )
+  g_pids_padded = np.concatenate([g_pids, np.full(pad, -1, g_pids.dtype)]).astype(np.int32)
+  gal = NamedSharding(mesh, PartitionSpec(axis))
+  rep = NamedSharding(mesh, PartitionSpec())
+  # Prepared (normalised) as on one device, then split.
+  q_prep = distance_lib.prepare(jnp.asarray(q_feats), metric)
+  g_prep = distance_lib.prepare(jnp.asarray(g_feats_padded), metric)
+  g_prep = jax.device_put(g_prep, gal)
+  gp = jax.device_put(g_pids_padded, gal)
+  scorers = {}
+
+  def run_chunk(idx, pos):
+    p = pos.shape[1]
+    if p not in scorers:
+      scorers[p] = _sharded_ranks_fn(mesh, axis, metric, n, p)
+    q_rows = jax.device_put(_take_prepared_rows(q_prep, idx.astype(np.int32)), rep)
+    q = jax.device_put(q_pids[idx].astype(np.int32), rep)
+    return scorers[p](q_rows.feats, q_rows.sq_norms, g_prep.feats, g_prep.sq_norms, gp, pos, q)
+
+  chunks = _run_chunks(run_chunk, counts, table, n, query_chunk)
   return _finish(*chunks, counts, max_rank, "The feature distance matrix")

@@ -5,20 +5,26 @@ Computes exactly what the well-known per-row NumPy formulation computes (torchre
 and fast-reid's `re_ranking`, reproduced in `tests/reference/rerank_numpy.py`), with
 k1 = 20, k2 = 6, lambda = 0.3 by default. Conventions, shared with that reference:
 
-- The input distances are used as given (no squaring, unlike torchreid, which squares
-  its already squared Euclidean inputs). `re_ranking_features` uses
-  `distance.pairwise_distance`: the squared Euclidean distance of the authors' code
-  for 'euclidean'; for 'cosine' (L2-normalised features) that distance halved, which
-  the per-row normalisation cancels.
+- Input convention, `squared`:
+  - False (default): the distances are used as given, as BoT's feature-based
+    `re_ranking` and the authors' code do. `re_ranking_features` uses
+    `distance.pairwise_distance`: the squared Euclidean distance of the authors' code
+    for 'euclidean'; for 'cosine' (L2-normalised features) that distance halved,
+    which the per-row normalisation cancels. Reproduces BoT's `re_ranking(probFea,
+    galFea, ...)` and `tests/reference/rerank_numpy.py` on the same distances.
+  - True: the given distances are squared first, as fast-reid's and torchreid's
+    `re_ranking(q_g_dist, q_q_dist, g_g_dist)` do with whatever they are given.
+    Reproduces them when given the same distance blocks (e.g. fast-reid's cosine
+    distance: `re_ranking_features(..., metric='cosine', squared=True)`).
+  Same features, different re-ranked figures: the two differ by more than rounding.
 - The all-pairs matrix D = [[q_q, q_g], [q_g^T, g_g]] (A = Q + G images) is divided
   by its column maxima and transposed; the initial ranking is a *stable* sort of its
   rows (ties broken by index); all arithmetic is float32 (the original keeps V and
   the Jaccard distance in float16).
 
-How the memory stays small (the dense formulation holds several [A, A] arrays: ~7 GiB
-at Market-1501 scale, 19,281 images, extrapolated from its measured peak in
-`benchmarks/evaluation.py`; this needs the three input blocks on the device plus
-O(A * k) and O(Q * G): 2.3 GiB peak RSS for `re_ranking_features` there):
+How the memory stays small (the dense formulation holds several [A, A] float32 arrays,
+A = Q + G; this needs the three input blocks on the device plus O(A * k) and O(Q * G);
+measured peaks of both in docs/performance.md, from `benchmarks/evaluation.py`):
 
 1. Row blocks of D^T are sliced (and transposed, unless `symmetric`) on the device;
    each is divided by its maximum and its top-(k1 + 1) neighbours taken with
@@ -65,6 +71,7 @@ def _dt_rows(
   size: int,
   gallery: bool,
   symmetric: bool,
+  squared: bool = False,
 ):
   """Rows of D^T for D = [[q_q, q_g], [q_g^T, g_g]] (traceable).
 
@@ -78,6 +85,7 @@ def _dt_rows(
     size: static number of rows.
     gallery: static, whether the rows are gallery rows.
     symmetric: static, read q_q / g_g by rows.
+    squared: static, square the distances (see `re_ranking`).
 
   Returns:
     float32 [size, Q + G].
@@ -95,18 +103,21 @@ def _dt_rows(
     else:
       left = jax.lax.dynamic_slice(q_q, (0, start), (nq, size)).T
     right = jax.lax.dynamic_slice(q_g, (start, 0), (size, ng))
-  return jnp.concatenate([left, right], axis=1).astype(jnp.float32)
+  rows = jnp.concatenate([left, right], axis=1).astype(jnp.float32)
+  return rows * rows if squared else rows
 
 
-@functools.partial(jax.jit, static_argnames=("k", "size", "gallery", "symmetric"))
-def _initial_rank(q_q, q_g, g_g, start, k: int, size: int, gallery: bool, symmetric: bool):
+@functools.partial(jax.jit, static_argnames=("k", "size", "gallery", "symmetric", "squared"))
+def _initial_rank(
+  q_q, q_g, g_g, start, k: int, size: int, gallery: bool, symmetric: bool, squared: bool = False
+):
   """Stable top-k neighbours of `size` rows of D^T after column-max normalisation.
 
   Returns:
     neighbours int32 [size, k]; row maxima float32 [size] (D's column maxima); and
     bool [size], whether the row is finite with a positive maximum.
   """
-  rows = _dt_rows(q_q, q_g, g_g, start, size, gallery, symmetric)
+  rows = _dt_rows(q_q, q_g, g_g, start, size, gallery, symmetric, squared)
   row_max = jnp.max(rows, axis=1)
   ok = (row_max > 0) & jnp.all(jnp.isfinite(rows), axis=1)
   neg = -(rows / row_max[:, None])
@@ -173,8 +184,8 @@ def _expansion_sets(
   return sets, jnp.sum(sets < num_all, axis=1, dtype=jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames="symmetric")
-def _weights(q_q, q_g, g_g, row_max, idx, symmetric: bool):
+@functools.partial(jax.jit, static_argnames=("symmetric", "squared"))
+def _weights(q_q, q_g, g_g, row_max, idx, symmetric: bool, squared: bool = False):
   """Row-normalised V entries exp(-d) at the expansion sets.
 
   Args:
@@ -182,6 +193,7 @@ def _weights(q_q, q_g, g_g, row_max, idx, symmetric: bool):
     row_max: [A] column maxima of D.
     idx: int32 [A, W] expansion sets (padding = A).
     symmetric: read q_q / g_g by rows, as `_dt_rows`.
+    squared: square the distances, as `_dt_rows`.
 
   Returns:
     float32 [A, W]: V[i, idx[i, j]], 0 at padding.
@@ -202,6 +214,8 @@ def _weights(q_q, q_g, g_g, row_max, idx, symmetric: bool):
     jnp.where(i < nq, q_q_ix, q_g[qx, gi]),
     jnp.where(i < nq, q_g[qi, gx], g_g_ix),
   ).astype(jnp.float32)
+  if squared:
+    d = d * d
   valid = idx < num_all
   w = jnp.where(valid, jnp.exp(-(d / row_max[:, None])), 0.0)
   total = jnp.sum(w, axis=1, keepdims=True)
@@ -274,7 +288,7 @@ def _inverted_index(
   return col_count, col_start, rows, vals
 
 
-@functools.partial(jax.jit, static_argnames=("budget", "lambda_value"))
+@functools.partial(jax.jit, static_argnames=("budget", "lambda_value", "squared"))
 def _final_rows(
   q_idx: jax.Array,
   q_val: jax.Array,
@@ -287,6 +301,7 @@ def _final_rows(
   start: jax.Array,
   budget: int,
   lambda_value: float,
+  squared: bool = False,
 ) -> jax.Array:
   """Final distances of a block of r query rows, start..start+r-1.
 
@@ -299,6 +314,7 @@ def _final_rows(
     budget: static number of (query entry, gallery entry) pairs processed; >= the
       block's true number.
     lambda_value: weight of the original distance.
+    squared: square the q_g distances, as `_dt_rows`.
 
   Returns:
     float32 [r, G]: jaccard * (1 - lambda) + original / column max * lambda.
@@ -325,6 +341,8 @@ def _final_rows(
   overlap = overlap.reshape(r, num_gallery)
   jaccard = 1 - overlap / (2 - overlap)
   rows = jax.lax.dynamic_slice(q_g, (start, 0), (r, num_gallery)).astype(jnp.float32)
+  if squared:
+    rows = rows * rows
   original = rows / jax.lax.dynamic_slice(row_max, (start,), (r,))[:, None]
   return jaccard * (1 - lambda_value) + original * lambda_value
 
@@ -350,6 +368,7 @@ def re_ranking(
   row_chunk: int = DEFAULT_ROW_CHUNK,
   query_rows: int = DEFAULT_QUERY_ROWS,
   symmetric: bool = False,
+  squared: bool = False,
 ) -> np.ndarray:
   """k-reciprocal re-ranked query-gallery distances (torchreid's `re_ranking` signature).
 
@@ -363,7 +382,12 @@ def re_ranking(
     query_rows: query rows per Jaccard block (a block's pair count is also bounded).
     symmetric: q_q_dist and g_g_dist are symmetric (true of any distance): read them
       by rows rather than columns, which skips transposing them (the ranking pass
-      gets ~3x faster). Same result as False when they are exactly symmetric.
+      gets faster). Same result as False when they are exactly symmetric.
+    squared: square the given distances first, as fast-reid's and torchreid's
+      `re_ranking` do (they square whatever they are given); False uses them as
+      given, as BoT's feature-based `re_ranking` and Zhong et al.'s code do with the
+      squared Euclidean distance. See the module doc for which setting reproduces
+      which peer.
 
   Returns:
     float32 np.ndarray [Q, G], smaller is more similar; score it with
@@ -399,7 +423,7 @@ def re_ranking(
   for offset, num, gallery in ((0, nq, False), (nq, ng, True)):
     size = max(1, min(int(row_chunk), num))
     for s in _row_starts(num, size):
-      out = _initial_rank(q_q, q_g, g_g, s, k1_top, size, gallery, symmetric)
+      out = _initial_rank(q_q, q_g, g_g, s, k1_top, size, gallery, symmetric, squared)
       pending.append((offset + s, size, out))
   for s, size, (top, mx, good) in pending:
     rank[s : s + size], row_max[s : s + size], ok[s : s + size] = top, mx, good
@@ -430,7 +454,7 @@ def re_ranking(
   v_idx = jnp.asarray(v_idx)
 
   # 3. V: row-normalised Gaussian weights on the expansion sets.
-  v_val = _weights(q_q, q_g, g_g, row_max_dev, v_idx, symmetric)
+  v_val = _weights(q_q, q_g, g_g, row_max_dev, v_idx, symmetric, squared)
 
   # 4. Local query expansion.
   if k2 != 1:
@@ -481,6 +505,7 @@ def re_ranking(
       first,
       budget,
       float(lambda_value),
+      squared,
     )
     pending.append((start, stop, first, out))
     if len(pending) > 1:
@@ -502,6 +527,7 @@ def re_ranking_features(
   lambda_value: float = 0.3,
   row_chunk: int = DEFAULT_ROW_CHUNK,
   query_rows: int = DEFAULT_QUERY_ROWS,
+  squared: bool = False,
 ) -> np.ndarray:
   """`re_ranking` of the distances `distance.pairwise_distance` gives for the features.
 
@@ -511,7 +537,7 @@ def re_ranking_features(
   Args:
     q_feats: [Q, D] query features; g_feats: [G, D] gallery features (finite).
     metric: 'cosine' or 'euclidean' (see the module doc).
-    k1, k2, lambda_value, row_chunk, query_rows: as `re_ranking`.
+    k1, k2, lambda_value, row_chunk, query_rows, squared: as `re_ranking`.
 
   Returns:
     float32 np.ndarray [Q, G] re-ranked distances.
@@ -535,4 +561,5 @@ def re_ranking_features(
     row_chunk=row_chunk,
     query_rows=query_rows,
     symmetric=True,  # pairwise_distance(x, x) is symmetric
+    squared=squared,
   )

@@ -140,3 +140,21 @@ def test_score_features_no_positive_and_skipped(tmp_path):
   arrays["query_pids"] = arrays["query_pids"] + 1000
   with pytest.raises(EvaluationInputError, match="None of the 60 queries has a positive"):
     score.score_features(arrays)
+
+
+def test_score_features_rerank_convention():
+  # rerank_squared=True is the squared-input convention of rerank.re_ranking_features.
+  arrays = _arrays()
+  ids = [arrays[k] for k in score.ID_KEYS]
+  qf, gf = arrays["query_feats"], arrays["gallery_feats"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    got = {
+      sq: score.score_features(arrays, rerank=True, rerank_squared=sq)["re-ranked"]
+      for sq in (False, True)
+    }
+    for sq in (False, True):
+      want = metrics.evaluate(rerank.re_ranking_features(qf, gf, squared=sq), *ids)
+      assert got[sq].mAP == pytest.approx(want.mAP, abs=1e-12)
+      np.testing.assert_array_equal(got[sq].cmc, want.cmc)
+  assert got[True].mAP != got[False].mAP

@@ -197,3 +197,62 @@ def test_features_bad_input_messages():
     metrics.evaluate_features(p.q_feats[:19], p.g_feats, *p.ids)
   with pytest.raises(EvaluationInputError, match="Unknown metric"):
     metrics.evaluate_features(p.q_feats, p.g_feats, *p.ids, metric="manhattan")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_sharded_gallery_equals_one_device(metric, num_devices):
+  # Gallery split over the 4 simulated devices (2,001 items: padded to 4 x 501) and over
+  # a 1-device mesh. Each device's product [C, D] x [D, 501] may round differently
+  # from the one-device [C, D] x [D, 2001] (XLA picks kernels by shape), which flips
+  # exact ties: the 4-device figures are those of the reference on the distances the
+  # shards compute, and equal one device's wherever the products are exact
+  # (euclidean on these grid features).
+  import jax
+  from jax.sharding import Mesh
+
+  assert num_devices == 4
+  p = reid_problems.make_problem(4, num_gallery=2001)
+  q_prep = distance.prepare(jnp.asarray(p.q_feats), metric)
+  g_prep = distance.prepare(jnp.asarray(np.concatenate([p.g_feats, np.zeros((3, 8))])), metric)
+  shard_dist = np.concatenate(
+    [
+      np.asarray(
+        distance.distance_from_prepared(
+          q_prep, distance.Prepared(*(x[s : s + 501] for x in g_prep)), metric
+        )
+      )
+      for s in range(0, 2004, 501)
+    ],
+    axis=1,
+  )[:, :2001]
+  assert reid_problems.count_exact_ties(shard_dist) > 1000
+  ref = reid_metrics_numpy.eval_market1501(shard_dist, *p.ids, max_rank=50)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    single = metrics.evaluate_features(p.q_feats, p.g_feats, *p.ids, metric=metric)
+    for chunk in (37, 256):
+      mesh1 = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+      one = metrics.evaluate_features_sharded(
+        p.q_feats, p.g_feats, *p.ids, mesh1, metric=metric, query_chunk=chunk
+      )
+      np.testing.assert_array_equal(one.cmc, single.cmc)
+      assert (one.mAP, one.mINP) == (single.mAP, single.mINP)
+      mesh4 = Mesh(np.asarray(jax.devices()), ("data",))
+      four = metrics.evaluate_features_sharded(
+        p.q_feats, p.g_feats, *p.ids, mesh4, metric=metric, query_chunk=chunk
+      )
+      _check_parity(four, ref)
+      if metric == "euclidean":
+        np.testing.assert_array_equal(four.cmc, single.cmc)
+        assert (four.mAP, four.mINP) == (single.mAP, single.mINP)
+
+
+def test_sharded_bad_axis():
+  import jax
+  from jax.sharding import Mesh
+
+  mesh = Mesh(np.asarray(jax.devices()), ("batch",))
+  with pytest.raises(EvaluationInputError, match="not 'data'"):
+    metrics.evaluate_features_sharded(
+      np.ones((7, 4)), np.ones((7, 4)), Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, mesh
+    )

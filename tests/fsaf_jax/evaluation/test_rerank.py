@@ -4,6 +4,8 @@ The reference is `tests/reference/rerank_numpy.py` (torchreid's / fast-reid's lo
 a stable argsort and float32 arrays).
 """
 
+import importlib.util
+import pathlib
 import warnings
 
 import jax.numpy as jnp
@@ -139,3 +141,46 @@ def test_bad_input_messages():
     rerank.re_ranking(q_g[:0], q_q[:0, :0], g_g)
   with pytest.raises(EvaluationInputError, match="gallery features"):
     rerank.re_ranking_features(qf, np.full_like(gf, np.nan))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_squared_convention_is_the_reference_on_squared_distances(metric):
+  # squared=True (fast-reid's / torchreid's convention) = the reference given the
+  # squared blocks; and it is not the as-given result.
+  qf, gf, _, _ = _clustered(7, grid=1.0 if metric == "euclidean" else None)
+  q_g, q_q, g_g = _blocks(qf, gf, metric)
+  want = rerank_numpy.re_ranking(np.square(q_g), np.square(q_q), np.square(g_g))
+  for symmetric in (False, True):
+    got = rerank.re_ranking(
+      q_g, q_q, g_g, row_chunk=37, query_rows=7, symmetric=symmetric, squared=True
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  as_given = rerank.re_ranking(q_g, q_q, g_g)
+  assert np.abs(as_given - want).max() > 1e-2
+  from_features = rerank.re_ranking_features(qf, gf, metric=metric, squared=True)
+  np.testing.assert_array_equal(
+    from_features, rerank.re_ranking(q_g, q_q, g_g, symmetric=True, squared=True)
+  )
+
+
+def _fastreid_re_ranking():
+  """fast-reid's own NumPy `re_ranking`, loaded from its file if fastreid is installed."""
+  spec = importlib.util.find_spec("fastreid")
+  if spec is None or not spec.submodule_search_locations:
+    pytest.skip("fastreid not installed (python benchmarks/setup_peers.py)")
+  path = pathlib.Path(next(iter(spec.submodule_search_locations))) / "evaluation" / "rerank.py"
+  module_spec = importlib.util.spec_from_file_location("fastreid_rerank_under_test", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.re_ranking
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_squared_convention_matches_fastreid(metric):
+  # fast-reid's argsort is not stable: continuous features, so no ties.
+  fastreid_re_ranking = _fastreid_re_ranking()
+  qf, gf, _, _ = _clustered(8)
+  q_g, q_q, g_g = _blocks(qf, gf, metric)
+  want = fastreid_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3)
+  got = rerank.re_ranking_features(qf, gf, metric=metric, squared=True)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
