@@ -141,6 +141,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.rerank_k1 = 20
   config.eval.rerank_k2 = 6
   config.eval.rerank_lambda = 0.3
+  # Re-ranking's input: False = the distances as given (BoT's feature-based
+  # re_ranking); True = squared first, as fast-reid's and torchreid's re_ranking do
+  # (their re-ranked figures for the same features).
+  config.eval.rerank_squared = False
   config.eval.num_figure_queries = 8  # rows of the ranked-list figure
   # At the end of training, also score the untrained network (same init) and, when the
   # data has a Market-1501 folder, the colour-histogram baseline; print the table and

@@ -230,6 +230,7 @@ def score_features(
     k1=int(eval_config.rerank_k1),
     k2=int(eval_config.rerank_k2),
     lambda_value=float(eval_config.rerank_lambda),
+    squared=bool(eval_config.rerank_squared),
   )
   with warnings.catch_warnings():  # the skipped-queries warning was given once already
     warnings.simplefilter("ignore")
@@ -396,6 +397,7 @@ def evaluate_model(
       "rerank_k1": int(config.eval.rerank_k1),
       "rerank_k2": int(config.eval.rerank_k2),
       "rerank_lambda": float(config.eval.rerank_lambda),
+      "rerank_squared": bool(config.eval.rerank_squared),
     },
     "timing": timing,
     "metrics_path": None,

@@ -204,6 +204,29 @@ def test_rerank_metrics_equal_numpy_reference(evaluated, features):
   assert_metrics_equal(got, *ref)
 
 
+def test_rerank_squared_convention_equals_reference_on_squared_distances(features):
+  # fast-reid / torchreid square the distances they are given before re-ranking; with
+  # config.eval.rerank_squared the evaluator re-ranks as they do.
+  eval_config = make_config("/unused", rerank=True).eval
+  qf, gf = features.query_feats, features.gallery_feats
+  pdist = lambda a, b: np.asarray(distance.pairwise_distance(a, b, "cosine"))  # noqa: E731
+  reranked = {}
+  for squared in (False, True):
+    eval_config.rerank_squared = squared
+    _, _, reranked[squared], _ = evaluator.score_features(features, eval_config)
+    power = 2 if squared else 1
+    want = rerank_numpy.re_ranking(
+      pdist(qf, gf) ** power,
+      pdist(qf, qf) ** power,
+      pdist(gf, gf) ** power,
+      k1=K1,
+      k2=K2,
+      lambda_value=LAMBDA,
+    )
+    np.testing.assert_allclose(reranked[squared], want, atol=1e-5)
+  assert np.abs(reranked[True] - reranked[False]).max() > 1e-3  # the conventions differ
+
+
 def test_euclidean_metric(data_dir, variables, features):
   config = make_config(data_dir, metric="euclidean")
   result = evaluator.evaluate_model(config, variables, outdir=None, write_figure=False)
