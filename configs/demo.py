@@ -2,24 +2,17 @@ r"""The CPU demo: the tiny FSAF on the embedded synthetic dataset, end to end.
 
 Run (from the repository root, on a fresh machine: no download):
   python train.py --config=configs/demo.py --workdir=workdirs/demo
-Expected time: ~2.5 min. Measured for the whole command (data generation, TFDS build,
-compilation, 1,860 steps, three evaluations) on the 2-core CPU (Zen 4, 1 device):
-2 min 20 s idle (2026-11-24); 2 min 13 s - 2 min 21 s while other jobs shared it (load
-average 1-4.5), 3 min 49 s at a busier moment (load 3-6).
+Expected time: ~4 min on a 2-core CPU for the whole command (data generation, TFDS
+build, compilation, 1,875 steps, evaluations); the README has the measurements.
 
 It writes the synthetic Market-1501-layout dataset into WORKDIR/data/synthetic (1,000
 training and 100 test identities, 128x64 JPEGs), builds it with the real `market1501`
 TFDS builder into WORKDIR/data/tfds, trains the FSAF architecture (IBN-a, MHSA in
 Conv4_x/Conv5_x, ECA, Conv3-5 fusion, BNNeck; widths 16-128 instead of 64-512) on 64x32
-crops for 30 epochs of 62 P x K = 16 x 4 batches, evaluates the query / gallery split
+crops for 15 epochs of BoT's sampler (125 P x K = 16 x 4 batches each), evaluates the query / gallery split
 (WORKDIR/eval/step_<N>/metrics.json, ranked_list.png) and prints Rank-1 / mAP beside the same
 network untrained (its initialisation) and the colour-histogram baseline
-(WORKDIR/eval/step_<N>/baselines.json). Measured (deterministic for a given machine):
-
-                              Rank-1  Rank-5     mAP    mINP
-  FSAF trained (step 1860)      91.0    98.5    82.0    60.8
-  FSAF untrained (init only)     2.0    13.5     3.2     1.0
-  colour histogram (HSV)        32.5    54.0    21.0     6.5
+(WORKDIR/eval/step_<N>/baselines.json); the README gives the figures it prints.
 
 The synthetic people differ by clothing layout and accessories more than by colour
 statistics (sibling identities share their colours), so the colour histogram stays
