@@ -9,9 +9,10 @@ It writes the synthetic Market-1501-layout dataset into WORKDIR/data/synthetic (
 training and 100 test identities, 128x64 JPEGs), builds it with the real `market1501`
 TFDS builder into WORKDIR/data/tfds, trains the FSAF architecture (IBN-a, MHSA in
 Conv4_x/Conv5_x, ECA, Conv3-5 fusion, BNNeck; widths 16-128 instead of 64-512) on 64x32
-crops for 15 epochs of BoT's sampler (125 P x K = 16 x 4 batches each), evaluates the query / gallery split
-(WORKDIR/eval/step_<N>/metrics.json, ranked_list.png) and prints Rank-1 / mAP beside the same
-network untrained (its initialisation) and the colour-histogram baseline
+crops for 15 epochs of BoT's sampler (125 P x K = 16 x 4 batches each), evaluates the
+query / gallery split (WORKDIR/eval/step_<N>/metrics.json, ranked_list.png) and prints
+Rank-1 / mAP beside the same network untrained (its initialisation) and the
+colour-histogram baseline
 (WORKDIR/eval/step_<N>/baselines.json); the README gives the figures it prints.
 
 The synthetic people differ by clothing layout and accessories more than by colour

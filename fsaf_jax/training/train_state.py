@@ -126,12 +126,12 @@ def check_initialisation(init_config: ml_collections.ConfigDict) -> None:
   if not init_config.pretrained:
     raise pretrained_lib.MissingPretrainedError(
       "config.init.pretrained is empty: this run would train from random weights, tens of "
-      "points below any published ReID figure (every recipe starts from ImageNet). Get the "
-      f"official IBN-Net release {pretrained_lib.IBN_A_RELEASE} (XingangPan/IBN-Net on "
-      f"GitHub), convert it once with `python -m fsaf_jax.convert_ibn "
+      "points below any published ReID figure (every recipe starts from ImageNet)",
+      hint=f"get the official IBN-Net release {pretrained_lib.IBN_A_RELEASE} (XingangPan/"
+      "IBN-Net on GitHub), convert it once with `python -m fsaf_jax.convert_ibn "
       f"{pretrained_lib.IBN_A_RELEASE} r50_ibn_a.msgpack` and pass "
       "--config.init.pretrained=r50_ibn_a.msgpack; to train from scratch on purpose, pass "
-      f"--config.init.pretrained={pretrained_lib.SCRATCH}"
+      f"--config.init.pretrained={pretrained_lib.SCRATCH}",
     )
 
 

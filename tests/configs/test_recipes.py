@@ -121,8 +121,9 @@ def test_full_size_config_without_pretrained_stops_before_any_data_work(name, tm
   c = _config(name)
   c.input.data_dir = str(tmp_path / "tfds")
   c.input.manual_dir = str(tmp_path / "missing_dataset")
-  with pytest.raises(MissingPretrainedError, match="resnet50_ibn_a-d9d0bb7b.pth"):
+  with pytest.raises(MissingPretrainedError) as e:
     train_loop.train_and_evaluate(c, tmp_path / "work", config_name=name)
+  assert "resnet50_ibn_a-d9d0bb7b.pth" in e.value.hint
   assert not (tmp_path / "tfds").exists()
   assert not (tmp_path / "work" / "data").exists()
   assert not (tmp_path / "work" / "config.json").exists()

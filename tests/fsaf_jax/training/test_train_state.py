@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from data_pipelines import errors
 from fsaf_jax.pretrained import MissingPretrainedError, pretrained_file, save_pretrained
 from fsaf_jax.training.mesh import make_mesh
 from fsaf_jax.training.train_state import check_initialisation, create_train_state, init_variables
@@ -128,7 +129,9 @@ def test_empty_pretrained_is_refused_naming_the_release_and_scratch():
   config.init.pretrained = ""
   with pytest.raises(MissingPretrainedError) as e:
     check_initialisation(config.init)
-  message = str(e.value)
+  assert "config.init.pretrained is empty" in str(e.value)
+  message = errors.format_error(e.value)  # what a command prints: ERROR + hint lines
+  assert message.startswith("ERROR: config.init.pretrained") and "\nhint: " in message
   assert "resnet50_ibn_a-d9d0bb7b.pth" in message
   assert "python -m fsaf_jax.convert_ibn" in message
   assert "--config.init.pretrained=scratch" in message
