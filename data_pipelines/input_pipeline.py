@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from data_pipelines import augment, parent_watch
+from data_pipelines import augment, errors, parent_watch
 from data_pipelines.pk_sampler import PKSampler
 
 _STATE_VERSION = 1
@@ -141,13 +141,13 @@ class ReadTrainRecord(grain.transforms.Map):
 
 def _check_batch_divisibility(global_batch: int, num_devices: int, num_processes: int, p: int):
   if global_batch % num_devices:
-    raise ValueError(
+    raise errors.UserError(
       f"global batch P x K = {global_batch} must be divisible by the device count "
       f"{num_devices} (data-parallel over mesh axis 'data'): change "
       "config.input.num_identities / num_instances"
     )
   if p % num_processes:
-    raise ValueError(
+    raise errors.UserError(
       f"each process gets whole identities: P = config.input.num_identities = {p} must "
       f"be divisible by the process count {num_processes}"
     )
@@ -258,7 +258,7 @@ class TrainIterator(Iterator[dict[str, jax.Array]]):
     if state.get("version") != _STATE_VERSION:
       raise ValueError(f"unsupported train iterator state version: {state.get('version')!r}")
     if state["sampler"] != self._fingerprint():
-      raise ValueError(
+      raise errors.UserError(
         "the data-iterator state was saved with different sampling settings:\n"
         f"  checkpoint: {state['sampler']}\n  this run:   {self._fingerprint()}\n"
         "(seed, P x K and the training source must match to resume the batch sequence)"
@@ -334,12 +334,12 @@ def create_train_iterator(
   if len(person_ids) != len(source):
     raise ValueError(f"person_ids has {len(person_ids)} entries, the source {len(source)}")
   if person_ids.min() < 0:
-    raise ValueError(
+    raise errors.UserError(
       f"training labels must be >= 0, got person_id {person_ids.min()}: is this the "
       "train split (ids remapped to 0..N-1)?"
     )
   if num_train_ids is not None and person_ids.max() >= num_train_ids:
-    raise ValueError(
+    raise errors.UserError(
       f"training label {person_ids.max()} is out of range for num_train_ids="
       f"{num_train_ids} (labels must be 0..{num_train_ids - 1})"
     )
@@ -437,7 +437,7 @@ def create_eval_batches(
     [batch_size]; the last batch is padded (mask False, ids -1).
   """
   if batch_size < 1:
-    raise ValueError(f"eval batch_size must be positive, got {batch_size}")
+    raise errors.UserError(f"eval batch_size must be positive, got {batch_size}")
   if len(source) == 0:
     return
   num_threads = num_threads or os.cpu_count() or 1

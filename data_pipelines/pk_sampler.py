@@ -44,6 +44,8 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from data_pipelines import errors
+
 MODES = ("bot", "uniform")
 # Independent random streams derived from the seed.
 _PERMUTATION_STREAM = 0
@@ -149,13 +151,13 @@ class PKSampler:
     """
     person_ids = np.asarray(person_ids)
     if mode not in MODES:
-      raise ValueError(f"config.input.sampler={mode!r}: must be one of {MODES}")
+      raise errors.UserError(f"config.input.sampler={mode!r}: must be one of {MODES}")
     if person_ids.ndim != 1 or person_ids.size == 0:
       raise ValueError(f"person_ids must be a non-empty 1-D sequence, got shape {person_ids.shape}")
     if not np.issubdtype(person_ids.dtype, np.integer):
       raise ValueError(f"person_ids must be integers, got dtype {person_ids.dtype}")
     if num_identities < 1 or num_instances < 1:
-      raise ValueError(
+      raise errors.UserError(
         f"num_identities (P={num_identities}) and num_instances (K={num_instances}) "
         "must be positive"
       )
@@ -166,20 +168,20 @@ class PKSampler:
     if shard_count < 1 or not 0 <= shard_index < shard_count:
       raise ValueError(f"invalid shard {shard_index} of {shard_count}")
     if num_identities % shard_count:
-      raise ValueError(
+      raise errors.UserError(
         f"P x K sampling gives each process whole identities: P={num_identities} "
         f"identities per batch must be divisible by the process count {shard_count}"
       )
 
     identities, inverse, counts = np.unique(person_ids, return_inverse=True, return_counts=True)
     if len(identities) < num_identities:
-      raise ValueError(
+      raise errors.UserError(
         f"the source has {len(identities)} identities, fewer than "
         f"P={num_identities} identities per batch"
       )
     if not sample_with_replacement and counts.min() < num_instances:
       small = identities[counts < num_instances]
-      raise ValueError(
+      raise errors.UserError(
         f"K={num_instances} images per identity, but {len(small)} identities have fewer "
         f"(smallest: {counts.min()} images; identities {small[:10].tolist()}"
         f"{' ...' if len(small) > 10 else ''}) and sampling with replacement is disabled: "

@@ -47,6 +47,8 @@ import jax
 import ml_collections
 import optax
 
+from data_pipelines import errors
+
 PARAM_GROUPS = ("weight", "bias", "norm")
 
 
@@ -77,41 +79,41 @@ LR_SCHEDULES = ("bot", "fastreid")
 
 def _check_schedule_config(optim_config, steps_per_epoch: int) -> tuple[int, ...]:
   if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
-    raise ValueError(
+    raise errors.UserError(
       f"steps_per_epoch must be a positive int, got {steps_per_epoch!r} (resolve "
       "config.train.steps_per_epoch=-1 from the dataset before building the optimiser)"
     )
   if optim_config.lr_schedule not in LR_SCHEDULES:
-    raise ValueError(
+    raise errors.UserError(
       f"config.optim.lr_schedule={optim_config.lr_schedule!r}: must be one of {LR_SCHEDULES}"
     )
   milestones = tuple(int(m) for m in optim_config.milestones)
   if any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
-    raise ValueError(
+    raise errors.UserError(
       f"config.optim.milestones must be strictly increasing positive epochs, got "
       f"{tuple(optim_config.milestones)}"
     )
   if optim_config.warmup_epochs < 0 or optim_config.warmup_iters < 0:
-    raise ValueError(
+    raise errors.UserError(
       f"config.optim.warmup_epochs ({optim_config.warmup_epochs}) and warmup_iters "
       f"({optim_config.warmup_iters}) must be >= 0"
     )
   # Each schedule warms up in its own unit; a value in the other one would be ignored.
   unused = "warmup_iters" if optim_config.lr_schedule == "bot" else "warmup_epochs"
   if optim_config[unused]:
-    raise ValueError(
+    raise errors.UserError(
       f"config.optim.{unused}={optim_config[unused]} has no effect with "
       f"config.optim.lr_schedule={optim_config.lr_schedule!r} (the 'bot' schedule warms up "
       "per epoch over warmup_epochs, 'fastreid' per step over warmup_iters): set it to 0"
     )
   if not 0.0 < optim_config.warmup_factor <= 1.0:
-    raise ValueError(
+    raise errors.UserError(
       f"config.optim.warmup_factor must be in (0, 1], got {optim_config.warmup_factor}"
     )
   if optim_config.gamma <= 0:
-    raise ValueError(f"config.optim.gamma must be > 0, got {optim_config.gamma}")
+    raise errors.UserError(f"config.optim.gamma must be > 0, got {optim_config.gamma}")
   if optim_config.base_lr <= 0:
-    raise ValueError(f"config.optim.base_lr must be > 0, got {optim_config.base_lr}")
+    raise errors.UserError(f"config.optim.base_lr must be > 0, got {optim_config.base_lr}")
   return milestones
 
 
@@ -207,7 +209,7 @@ def create_optimizer(
   """
   for name in ("weight_decay", "weight_decay_bias", "weight_decay_norm"):
     if optim_config[name] < 0:
-      raise ValueError(f"config.optim.{name} must be >= 0, got {optim_config[name]}")
+      raise errors.UserError(f"config.optim.{name} must be >= 0, got {optim_config[name]}")
   schedule = create_lr_schedule(optim_config, steps_per_epoch)
   tx = optax.chain(
     coupled_weight_decay(

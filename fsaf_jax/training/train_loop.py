@@ -134,14 +134,14 @@ def resolve_config(
   """
   config = ml_collections.ConfigDict(config.to_dict())
   if config.model.num_classes not in (-1, num_train_ids):
-    raise ValueError(
+    raise errors.UserError(
       f"config.model.num_classes={config.model.num_classes} but {config.input.dataset!r} "
       f"in {config.input.data_dir} has {num_train_ids} training identities: set "
       "config.model.num_classes=-1 (take it from the data) or fix it"
     )
   config.model.num_classes = num_train_ids
   if config.train.epoch_length not in EPOCH_LENGTHS:
-    raise ValueError(
+    raise errors.UserError(
       f"config.train.epoch_length={config.train.epoch_length!r}: must be one of {EPOCH_LENGTHS}"
     )
   if config.train.steps_per_epoch == -1:
@@ -151,12 +151,12 @@ def resolve_config(
     else:
       config.train.steps_per_epoch = num_train_images // batch
     if config.train.steps_per_epoch <= 0:
-      raise ValueError(
+      raise errors.UserError(
         f"{config.input.dataset!r} gives no full batch of P x K = {batch} per epoch "
         f"({num_train_images} training images, {num_train_ids} identities)"
       )
   elif config.train.steps_per_epoch <= 0:
-    raise ValueError(
+    raise errors.UserError(
       f"config.train.steps_per_epoch must be -1 (from the data, see train.epoch_length) or "
       f"positive, got {config.train.steps_per_epoch}"
     )

@@ -26,6 +26,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from data_pipelines import errors
 from fsaf_jax import pretrained as pretrained_lib
 from fsaf_jax.losses.center import init_centers
 from fsaf_jax.models.bottleneck import zero_attention_last_bn
@@ -104,7 +105,7 @@ class TrainState:
 def _resolve_steps_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: int | None):
   steps = config.train.steps_per_epoch if steps_per_epoch is None else steps_per_epoch
   if steps is None or steps <= 0:
-    raise ValueError(
+    raise errors.UserError(
       f"steps_per_epoch is {steps}: pass steps_per_epoch= (e.g. num_train_identities "
       "// config.input.num_identities) or set config.train.steps_per_epoch > 0"
     )
