@@ -22,7 +22,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # train.py, eval.py and fsaf_jax.extract before JAX starts.
   config.host_allocator = True
 
-  # --- Network (DESIGN.md section 1). -------------------------------------------------
+  # --- Network. ------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
   config.model.stage_sizes = (3, 4, 6, 3)  # bottlenecks in Conv2_x..Conv5_x
   config.model.stem_width = 64
@@ -40,7 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.num_classes = -1
   config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params f32)
 
-  # --- Initialisation (DESIGN.md section 2). -----------------------------------------
+  # --- Initialisation. -----------------------------------------------------------------
   config.init = ml_collections.ConfigDict()
   # Flax-native file written by `python -m fsaf_jax.convert_ibn` from the official
   # IBN-Net release resnet50_ibn_a-d9d0bb7b.pth. Every published recipe starts from it:
@@ -53,7 +53,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # follows BoTNet, whose blocks it uses. No effect on models without MHSA.
   config.init.zero_init_attention_bn = True
 
-  # --- Data (DESIGN.md section 3). ----------------------------------------------------
+  # --- Data. ---------------------------------------------------------------------------
   config.input = ml_collections.ConfigDict()
   config.input.dataset = "market1501"  # TFDS builder name (optionally 'name/config')
   # Where TFDS writes/reads ArrayRecord; '' = WORKDIR/data/tfds (train.py).
@@ -84,7 +84,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   )
   config.input.synthetic.generate = False
 
-  # --- Losses (DESIGN.md section 4). --------------------------------------------------
+  # --- Losses. -------------------------------------------------------------------------
   config.loss = ml_collections.ConfigDict()
   config.loss.ce_weight = 1.0
   config.loss.label_smoothing = 0.1
@@ -94,7 +94,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.triplet_margin = 0.3
   config.loss.center_weight = 0.0  # centre loss off by default (BoT: 5e-4 when on)
 
-  # --- Optimiser and schedule: the BoT recipe. ---------------------------------------
+  # --- Optimiser and schedule: the BoT recipe. -----------------------------------------
   config.optim = ml_collections.ConfigDict()
   config.optim.base_lr = 3.5e-4
   config.optim.b1 = 0.9
@@ -131,7 +131,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # no batch).
   config.train.log_batch_indices = False
 
-  # --- Evaluation (DESIGN.md section 5). ----------------------------------------------
+  # --- Evaluation. ---------------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
   config.eval.metric = "cosine"  # 'cosine' | 'euclidean'
   config.eval.flip = False  # average the embeddings of the image and its mirror

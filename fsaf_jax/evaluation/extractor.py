@@ -1,6 +1,6 @@
 """Jitted batch feature extractor: uint8 images in, L2-normalised embeddings out.
 
-The test-time embedding (DESIGN.md section 5) is the post-BNNeck feature `bn_feat`,
+The test-time embedding is the post-BNNeck feature `bn_feat`,
 L2-normalised. With flip averaging, `bn_feat` of the image and of its horizontal
 mirror are averaged *before* the L2 normalisation (as fast-reid / torchreid do), so
 the result is still a unit vector.

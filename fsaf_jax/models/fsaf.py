@@ -1,7 +1,7 @@
 """The FSAF network and its construction from a config.
 
 FSAF (An et al.) = ResNet50-IBN-a backbone + BoTNet MHSA in Conv4_x/Conv5_x + ECA
-+ Conv3-5 fusion + BNNeck head (DESIGN.md section 1). The paper's ablation variants
++ Conv3-5 fusion + BNNeck head. The paper's ablation variants
 (Table 2) are configs, not code forks: `baseline` (no MHSA, no ECA, no fusion),
 `baseline_sam` (+ MHSA + ECA), `full` (+ fusion).
 

@@ -1,7 +1,8 @@
 """Parameter count of an FSAF configuration by per-layer arithmetic.
 
-Independent of the model code: written from the layer list of DESIGN.md section 1 and
-the official IBN-Net bottleneck, never from the model's parameter tree.
+Independent of the model code: written from the paper's layer list (the README's
+network description) and the official IBN-Net bottleneck, never from the model's
+parameter tree.
 """
 
 # ECA kernel sizes of the ResNet-50 channel counts (the ECA-Net rule, k = 3/5/5/5/7).
