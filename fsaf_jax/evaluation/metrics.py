@@ -399,6 +399,27 @@ def evaluate(
   return _finish(*chunks, counts, max_rank, "distmat")
 
 
+def _checked_feature_inputs(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids):
+  """Validated features [M, D], [N, D] and ids (`inputs`), in the order given.
+
+  Raises:
+    inputs.EvaluationInputError: naming the arrays whose shapes do not fit together.
+  """
+  q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
+  q_feats = inputs.feature_matrix("query features", q_feats)
+  g_feats = inputs.feature_matrix("gallery features", g_feats)
+  if q_feats.shape[0] != q_pids.shape[0] or g_feats.shape[0] != g_pids.shape[0]:
+    raise inputs.EvaluationInputError(
+      f"query features {q_feats.shape} / gallery features {g_feats.shape} do not match "
+      f"{q_pids.shape[0]} query and {g_pids.shape[0]} gallery ids."
+    )
+  if q_feats.shape[1] != g_feats.shape[1]:
+    raise inputs.EvaluationInputError(
+      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
+    )
+  return q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
+
+
 def evaluate_features(
   q_feats,
   g_feats,
@@ -428,18 +449,9 @@ def evaluate_features(
     RankMetrics, equal to `evaluate(pairwise_distance(q_feats, g_feats, metric), ...)`.
   """
   distance_lib.check_metric(metric)
-  q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
-  q_feats = inputs.feature_matrix("query features", q_feats)
-  g_feats = inputs.feature_matrix("gallery features", g_feats)
-  if q_feats.shape[0] != q_pids.shape[0] or g_feats.shape[0] != g_pids.shape[0]:
-    raise inputs.EvaluationInputError(
-      f"query features {q_feats.shape} / gallery features {g_feats.shape} do not match "
-      f"{q_pids.shape[0]} query and {g_pids.shape[0]} gallery ids."
-    )
-  if q_feats.shape[1] != g_feats.shape[1]:
-    raise inputs.EvaluationInputError(
-      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
-    )
+  q_feats, g_feats, q_pids, g_pids, q_camids, g_camids = _checked_feature_inputs(
+    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
+  )
   max_rank = _check_max_rank(max_rank, g_pids.shape[0])
   counts, table = _count_positives(q_pids, g_pids, q_camids, g_camids)
   _check_int32(q_pids, g_pids)
@@ -544,18 +556,9 @@ def evaluate_features_sharded(
   distance_lib.check_metric(metric)
   if axis not in mesh.axis_names:
     raise inputs.EvaluationInputError(f"The mesh has axes {mesh.axis_names}, not {axis!r}.")
-  q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
-  q_feats = inputs.feature_matrix("query features", q_feats)
-  g_feats = inputs.feature_matrix("gallery features", g_feats)
-  if q_feats.shape[0] != q_pids.shape[0] or g_feats.shape[0] != g_pids.shape[0]:
-    raise inputs.EvaluationInputError(
-      f"query features {q_feats.shape} / gallery features {g_feats.shape} do not match "
-      f"{q_pids.shape[0]} query and {g_pids.shape[0]} gallery ids."
-    )
-  if q_feats.shape[1] != g_feats.shape[1]:
-    raise inputs.EvaluationInputError(
-      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
-    )
+  q_feats, g_feats, q_pids, g_pids, q_camids, g_camids = _checked_feature_inputs(
+    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
+  )
   n = g_pids.shape[0]
   max_rank = _check_max_rank(max_rank, n)
   counts, table = _count_positives(q_pids, g_pids, q_camids, g_camids)

@@ -18,6 +18,7 @@ from data_pipelines.pk_sampler import bot_batches_per_epoch
 from fsaf_jax.pretrained import MissingPretrainedError
 from fsaf_jax.training import train_loop
 from fsaf_jax.training.optimizer import create_lr_schedule
+from tests.reference.market_shape import market_shaped_counts
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -95,11 +96,7 @@ def test_published_config_is_the_recipe(name):
 
 def test_baseline_lr_at_every_step_of_a_market_run_is_bots():
   # A Market-1501-shaped training split: 751 identities, 12,936 images, 2 to 72 each.
-  rng = np.random.default_rng(0)
-  counts = np.clip(np.round(rng.lognormal(np.log(14), 0.6, 751)), 2, 72).astype(int)
-  while (diff := 12936 - counts.sum()) != 0:
-    j = rng.integers(0, 751)
-    counts[j] = np.clip(counts[j] + np.sign(diff), 2, 72)
+  counts = market_shaped_counts()
   c = _config("baseline")
   spe = bot_batches_per_epoch(counts, c.input.num_identities, c.input.num_instances)
   assert 175 <= spe <= 205

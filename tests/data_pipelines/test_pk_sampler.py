@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.pk_sampler import MODES, PKSampler, bot_batches_per_epoch
+from tests.reference.market_shape import market_shaped_counts
 
 
 def _labels(counts, seed=0):
@@ -179,20 +180,9 @@ def test_bot_epoch_length_formula_by_hand():
   assert sampler.batches_per_epoch == 3
 
 
-def _market_shaped_counts(seed=0):
-  """751 identities, 12,936 images, 2 to 72 per identity (Market-1501's train split)."""
-  rng = np.random.default_rng(seed)
-  counts = np.clip(np.round(rng.lognormal(np.log(14), 0.6, 751)), 2, 72).astype(int)
-  counts[:2] = 2, 72
-  while (diff := 12936 - counts.sum()) != 0:
-    j = rng.integers(2, 751)
-    counts[j] = np.clip(counts[j] + np.sign(diff), 2, 72)
-  assert counts.sum() == 12936 and counts.min() == 2 and counts.max() == 72
-  return counts
-
-
 def test_bot_epoch_on_market_shaped_labels():
-  counts = _market_shaped_counts()
+  counts = market_shaped_counts()
+  assert counts.sum() == 12936 and (counts.min(), counts.max()) == (2, 72)
   labels = np.repeat(np.arange(751), counts)
   p, k = 16, 4
   sampler = PKSampler(labels, num_identities=p, num_instances=k, seed=0)

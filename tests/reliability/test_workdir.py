@@ -119,12 +119,14 @@ def test_a_killed_runs_lock_is_taken_over(holder, caplog):
   assert (locked / workdir_lock.LOCK_FILE).read_text() == ""
 
 
-def test_train_py_on_a_locked_workdir_exits_2_with_one_line(holder, data_root, tmp_path):
-  locked, proc = holder
-  config_file = run.write_config_file(tmp_path / "tiny_run.py", data_root)
-  before = sorted(p.name for p in locked.iterdir())
+def run_user_error(script: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+  """Runs `python SCRIPT ARGS` from the repository root; asserts exit status 2.
+
+  Returns:
+    (the completed process, its stderr lines that start with 'ERROR:').
+  """
   result = subprocess.run(
-    [sys.executable, "train.py", f"--config={config_file}", f"--workdir={locked}"],
+    [sys.executable, script, *args],
     cwd=ROOT,
     env=env(),
     capture_output=True,
@@ -133,6 +135,14 @@ def test_train_py_on_a_locked_workdir_exits_2_with_one_line(holder, data_root, t
   )
   assert result.returncode == 2, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+  return result, errors
+
+
+def test_train_py_on_a_locked_workdir_exits_2_with_one_line(holder, data_root, tmp_path):
+  locked, proc = holder
+  config_file = run.write_config_file(tmp_path / "tiny_run.py", data_root)
+  before = sorted(p.name for p in locked.iterdir())
+  result, errors = run_user_error("train.py", f"--config={config_file}", f"--workdir={locked}")
   assert len(errors) == 1 and f"pid {proc.pid}" in errors[0], result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   assert sorted(p.name for p in locked.iterdir()) == before  # nothing written
@@ -213,16 +223,7 @@ def test_eval_py_on_a_damaged_checkpoint_exits_2_naming_it(workdir):
   damage.truncate(damage.largest_file(step_dir / "train_state"))  # eval reads variables only
   damage.truncate(damage.largest_file(step_dir / "variables"))
   results_before = damage.tree_dir_snapshot(workdir / "eval")
-  result = subprocess.run(
-    [sys.executable, "eval.py", "--config=configs/tiny.py", f"--checkpoint={step_dir}"],
-    cwd=ROOT,
-    env=env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 2, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+  result, errors = run_user_error("eval.py", "--config=configs/tiny.py", f"--checkpoint={step_dir}")
   assert errors == [errors[0]] and f"ERROR: checkpoint {step_dir} is damaged: " in errors[0]
   assert "Traceback" not in result.stderr
   assert damage.tree_dir_snapshot(workdir / "eval") == results_before  # nothing written
