@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -333,6 +334,26 @@ class _DropUnretrieved(logging.Filter):
     return "exception was never retrieved" not in record.getMessage()
 
 
+def _remove_settled(path: epath.Path, *, settle: float = 0.5, patience: float = 10.0) -> None:
+  """Removes the folder `path` and makes sure it stays removed.
+
+  After a failed save, orbax's metadata thread may still write `_CHECKPOINT_METADATA`
+  into the step's temporary folder while it is being removed (the removal then leaves
+  the folder behind with that one file): remove again until the folder has stayed
+  absent for `settle` seconds, for at most `patience` seconds.
+  """
+  deadline = time.monotonic() + patience
+  while True:
+    shutil.rmtree(os.fspath(path), ignore_errors=True)
+    if not path.exists():
+      time.sleep(settle)
+      if not path.exists() or time.monotonic() > deadline:
+        return
+    elif time.monotonic() > deadline:
+      return
+    time.sleep(0.05)
+
+
 class SaveMonitor:
   """Follows the asynchronous saves of an orbax manager (see the module doc).
 
@@ -411,7 +432,7 @@ class SaveMonitor:
       return removed
     for path in self.directory.iterdir():
       if path.name == str(step) or (_TMP_MARKER in path.name and path.name.startswith(f"{step}.")):
-        shutil.rmtree(os.fspath(path), ignore_errors=True)
+        _remove_settled(path)
         removed.append(path.name)
     if removed:
       self._manager.reload()
