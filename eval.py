@@ -25,10 +25,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data_pipelines import errors
-from fsaf_jax import host_allocator
+from fsaf_jax.core import host_allocator
+from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
+from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.evaluation import evaluator
-from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
-from fsaf_jax.training.distributed import maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(

@@ -23,10 +23,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import errors
-from fsaf_jax import host_allocator
+from fsaf_jax.core import host_allocator
+from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
+from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
 from fsaf_jax.training import train_loop
-from fsaf_jax.training.checkpoint import IncompatibleCheckpointError
-from fsaf_jax.training.checkpoint_integrity import CheckpointSaveError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")

@@ -42,7 +42,7 @@ Every timing is the median over `--rounds` rounds after a warm-up call (compilat
 excluded; the NumPy peer at full scale skips the warm-up), the runners of one table
 interleaved round by round (`harness.interleave`) so that load changes hit them alike;
 absolute figures on a shared machine are noisy, the ratios less so. As in `eval.py`,
-`fsaf_jax.host_allocator.configure()` runs first (glibc keeps freed memory mapped, so
+`fsaf_jax.core.host_allocator.configure()` runs first (glibc keeps freed memory mapped, so
 XLA's large per-call buffers are not page-faulted in afresh every call; NumPy gets the
 same settings); `--nohost_allocator` measures without.
 """
@@ -70,7 +70,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from benchmarks import peers  # noqa: E402
 from benchmarks.harness import Runner, interleave, machine_lines  # noqa: E402
-from fsaf_jax import host_allocator  # noqa: E402
+from fsaf_jax.core import host_allocator  # noqa: E402
 
 MARKET = {"num_query": 3368, "num_gallery": 15913, "num_ids": 750, "num_cams": 6}
 MSMT = {"num_query": 11659, "num_gallery": 82161, "num_ids": 3060, "num_cams": 15}
@@ -92,7 +92,7 @@ _SHARDED = flags.DEFINE_string(
 _HOST_ALLOCATOR = flags.DEFINE_bool(
   "host_allocator",
   True,
-  "Apply fsaf_jax.host_allocator (malloc settings), as eval.py does.",
+  "Apply fsaf_jax.core.host_allocator (malloc settings), as eval.py does.",
   allow_override=True,  # benchmarks/run.py, which imports this module, defines it too
 )
 _CHILD = flags.DEFINE_string("child", None, "Internal: run one measurement in this process.")

@@ -108,7 +108,7 @@ def model_consumption_rate(config, batch_size: int, steps: int) -> float:
   import optax
 
   from fsaf_jax.models.fsaf import create_model
-  from fsaf_jax.preprocessing import normalize_images
+  from fsaf_jax.models.preprocessing import normalize_images
 
   num_classes = 751
   model = create_model(config.model, num_classes)

@@ -138,7 +138,7 @@ def profile(fn, args, steps: int) -> dict[str, float]:
 
 def main(argv):
   del argv
-  from fsaf_jax import host_allocator
+  from fsaf_jax.core import host_allocator
 
   host_allocator.configure()  # as the entry points and benchmarks/run.py
   import jax
@@ -152,7 +152,7 @@ def main(argv):
   model = create_model(config.model, NUM_CLASSES)
   images, labels = pk_batch(_BATCH.value)
   if _WHAT.value == "train":
-    from fsaf_jax.training.mesh import batch_sharding, make_mesh
+    from fsaf_jax.core.mesh import batch_sharding, make_mesh
     from fsaf_jax.training.train_state import create_train_state
     from fsaf_jax.training.train_step import make_train_step
 

@@ -29,7 +29,7 @@ FLOP convention (`fsaf_jax.models.flops`): conv / dense / attention MACs x 2 cou
 from the layer shapes, forward pass only; a train step = 3 x forward. Normalisation,
 activations, pooling and softmax are not counted.
 
-C allocator: `fsaf_jax.host_allocator.configure()` runs first, as in the entry points
+C allocator: `fsaf_jax.core.host_allocator.configure()` runs first, as in the entry points
 (glibc `mallopt` settings that keep freed memory mapped: without them the train step
 was 1.27x and the extractor 1.36x slower, page-faulting their buffers in every call);
 `--nohost_allocator` measures without. PyTorch runs in worker processes, with the
@@ -81,7 +81,7 @@ _SECTIONS = flags.DEFINE_list(
   "Sections to skip: train, extract, torch, bfloat16, fsaf, evaluation, pipeline.",
 )
 _HOST_ALLOCATOR = flags.DEFINE_bool(
-  "host_allocator", True, "Apply fsaf_jax.host_allocator (malloc settings) in this process."
+  "host_allocator", True, "Apply fsaf_jax.core.host_allocator (malloc settings) in this process."
 )
 _WITH_MSMT = flags.DEFINE_bool(
   "with_msmt", False, "Also run evaluation.py's MSMT17-scale memory run (several minutes)."
@@ -92,9 +92,9 @@ def jax_train_runner(name: str, dtype: str, images, labels) -> Runner:
   """The real jitted data-parallel train step of config `name` on one fixed batch."""
   import jax
 
+  from fsaf_jax.core.mesh import batch_sharding, make_mesh
   from fsaf_jax.models.flops import count_flops
   from fsaf_jax.models.fsaf import create_model
-  from fsaf_jax.training.mesh import batch_sharding, make_mesh
   from fsaf_jax.training.train_state import create_train_state
   from fsaf_jax.training.train_step import make_train_step
 
@@ -150,7 +150,7 @@ def jax_extract_runner(name: str, dtype: str, images) -> Runner:
 def torch_runners(kind: str, dtype: str, batch: int, flops: float) -> list[Runner]:
   """The PyTorch reference (`benchmarks/torch_reference.py`), each in its own process:
   with glibc's default malloc (as PyTorch users run it) and with the JAX process's
-  `fsaf_jax.host_allocator` settings."""
+  `fsaf_jax.core.host_allocator` settings."""
   from benchmarks import torch_reference
 
   runners = []
@@ -296,9 +296,9 @@ def pipeline_section(train_rate: float | None) -> list[str]:
 
 def main(argv):
   del argv
-  from fsaf_jax import host_allocator
+  from fsaf_jax.core import host_allocator
 
-  # Before JAX starts its backend, as in the entry points (fsaf_jax/host_allocator.py).
+  # Before JAX starts its backend, as in the entry points (fsaf_jax/core/host_allocator.py).
   allocator = host_allocator.configure() if _HOST_ALLOCATOR.value else False
   skip = set(_SECTIONS.value)
   if _QUICK.value:
@@ -317,7 +317,9 @@ def main(argv):
   lines = [*machine_lines(), f"command: {command.strip()}"]
   lines += [
     "JAX process C allocator: "
-    + (f"{host_allocator.DESCRIPTION} (fsaf_jax/host_allocator.py)" if allocator else "default")
+    + (
+      f"{host_allocator.DESCRIPTION} (fsaf_jax/core/host_allocator.py)" if allocator else "default"
+    )
     + f"; PyTorch runs in worker processes: '{PT_DEFAULT}' with the default malloc, "
     f"'{PT_MALLOPT}' with the same settings as JAX.",
     "NOTE: the machine may be shared: absolute times are noisy; JAX and PyTorch runners are "

@@ -137,7 +137,7 @@ class Worker:
 
   Its own process gives it its own threads and its own C allocator settings: with
   `host_allocator=False` it runs as a user would run PyTorch (glibc defaults), with True
-  it gets the same `fsaf_jax.host_allocator` settings as the JAX process. The inputs
+  it gets the same `fsaf_jax.core.host_allocator` settings as the JAX process. The inputs
   are `benchmarks.harness.pk_batch(batch)`, the same images and labels as the parent's.
   Calling the worker runs one step and returns when it is done.
   """
@@ -169,7 +169,7 @@ class Worker:
 
 def _worker_main(kind: str, dtype: str, batch: int, with_host_allocator: bool) -> None:
   from benchmarks.harness import NUM_CLASSES, pk_batch
-  from fsaf_jax import host_allocator
+  from fsaf_jax.core import host_allocator
 
   if with_host_allocator:  # the settings themselves: no JAX backend runs here
     host_allocator.apply_settings()

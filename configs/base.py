@@ -18,7 +18,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # CPU backend only: glibc malloc settings that keep XLA's buffers mapped between steps
-  # (fsaf_jax/host_allocator.py; the train step is 1.27x slower without, on a 2-core CPU). Read by
+  # (fsaf_jax/core/host_allocator.py; docs/performance.md has the effect). Read by
   # train.py, eval.py and fsaf_jax.extract before JAX starts.
   config.host_allocator = True
 

@@ -2,7 +2,7 @@
 
 Elements are dicts with an `'image'` entry; every transform returns a new dict with the
 image replaced and the other entries untouched. Images stay uint8 RGB [H, W, 3]:
-normalisation happens on the device (`fsaf_jax.preprocessing.normalize_images`).
+normalisation happens on the device (`fsaf_jax.models.preprocessing.normalize_images`).
 
 The random transforms are `grain.transforms.RandomMap`s: they draw only from the `rng`
 they are given, which the pipeline seeds from `(seed, record position)`, so an augmented
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-# ImageNet mean in uint8 pixel units (fsaf_jax.preprocessing.IMAGENET_MEAN * 255).
+# ImageNet mean in uint8 pixel units (fsaf_jax.models.preprocessing.IMAGENET_MEAN * 255).
 IMAGENET_MEAN_PIXEL = (124, 116, 104)
 # Integer grayscale modes PIL gives 16-bit PNG / TIFF images (PIL's own conversion to
 # RGB clips them at 255: an all-white image); scaled from the 16-bit range instead.

@@ -162,7 +162,7 @@ class TrainIterator(Iterator[dict[str, jax.Array]]):
   `jax_enable_x64`: exact, sources are checked to have < 2**31 records). `B = P * K`;
   process `i` of `n` provides the identities `i * P/n .. (i+1) * P/n - 1` of every global
   batch, which are rows `i * B/n .. (i+1) * B/n - 1` when the mesh orders its devices by
-  process (`fsaf_jax.training.mesh.make_mesh` does). `prefetch` batches beyond the one
+  process (`fsaf_jax.core.mesh.make_mesh` does). `prefetch` batches beyond the one
   returned are already on their way to the devices.
 
   `get_state()` / `set_state()` (JSON bytes, the interface grain's orbax

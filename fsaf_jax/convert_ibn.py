@@ -18,7 +18,7 @@ their initial values (MHSA, ECA, head).
 The layout converted for is `--config`'s model (default: the plain ResNet50-IBN-a of
 `configs/baseline.py`, which every FSAF variant of that depth accepts: the training code
 drops the 3x3 convs of MHSA blocks, reporting them). DST holds only the converted
-backbone entries (see `fsaf_jax.pretrained`); training never needs PyTorch.
+backbone entries (see `fsaf_jax.models.pretrained`); training never needs PyTorch.
 
 PyTorch is imported lazily, only here: `pip install torch --index-url
 https://download.pytorch.org/whl/cpu` (the CPU build is enough).
@@ -40,8 +40,7 @@ from flax import traverse_util
 from ml_collections import config_flags
 
 from data_pipelines import errors
-from fsaf_jax import pretrained
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import fsaf, pretrained
 
 TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 WRAPPER_KEYS = ("state_dict", "model")  # Lightning/IBN-Net trainers, fast-reid/detectron2
@@ -436,7 +435,7 @@ def convert_file(
 
   Args:
     src: PyTorch checkpoint (see the module docstring).
-    dst: output file, read by `fsaf_jax.pretrained.load_pretrained`.
+    dst: output file, read by `fsaf_jax.models.pretrained.load_pretrained`.
     config: full config whose `model` (and `input.image_size`) give the layout;
       None: the plain ResNet50-IBN-a layout.
     allow_missing: see `convert_state_dict`.

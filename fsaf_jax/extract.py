@@ -47,12 +47,11 @@ from ml_collections import config_flags
 
 from data_pipelines import augment, errors
 from data_pipelines.datasets import image_check, naming
-from fsaf_jax import host_allocator, pretrained
-from fsaf_jax.evaluation import evaluator
+from fsaf_jax.core import checkpoint_restore, host_allocator
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
-from fsaf_jax.models import fsaf
-from fsaf_jax.training import checkpoint, train_state
+from fsaf_jax.models import fsaf, pretrained
+from fsaf_jax.training import train_state
 
 IMAGE_EXTENSIONS = naming.IMAGE_EXTENSIONS
 
@@ -204,16 +203,16 @@ def restore_variables(
   Returns:
     (num_classes of the checkpoint's classifier, host variables). `config.model` and
     `config.input.image_size` must describe the checkpoint's model
-    (`evaluator.inference_config`: a differing field is an IncompatibleCheckpointError,
+    (`checkpoint_restore.inference_config`: a differing field is an IncompatibleCheckpointError,
     a ValueError, naming it; `model.num_classes` -1 means "the checkpoint's").
   """
   try:
-    saved, variables = checkpoint.restore_variables(workdir)
+    saved, variables = checkpoint_restore.restore_variables(workdir)
   except FileNotFoundError as e:
     if isinstance(e, errors.UserError):
       raise
     raise errors.InputNotFoundError(f"--workdir={workdir}: {e}") from e
-  config = evaluator.inference_config(config, saved, f"--workdir={workdir}")
+  config = checkpoint_restore.inference_config(config, saved, f"--workdir={workdir}")
   return int(config.model.num_classes), variables
 
 

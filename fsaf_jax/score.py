@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from data_pipelines import errors
-from fsaf_jax import host_allocator
+from fsaf_jax.core import host_allocator
 from fsaf_jax.evaluation import distance, inputs, metrics, report
 from fsaf_jax.evaluation import rerank as rerank_lib
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from configs import fsaf_market
-from fsaf_jax import host_allocator
+from fsaf_jax.core import host_allocator
+from fsaf_jax.core.mesh import batch_sharding, make_mesh, replicated
 from fsaf_jax.evaluation import compiler_options
 from fsaf_jax.evaluation.extractor import make_embed_fn
 from fsaf_jax.models import fsaf
-from fsaf_jax.training.mesh import batch_sharding, make_mesh, replicated
 from fsaf_jax.training.train_state import create_train_state
 from fsaf_jax.training.train_step import make_train_step
 

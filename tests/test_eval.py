@@ -19,10 +19,11 @@ import pytest
 from configs import tiny
 from data_pipelines import input_pipeline
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training.mesh import make_mesh
 from fsaf_jax.training.train_state import create_train_state
 from tests.reference import tiny_market
 
@@ -172,7 +173,7 @@ def test_incompatible_config_is_refused(run, tmp_path):
   workdir, _, _, _ = run
   config = cli_config()
   config.model.mhsa_stages = (5,)
-  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.mhsa_stages"):
+  with pytest.raises(checkpoint_restore.IncompatibleCheckpointError, match="model.mhsa_stages"):
     evaluator.evaluate_checkpoint(config, workdir=workdir, outdir=tmp_path)
   assert not (tmp_path / "eval").exists()
 

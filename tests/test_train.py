@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.datasets import source as source_lib
-from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import train_loop
 from tests.reference import tiny_synthetic_run as run
 
@@ -66,7 +66,7 @@ def reference(data_root, tmp_path_factory):
   c = run.config(data_root)
   c.train.num_epochs = NUM_EPOCHS
   train_loop.train_and_evaluate(c, workdir)
-  _, variables = checkpoint_lib.restore_variables(workdir)
+  _, variables = checkpoint_restore.restore_variables(workdir)
   log = train_loop.read_batch_index_log(workdir)
   train = source_lib.load_source("market1501", "train", str(data_root / "tfds"))
   person_ids = np.array([train[i]["person_id"] for i in range(len(train))])
@@ -111,7 +111,7 @@ def interrupt_and_resume(config_file, workdir, sig: int, at_step: int):
 
 def assert_same_as_reference(workdir, reference):
   expected_vars, expected_log = reference
-  _, variables = checkpoint_lib.restore_variables(workdir)
+  _, variables = checkpoint_restore.restore_variables(workdir)
   diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), variables, expected_vars)
   assert max(jax.tree.leaves(diffs)) <= 1e-6
   # The batch each step finally trained on (the last line of a step wins: steps after
@@ -242,8 +242,8 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
     assert proc.returncode == 0, output[-4000:]
 
   # Read back in this single process (4 devices): a checkpoint written by 2 processes.
-  _, variables = checkpoint_lib.restore_variables(workdir, step=2)
-  _, expected = checkpoint_lib.restore_variables(reference_dir, step=2)
+  _, variables = checkpoint_restore.restore_variables(workdir, step=2)
+  _, expected = checkpoint_restore.restore_variables(reference_dir, step=2)
   diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), variables, expected)
   scales = jax.tree.map(lambda b: float(np.max(np.abs(b))), expected)
   # Parameters: the step-2 update is ~1.8e-4 (warm-up learning rate); 2e-6 is ~1% of it
@@ -253,7 +253,7 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
     lambda d, s: d / max(s, 1.0), diffs["batch_stats"], scales["batch_stats"]
   )
   assert max(jax.tree.leaves(rel_stats)) <= 2e-5, rel_stats
-  checkpoint_lib.restore_variables(workdir)  # the last one reads back too
+  checkpoint_restore.restore_variables(workdir)  # the last one reads back too
   # Process i trained on rows block i of every global batch: together, the reference's.
   logs = [train_loop.read_batch_index_log(workdir, process=p) for p in range(2)]
   expected_log = train_loop.read_batch_index_log(reference_dir)

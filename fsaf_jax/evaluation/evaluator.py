@@ -52,6 +52,8 @@ from jax.sharding import Mesh
 
 from data_pipelines import input_pipeline
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import distance as distance_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.evaluation import figure as figure_lib
@@ -60,8 +62,6 @@ from fsaf_jax.evaluation import report as report_lib
 from fsaf_jax.evaluation import rerank as rerank_lib
 from fsaf_jax.evaluation import result_dirs
 from fsaf_jax.models import fsaf
-from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training.mesh import make_mesh
 
 EVAL_SUBDIR = result_dirs.EVAL_SUBDIR
 METRICS_FILE = "metrics.json"
@@ -156,7 +156,7 @@ def extract_eval_features(
     variables: FSAF {'params', 'batch_stats'} (host or device arrays).
     query_source, gallery_source: random-access sources of records `image` (encoded
       bytes), `person_id`, `camera_id`, `file_name`.
-    mesh: mesh with a 'data' axis; default `fsaf_jax.training.mesh.make_mesh()`.
+    mesh: mesh with a 'data' axis; default `fsaf_jax.core.mesh.make_mesh()`.
 
   Returns:
     (features, timing): timing has `extract_query_s`, `extract_gallery_s` and
@@ -439,54 +439,6 @@ def evaluate_model(
 
 # --- Checkpoints (eval.py). ---------------------------------------------------------------
 
-# Config fields that define the embedding: they must match the checkpoint's. Everything
-# else (loss, optimiser, sampling, augmentation, data paths, eval settings) may differ,
-# and so may the dataset (cross-domain evaluation) and `model.dtype` (compute dtype).
-INFERENCE_FIELDS = ("model.", "input.image_size")
-_FREE_MODEL_FIELDS = ("model.dtype", "model.num_classes")
-
-
-def inference_config(
-  config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict, where: str
-) -> ml_collections.ConfigDict:
-  """The config to evaluate a checkpoint with: `config`, checked against `saved`.
-
-  Args:
-    config: the config given on the command line.
-    saved: the checkpoint's config (`checkpoint.restore_variables`).
-    where: the checkpoint's path, for messages.
-
-  Returns:
-    A copy of `config` with `model.num_classes` taken from `saved` (when -1) and,
-    when `config.input.data_dir` is empty, the checkpoint's (absolute) data_dir.
-
-  Raises:
-    checkpoint.IncompatibleCheckpointError: a field of `INFERENCE_FIELDS` differs
-      (each is named with both values).
-  """
-  diffs = checkpoint_lib.config_differences(
-    saved,
-    config,
-    ignore=lambda f: f in _FREE_MODEL_FIELDS or not checkpoint_lib.field_in(f, INFERENCE_FIELDS),
-    label="--config",
-  )
-  saved_classes = int(saved.model.num_classes)
-  if config.model.num_classes not in (-1, saved_classes):
-    diffs.append(
-      f"model.num_classes: checkpoint {saved_classes!r}, --config {config.model.num_classes!r}"
-    )
-  if diffs:
-    raise checkpoint_lib.IncompatibleCheckpointError(
-      f"the checkpoint {where} was trained with another network or input size than "
-      "--config describes:\n  " + "\n  ".join(diffs) + "\nUse the config the checkpoint "
-      "was trained with (or override these fields with --config.<field>=...)."
-    )
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model.num_classes = saved_classes
-  if not config.input.data_dir:
-    config.input.data_dir = saved.input.data_dir
-  return config
-
 
 def evaluate_checkpoint(
   config: ml_collections.ConfigDict,
@@ -529,11 +481,11 @@ def evaluate_checkpoint(
   path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(checkpoint or workdir))))
   if not path.exists():
     raise FileNotFoundError(f"no checkpoint: {path} does not exist")
-  directory, _ = checkpoint_lib.locate_checkpoint(path)
+  directory, _ = checkpoint_restore.locate_checkpoint(path)
   owner = directory.parent  # the work dir
-  step, saved, variables = checkpoint_lib.restore_for_inference(path)
+  step, saved, variables = checkpoint_restore.restore_for_inference(path)
   where = os.fspath(directory / str(step))
-  config = inference_config(config, saved, where)
+  config = checkpoint_restore.inference_config(config, saved, where)
   logging.info("Evaluating %s (step %s) on %s", where, step, config.input.dataset)
   if outdir is None:
     outdir = workdir if workdir is not None else owner

@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsaf_jax.evaluation.compiler_options import inference_compiler_options
-from fsaf_jax.preprocessing import normalize_images
+from fsaf_jax.models.preprocessing import normalize_images
 
 DATA_AXIS = "data"
 _L2_EPS = 1e-12  # as torch.nn.functional.normalize

@@ -61,7 +61,7 @@ class FSAF(nn.Module):
     """Runs the network.
 
     Args:
-      x: normalised RGB images [N, H, W, 3] (see `fsaf_jax.preprocessing`).
+      x: normalised RGB images [N, H, W, 3] (see `fsaf_jax.models.preprocessing`).
       train: BatchNorm uses batch statistics and updates `batch_stats` (apply with
         `mutable=['batch_stats']`); False: running averages.
 

@@ -30,22 +30,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
 from data_pipelines.errors import UserError
-from fsaf_jax.training import checkpoint_integrity as integrity
+from fsaf_jax.core import checkpoint_integrity as integrity
+from fsaf_jax.core.checkpoint_restore import (
+  CHECKPOINT_DIR,
+  ITEM_NAMES,
+  IncompatibleCheckpointError,
+  step_dirs,
+)
+from fsaf_jax.core.config_json import config_differences, config_to_json, field_in
 from fsaf_jax.training.train_state import TrainState
-
-CHECKPOINT_DIR = "checkpoints"
-ITEM_NAMES = ("variables", "train_state", "data_iter", "config")
 
 # Config fields (dotted paths; a path ending in '.' is a prefix) that may differ
 # between a checkpoint and the run resuming from it: they decide how long and how the
@@ -70,81 +73,12 @@ RESUMABLE_FIELDS = (
 )
 
 
-class IncompatibleCheckpointError(ValueError):
-  """The checkpoint was written by a run whose config differs in a state-defining field."""
-
-
-# --- Config <-> JSON. ---------------------------------------------------------------------
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as a JSON-compatible nested dict (tuples become lists)."""
-  return json.loads(config.to_json())
-
-
-def _tuples(x: Any) -> Any:
-  if isinstance(x, Mapping):
-    return {k: _tuples(v) for k, v in x.items()}
-  if isinstance(x, list | tuple):
-    return tuple(_tuples(v) for v in x)
-  return x
-
-
-def config_from_json(data: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """Inverse of `config_to_json`: a ConfigDict whose JSON lists are tuples again."""
-  return ml_collections.ConfigDict(_tuples(dict(data)))
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def field_in(field: str, patterns: Sequence[str]) -> bool:
-  """Whether dotted `field` is one of `patterns` ('a.b') or under one ('a.')."""
-  return any(field.startswith(f) if f.endswith(".") else field == f for f in patterns)
-
-
-def _resumable(field: str) -> bool:
-  return field_in(field, RESUMABLE_FIELDS)
-
-
-def config_differences(
-  saved: ml_collections.ConfigDict | Mapping[str, Any],
-  current: ml_collections.ConfigDict | Mapping[str, Any],
-  *,
-  ignore: Callable[[str], bool] = _resumable,
-  label: str = "this run",
+def resume_differences(
+  saved: ml_collections.ConfigDict | Mapping[str, Any], current: ml_collections.ConfigDict
 ) -> list[str]:
-  """Fields whose values differ, one line per field, except those `ignore` accepts.
-
-  Args:
-    saved: the checkpoint's config (ConfigDict or its JSON dict).
-    current: the config of the run that wants to resume (or to use the checkpoint).
-    ignore: `ignore(dotted_field)` True = may differ; default: `RESUMABLE_FIELDS`.
-    label: how `current` is named in the lines.
-
-  Returns:
-    Sorted lines `'<field>: checkpoint <value>, <label> <value>'` (a field missing
-    from one side shows `<absent>`); empty if the configs are compatible.
-  """
-  to_flat = lambda c: _flatten(  # noqa: E731
-    _tuples(config_to_json(c) if isinstance(c, ml_collections.ConfigDict) else c)
-  )
-  a, b = to_flat(saved), to_flat(current)
-  lines = []
-  for field in sorted(set(a) | set(b)):
-    if ignore(field):
-      continue
-    va, vb = a.get(field, "<absent>"), b.get(field, "<absent>")
-    if va != vb:
-      lines.append(f"{field}: checkpoint {va!r}, {label} {vb!r}")
-  return lines
+  """`config_differences` outside `RESUMABLE_FIELDS`: what forbids resuming (sorted
+  lines `'<field>: checkpoint <value>, this run <value>'`, empty if compatible)."""
+  return config_differences(saved, current, ignore=lambda f: field_in(f, RESUMABLE_FIELDS))
 
 
 def check_compatible(
@@ -159,7 +93,7 @@ def check_compatible(
     current: this run's (resolved) config.
     where: the checkpoint's path, for the message.
   """
-  diffs = config_differences(saved, current)
+  diffs = resume_differences(saved, current)
   if diffs:
     raise IncompatibleCheckpointError(
       f"the checkpoint {where} was written with a different config; these fields "
@@ -254,13 +188,6 @@ def save_checkpoint(
   )
 
 
-def _step_dirs(directory: epath.Path) -> list[int]:
-  """Steps of the integer-named folders in `directory` (orbax's temporary ones excluded)."""
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
 def _read_train_step(
   manager: ocp.CheckpointManager,
   abstract: tuple[Any, Any],
@@ -337,7 +264,7 @@ def restore_checkpoint(
   if step is not None:
     restored = read(step)
   else:
-    steps = _step_dirs(directory)
+    steps = step_dirs(directory)
     if not steps:
       return state
     step, restored, damaged = integrity.newest_intact(steps, read)
@@ -371,186 +298,3 @@ def restore_checkpoint(
     centers=train_state.get("centers"),
     center_opt_state=train_state.get("center_opt_state"),
   )
-
-
-# --- Inference. ---------------------------------------------------------------------------
-
-
-def _looks_like_step(path: epath.Path) -> bool:
-  """An integer-named folder holding something of a checkpoint (even a damaged one)."""
-  marks = (*ITEM_NAMES, "_CHECKPOINT_METADATA", integrity.MANIFEST_FILE)
-  return path.name.isdigit() and path.is_dir() and any((path / m).exists() for m in marks)
-
-
-def _find_checkpoint(path: epath.Path) -> tuple[epath.Path, int | None]:
-  """(manager directory, step or None for the latest) of a workdir / checkpoints dir /
-  step dir."""
-  if (path / CHECKPOINT_DIR).is_dir():
-    return path / CHECKPOINT_DIR, None
-  if _looks_like_step(path):
-    return path.parent, int(path.name)
-  if (path / "variables").is_dir() and (path / "config").is_dir():
-    raise ValueError(f"{path} looks like a checkpoint but its name is not a step number")
-  if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
-    return path, None
-  raise FileNotFoundError(
-    f"no checkpoint at {path}: expected a training work directory (holding "
-    f"{CHECKPOINT_DIR}/), its {CHECKPOINT_DIR}/ directory, or one checkpoint "
-    f"{CHECKPOINT_DIR}/<step>/"
-  )
-
-
-def locate_checkpoint(path: epath.Path) -> tuple[epath.Path, int | None]:
-  """(the checkpoints directory, the step `path` names, else its latest; None if none).
-
-  `path`: a training work directory, its `checkpoints/` directory or one checkpoint
-  `checkpoints/<step>/` (FileNotFoundError naming it otherwise). The latest step is
-  the newest folder, intact or not (`restore_for_inference` skips damaged ones).
-  """
-  directory, step = _find_checkpoint(path)
-  if step is None:
-    step = max(_step_dirs(directory), default=None)
-  return directory, step
-
-
-def _read_inference_step(
-  directory: epath.Path, step: int
-) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """(config, host variables) of checkpoint `step`, verified (checksums, finite values).
-
-  Raises:
-    checkpoint_integrity.DamagedCheckpointError: naming the step folder.
-  """
-  where = directory / str(step)
-  integrity.verify_manifest(where)
-  # Handlers for the two items read, so that their metadata (shapes, dtypes) is known.
-  manager = ocp.CheckpointManager(
-    directory,
-    item_handlers={
-      "variables": ocp.StandardCheckpointHandler(),
-      "config": ocp.JsonCheckpointHandler(),
-    },
-    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-  )
-  try:
-    metadata = manager.item_metadata(step)["variables"]
-    # Onto this process's first device, whatever devices / processes wrote it (a pod's
-    # checkpoint read on one machine): without a sharding orbax insists on the saved one.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=device),
-      metadata,
-    )
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(
-        config=ocp.args.JsonRestore(),
-        variables=ocp.args.StandardRestore(abstract),
-      ),
-    )
-    variables = jax.tree.map(np.asarray, dict(restored.variables))
-    config = config_from_json(restored.config)
-    if not {"params", "batch_stats"} <= set(variables):
-      raise KeyError(f"variables hold {sorted(variables)}, not params and batch_stats")
-  except Exception as e:  # noqa: BLE001 (whatever orbax raises on a damaged file)
-    raise integrity.as_damage(where, e) from None
-  finally:
-    manager.close()
-  integrity.check_finite(variables, where, "variables")
-  return config, variables
-
-
-def restore_for_inference(
-  path: str | os.PathLike, step: int | None = None
-) -> tuple[int, ml_collections.ConfigDict, dict[str, Any]]:
-  """The step, config and model variables of a verified checkpoint, for inference.
-
-  Args:
-    path: a training work directory, its `checkpoints/` directory (then the newest
-      intact checkpoint: damaged newer ones are skipped with one warning line naming
-      them), or one checkpoint directory `.../checkpoints/<step>` (that one only).
-    step: a checkpoint step of the work directory (that one only).
-
-  Returns:
-    `(step, config, variables)`: the step read, the run's config (with
-    `model.num_classes` resolved) and `{'params', 'batch_stats'}` as host numpy arrays.
-
-  Raises:
-    FileNotFoundError: no checkpoint at `path` (or not `step`).
-    checkpoint_integrity.DamagedCheckpointError: the named step is damaged (or every
-      step of the directory is).
-  """
-  path = epath.Path(os.path.expanduser(os.fspath(path)))
-  directory, named = _find_checkpoint(path)
-  steps = _step_dirs(directory)
-  step = named if step is None else step
-  if step is not None:
-    if step not in steps:
-      raise FileNotFoundError(
-        f"no checkpoint for step {step} in {directory} (steps there: {steps})"
-      )
-    return (step, *_read_inference_step(directory, step))
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {directory} (steps there: [])")
-  step, found, damaged = integrity.newest_intact(
-    steps, lambda s: _read_inference_step(directory, s)
-  )
-  if step is None:
-    raise integrity.all_damaged_error(directory, damaged, "")
-  if damaged:
-    logging.warning("%s", integrity.describe_skipped(damaged, step, "using the newest intact one,"))
-  return (step, *found)
-
-
-def restore_variables(
-  path: str | os.PathLike, step: int | None = None
-) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """The config and model variables of a checkpoint, for inference.
-
-  Args:
-    path: a training work directory (its newest intact checkpoint), its `checkpoints/`
-      directory, or one checkpoint directory `.../checkpoints/<step>`.
-    step: a checkpoint step of the work directory instead of the latest.
-
-  Returns:
-    `(config, variables)`: the run's config (with `model.num_classes` resolved: build
-    the model with `fsaf.create_model(config.model, config.model.num_classes)`) and
-    `{'params', 'batch_stats'}` as host numpy arrays (place them with
-    `jax.device_put`; nothing of the optimiser state is read).
-
-  Raises:
-    FileNotFoundError: no checkpoint at `path` (or not `step`).
-    checkpoint_integrity.DamagedCheckpointError: see `restore_for_inference`.
-  """
-  _, config, variables = restore_for_inference(path, step)
-  return config, variables
-
-
-def newest_restorable_step(workdir_or_checkpoints: str | os.PathLike) -> int | None:
-  """The newest checkpoint step that verifies and restores with finite values (model
-  and optimiser state), or None. For messages after a failure (e.g. the NaN stop)."""
-  path = epath.Path(os.fspath(workdir_or_checkpoints))
-  directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-
-  def check(step: int) -> int:
-    _read_inference_step(directory, step)
-    where = directory / str(step)
-    manager = ocp.CheckpointManager(
-      directory,
-      item_handlers={"train_state": ocp.StandardCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-    )
-    try:
-      restored = manager.restore(
-        step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore())
-      )
-      train_state = jax.tree.map(np.asarray, dict(restored.train_state))
-    except Exception as e:  # noqa: BLE001
-      raise integrity.as_damage(where, e) from None
-    finally:
-      manager.close()
-    integrity.check_finite(train_state, where, "train_state")
-    return step
-
-  step, _, _ = integrity.newest_intact(_step_dirs(directory), check)
-  return step

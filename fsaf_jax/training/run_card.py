@@ -21,7 +21,7 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from fsaf_jax.pretrained import PretrainedReport
+from fsaf_jax.models.pretrained import PretrainedReport
 
 FILE_NAME = "run_card.json"
 

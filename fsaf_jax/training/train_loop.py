@@ -58,11 +58,12 @@ from etils import epath
 
 from data_pipelines import errors, input_pipeline
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
+from fsaf_jax.core.distributed import maybe_initialize_distributed
+from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import checkpoint_integrity, data_setup, run_card, workdir_lock
-from fsaf_jax.training.distributed import maybe_initialize_distributed
-from fsaf_jax.training.mesh import make_mesh
+from fsaf_jax.training import data_setup, run_card, workdir_lock
 from fsaf_jax.training.preemption import StopOnSignal
 from fsaf_jax.training.train_state import check_initialisation, create_train_state, init_variables
 from fsaf_jax.training.train_step import check_finite, make_train_step
@@ -349,7 +350,7 @@ def _train_and_evaluate(
     A `TrainResult`.
 
   Raises:
-    checkpoint.IncompatibleCheckpointError: `workdir` holds a checkpoint of another
+    checkpoint_restore.IncompatibleCheckpointError: `workdir` holds a checkpoint of another
       config.
     FloatingPointError: a non-finite loss / gradient / parameter norm (first bad
       step named, and the newest checkpoint that restores with finite values).
@@ -445,7 +446,7 @@ def _train_and_evaluate(
       saves.finish()
     except checkpoint_integrity.CheckpointSaveError as e:
       logging.error("%s", e)
-    return checkpoint_lib.newest_restorable_step(manager.directory)
+    return checkpoint_restore.newest_restorable_step(manager.directory)
 
   def evaluate(step):
     from fsaf_jax.evaluation import evaluator  # noqa: PLC0415

@@ -27,10 +27,10 @@ import optax
 from jax.sharding import Mesh
 
 from data_pipelines import errors
-from fsaf_jax import pretrained as pretrained_lib
+from fsaf_jax.core.mesh import make_mesh, replicated
 from fsaf_jax.losses.center import init_centers
+from fsaf_jax.models import pretrained as pretrained_lib
 from fsaf_jax.models.bottleneck import zero_attention_last_bn
-from fsaf_jax.training.mesh import make_mesh, replicated
 from fsaf_jax.training.optimizer import create_optimizer
 
 PyTree = Any

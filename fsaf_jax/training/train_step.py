@@ -25,9 +25,9 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from fsaf_jax.core.mesh import batch_sharding, check_batch_divisible, replicated
 from fsaf_jax.losses.reid_loss import reid_loss
-from fsaf_jax.preprocessing import normalize_images
-from fsaf_jax.training.mesh import batch_sharding, check_batch_divisible, replicated
+from fsaf_jax.models.preprocessing import normalize_images
 from fsaf_jax.training.train_state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -91,7 +91,7 @@ def make_train_step(
   Args:
     model: the FSAF module.
     loss_config: `config.loss`.
-    mesh: the 1-D data mesh (`fsaf_jax.training.mesh.make_mesh`).
+    mesh: the 1-D data mesh (`fsaf_jax.core.mesh.make_mesh`).
 
   Returns:
     `step(state, batch) -> (state, metrics)`. The input state is donated (its buffers

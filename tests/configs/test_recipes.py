@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.pk_sampler import bot_batches_per_epoch
-from fsaf_jax.pretrained import MissingPretrainedError
+from fsaf_jax.models.pretrained import MissingPretrainedError
 from fsaf_jax.training import train_loop
 from fsaf_jax.training.optimizer import create_lr_schedule
 from tests.reference.market_shape import market_shaped_counts

@@ -139,7 +139,7 @@ def test_erasing_probability_area_and_aspect_within_bounds():
 
 
 def test_erasing_fill_is_the_imagenet_mean_pixel():
-  from fsaf_jax.preprocessing import IMAGENET_MEAN
+  from fsaf_jax.models.preprocessing import IMAGENET_MEAN
 
   np.testing.assert_allclose(augment.IMAGENET_MEAN_PIXEL, np.array(IMAGENET_MEAN) * 255, atol=0.5)
 

@@ -18,9 +18,9 @@ from flax import traverse_util
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (CPU build: see README)")
 
 from configs import baseline, fsaf_market, tiny  # noqa: E402
-from fsaf_jax import convert_ibn, pretrained  # noqa: E402
+from fsaf_jax import convert_ibn  # noqa: E402
 from fsaf_jax.convert_ibn import ConversionError  # noqa: E402
-from fsaf_jax.models import fsaf  # noqa: E402
+from fsaf_jax.models import fsaf, pretrained  # noqa: E402
 from tests.reference import torch_resnet_ibn as ref  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

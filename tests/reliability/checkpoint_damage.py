@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from configs import tiny
-from fsaf_jax.training.mesh import make_mesh, replicated
+from fsaf_jax.core.mesh import make_mesh, replicated
 from fsaf_jax.training.train_state import TrainState
 
 

@@ -1,5 +1,5 @@
 """Checkpoints damaged on purpose: detected, named in one line, skipped for an intact one;
-failed saves stop at once and leave nothing partial (fsaf_jax/training/checkpoint_integrity.py).
+failed saves stop at once and leave nothing partial (fsaf_jax/core/checkpoint_integrity.py).
 
 Checkpoints of a small state (two layers + Adam) are saved at steps 2 and 4 through the
 `SaveMonitor` (as the training loop does: each gets its sha256 manifest), then step 4 is
@@ -17,8 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from fsaf_jax.core import checkpoint_integrity as integrity
+from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import checkpoint_integrity as integrity
 from tests.reliability import checkpoint_damage as damage
 
 STEPS = (2, 4)
@@ -141,13 +142,13 @@ def test_inference_on_a_damaged_step_fails_in_one_line(workdir, name):
   do_damage, reason = DAMAGES[name]
   do_damage(step_dir(workdir, 4))
   with pytest.raises(integrity.DamagedCheckpointError) as e:
-    checkpoint_lib.restore_for_inference(step_dir(workdir, 4))
+    checkpoint_restore.restore_for_inference(step_dir(workdir, 4))
   message = str(e.value)
   assert "\n" not in message
   assert message.startswith(f"checkpoint {step_dir(workdir, 4)} is damaged: ")
   assert reason in message
   # The work dir's newest intact one is used instead, naming the damaged one.
-  step, _, _ = checkpoint_lib.restore_for_inference(workdir)
+  step, _, _ = checkpoint_restore.restore_for_inference(workdir)
   assert step == 2
 
 
@@ -157,7 +158,7 @@ def test_without_manifest_a_damaged_file_is_caught_by_reading_it(workdir, pristi
     (step_dir(workdir, step) / integrity.MANIFEST_FILE).unlink()
   damage.truncate(damage.largest_file(step_dir(workdir, 4) / "variables"))
   with pytest.raises(integrity.DamagedCheckpointError, match="it cannot be read"):
-    checkpoint_lib.restore_for_inference(step_dir(workdir, 4))
+    checkpoint_restore.restore_for_inference(step_dir(workdir, 4))
   with caplog.at_level(logging.WARNING):
     state, _ = resume(workdir)
   assert int(state.step) == 2 and leaves_equal(state.variables, saved[2])
@@ -169,18 +170,18 @@ def test_non_finite_values_are_damage(tmp_path):
   good state: skipped on resume, refused by name, and never named as the last good one."""
   saved = save_steps(tmp_path, nan_at=(4,), manifests=False)
   with pytest.raises(integrity.DamagedCheckpointError, match=r"params.*dense.*kernel.*NaN or inf"):
-    checkpoint_lib.restore_for_inference(step_dir(tmp_path, 4))
-  assert checkpoint_lib.newest_restorable_step(tmp_path) == 2
+    checkpoint_restore.restore_for_inference(step_dir(tmp_path, 4))
+  assert checkpoint_restore.newest_restorable_step(tmp_path) == 2
   state, _ = resume(tmp_path)
   assert int(state.step) == 2 and leaves_equal(state.variables, saved[2])
 
 
 def test_newest_restorable_step_skips_damaged_ones(workdir):
-  assert checkpoint_lib.newest_restorable_step(workdir) == 4
+  assert checkpoint_restore.newest_restorable_step(workdir) == 4
   damage.flip_byte(damage.largest_file(step_dir(workdir, 4) / "train_state"))
-  assert checkpoint_lib.newest_restorable_step(workdir) == 2
+  assert checkpoint_restore.newest_restorable_step(workdir) == 2
   damage.delete(step_dir(workdir, 2) / "variables")
-  assert checkpoint_lib.newest_restorable_step(workdir) is None
+  assert checkpoint_restore.newest_restorable_step(workdir) is None
 
 
 def test_all_damaged_is_refused_and_nothing_is_moved(workdir):
@@ -196,7 +197,7 @@ def test_all_damaged_is_refused_and_nothing_is_moved(workdir):
     integrity.DamagedCheckpointError,
     match=f"every checkpoint in {workdir / 'checkpoints'} is damaged",
   ):
-    checkpoint_lib.restore_for_inference(workdir)
+    checkpoint_restore.restore_for_inference(workdir)
   assert damage.tree_dir_snapshot(workdir) == before
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from configs import tiny
 from data_pipelines import errors
-from fsaf_jax import convert_ibn, pretrained
+from fsaf_jax import convert_ibn
+from fsaf_jax.models import pretrained
 
 
 def _torch_layout(shape):

@@ -62,8 +62,9 @@ def test_subclasses_of_user_error_are_caught_and_bugs_are_not(capsys):
 
 def test_project_error_classes_are_user_errors():
   from data_pipelines.datasets import image_check  # noqa: PLC0415
-  from fsaf_jax import convert_ibn, pretrained  # noqa: PLC0415
+  from fsaf_jax import convert_ibn  # noqa: PLC0415
   from fsaf_jax.evaluation import inputs  # noqa: PLC0415
+  from fsaf_jax.models import pretrained  # noqa: PLC0415
 
   for cls in (
     pretrained.PretrainedError,

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from data_pipelines.errors import UserError
+from fsaf_jax.core import checkpoint_integrity as integrity
+from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.evaluation import evaluator, result_dirs
-from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import checkpoint_integrity as integrity
 from fsaf_jax.training import train_loop, workdir_lock
 from tests.reference import tiny_synthetic_run as run
 from tests.reliability import checkpoint_damage as damage
@@ -172,7 +172,7 @@ def test_refused_resume_keeps_config_json(workdir, data_root):
   before = damage.tree_dir_snapshot(workdir)
   c = run.config(data_root)
   c.optim.base_lr = 1e-2
-  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError):
+  with pytest.raises(checkpoint_restore.IncompatibleCheckpointError):
     train_loop.train_and_evaluate(c, workdir)
   after = damage.tree_dir_snapshot(workdir)
   assert after["config.json"] == before["config.json"]

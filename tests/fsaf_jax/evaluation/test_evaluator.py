@@ -20,10 +20,10 @@ import pytest
 
 from configs import tiny
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import distance, evaluator, metrics
 from fsaf_jax.models import fsaf
-from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training.mesh import make_mesh
 from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -382,24 +382,24 @@ def test_inference_config_checks_network_and_input_size():
   config.input.data_dir = ""
   config.input.dataset = "dukemtmc_reid"  # cross-domain evaluation is allowed
   config.model.dtype = "bfloat16"  # so is the compute dtype
-  resolved = evaluator.inference_config(config, saved, "/ckpt")
+  resolved = checkpoint_restore.inference_config(config, saved, "/ckpt")
   assert resolved.model.num_classes == 751 and resolved.input.data_dir == "/abs/data/tfds"
   assert resolved.input.dataset == "dukemtmc_reid" and config.model.num_classes == -1
 
   config.input.data_dir = "/elsewhere"
-  assert evaluator.inference_config(config, saved, "/ckpt").input.data_dir == "/elsewhere"
+  assert checkpoint_restore.inference_config(config, saved, "/ckpt").input.data_dir == "/elsewhere"
 
   bad = tiny.get_config()
   bad.model.widths = (8, 16, 32, 128)
   bad.input.image_size = (128, 64)
-  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as e:
-    evaluator.inference_config(bad, saved, "/ckpt")
+  with pytest.raises(checkpoint_restore.IncompatibleCheckpointError) as e:
+    checkpoint_restore.inference_config(bad, saved, "/ckpt")
   assert "model.widths" in str(e.value) and "input.image_size" in str(e.value)
   assert "/ckpt" in str(e.value)
   bad = tiny.get_config()
   bad.model.num_classes = 10
-  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.num_classes"):
-    evaluator.inference_config(bad, saved, "/ckpt")
+  with pytest.raises(checkpoint_restore.IncompatibleCheckpointError, match="model.num_classes"):
+    checkpoint_restore.inference_config(bad, saved, "/ckpt")
 
 
 def test_load_eval_sources_order(data_dir):

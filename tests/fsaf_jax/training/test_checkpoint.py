@@ -12,10 +12,11 @@ from PIL import Image
 
 from configs import tiny
 from fsaf_jax import extract
+from fsaf_jax.core import checkpoint_restore, config_json
+from fsaf_jax.core.mesh import make_mesh, replicated
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint
-from fsaf_jax.training.mesh import make_mesh, replicated
 from fsaf_jax.training.train_state import TrainState
 
 
@@ -83,10 +84,10 @@ def leaves_equal(a, b) -> bool:
 def test_config_json_round_trip():
   c = resolved_config()
   c.loss.triplet_margin = None  # soft margin: a None leaf
-  back = checkpoint.config_from_json(json.loads(json.dumps(checkpoint.config_to_json(c))))
+  back = config_json.config_from_json(json.loads(json.dumps(config_json.config_to_json(c))))
   assert back.to_dict() == c.to_dict()
   assert isinstance(back.model.widths, tuple) and back.model.widths == (8, 16, 32, 64)
-  assert checkpoint.config_differences(back, c) == []
+  assert config_json.config_differences(back, c, ignore=lambda f: False) == []
 
 
 def test_config_differences_name_the_fields_that_matter():
@@ -99,20 +100,20 @@ def test_config_differences_name_the_fields_that_matter():
   current.train.log_every_steps = 1
   current.input.data_dir = "/elsewhere"
   current.eval.metric = "euclidean"
-  assert checkpoint.config_differences(saved, current) == [
+  assert checkpoint.resume_differences(saved, current) == [
     "model.widths: checkpoint (8, 16, 32, 64), this run (8, 16, 32, 32)",
     "optim.base_lr: checkpoint 0.00035, this run 1.0",
     "seed: checkpoint 0, this run 3",
   ]
-  with pytest.raises(checkpoint.IncompatibleCheckpointError, match="model.widths") as e:
+  with pytest.raises(checkpoint_restore.IncompatibleCheckpointError, match="model.widths") as e:
     checkpoint.check_compatible(saved, current, "/ckpt/7")
   assert "/ckpt/7" in str(e.value) and "optim.base_lr" in str(e.value)
 
 
 def test_config_differences_report_missing_fields():
-  saved = checkpoint.config_to_json(resolved_config())
+  saved = config_json.config_to_json(resolved_config())
   del saved["loss"]["center_weight"]
-  diffs = checkpoint.config_differences(saved, resolved_config())
+  diffs = checkpoint.resume_differences(saved, resolved_config())
   assert diffs == ["loss.center_weight: checkpoint '<absent>', this run 0.0"]
 
 
@@ -177,7 +178,7 @@ def test_restore_refuses_an_incompatible_config(tmp_path):
   other.train.num_epochs = 1  # allowed
   data_iter = FakeIterator(0)
   with pytest.raises(
-    checkpoint.IncompatibleCheckpointError,
+    checkpoint_restore.IncompatibleCheckpointError,
     match=r"input.num_identities: checkpoint 4, this run 8",
   ):
     checkpoint.restore_checkpoint(manager, small_state(1), data_iter, other)
@@ -219,7 +220,7 @@ def test_restore_variables(fsaf_workdir, where, step, expected_step):
     "checkpoints": workdir / "checkpoints",
     "step_dir": workdir / "checkpoints" / "2",
   }[where]
-  config, restored = checkpoint.restore_variables(path, step=step)
+  config, restored = checkpoint_restore.restore_variables(path, step=step)
   assert config.model.num_classes == 5 and config.model.widths == (8, 16, 32, 64)
   assert set(restored) == {"params", "batch_stats"}
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(restored))
@@ -228,9 +229,9 @@ def test_restore_variables(fsaf_workdir, where, step, expected_step):
 
 def test_restore_variables_errors(fsaf_workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-    checkpoint.restore_variables(tmp_path)
+    checkpoint_restore.restore_variables(tmp_path)
   with pytest.raises(FileNotFoundError, match="for step 3"):
-    checkpoint.restore_variables(fsaf_workdir[0], step=3)
+    checkpoint_restore.restore_variables(fsaf_workdir[0], step=3)
 
 
 def test_extract_uses_the_workdir_checkpoint(fsaf_workdir, tmp_path):

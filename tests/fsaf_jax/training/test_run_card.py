@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs.base import get_base_config
-from fsaf_jax.pretrained import PretrainedReport
+from fsaf_jax.core.mesh import make_mesh
+from fsaf_jax.models.pretrained import PretrainedReport
 from fsaf_jax.training import run_card
-from fsaf_jax.training.mesh import make_mesh
 from fsaf_jax.training.optimizer import create_lr_schedule
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.datasets import source as source_lib
-from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import data_setup, train_loop
 from tests.reference import tiny_synthetic_run as run
 
@@ -25,7 +25,7 @@ def straight(data_root, tmp_path_factory):
   """An uninterrupted run: (workdir, result, final host variables, index log)."""
   workdir = tmp_path_factory.mktemp("straight")
   result = train_loop.train_and_evaluate(run.config(data_root), workdir, config_name="tiny")
-  _, variables = checkpoint_lib.restore_variables(workdir)
+  _, variables = checkpoint_restore.restore_variables(workdir)
   return workdir, result, variables, train_loop.read_batch_index_log(workdir)
 
 
@@ -97,7 +97,7 @@ def test_run_trains_checkpoints_and_evaluates(straight, data_root):
   assert result.signal is None
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == list(range(2, TOTAL_STEPS + 1, 2))
-  saved, _ = checkpoint_lib.restore_variables(workdir)
+  saved, _ = checkpoint_restore.restore_variables(workdir)
   assert saved.model.num_classes == run.NUM_TRAIN_IDS
   assert saved.train.steps_per_epoch == run.STEPS_PER_EPOCH
   metrics = json.loads((workdir / "eval" / f"step_{TOTAL_STEPS}" / "metrics.json").read_text())
@@ -139,7 +139,7 @@ def test_resume_after_a_shorter_schedule_is_exact(straight, data_root, tmp_path)
   assert first.step == 2 * run.STEPS_PER_EPOCH
   second = train_loop.train_and_evaluate(run.config(data_root), tmp_path)
   assert second.step == TOTAL_STEPS
-  _, variables = checkpoint_lib.restore_variables(tmp_path)
+  _, variables = checkpoint_restore.restore_variables(tmp_path)
   assert max_abs_diff(variables, expected_vars) <= 1e-6
   assert train_loop.read_batch_index_log(tmp_path) == expected_log
 
@@ -169,7 +169,7 @@ def test_sigterm_saves_at_the_step_boundary_and_resumes_exactly(
   monkeypatch.setattr(train_loop.BatchIndexLog, "write", write)
   finished = train_loop.train_and_evaluate(run.config(data_root), tmp_path)
   assert finished.step == TOTAL_STEPS and finished.signal is None
-  _, variables = checkpoint_lib.restore_variables(tmp_path)
+  _, variables = checkpoint_restore.restore_variables(tmp_path)
   assert max_abs_diff(variables, expected_vars) <= 1e-6
   assert train_loop.read_batch_index_log(tmp_path) == expected_log
 
@@ -179,7 +179,7 @@ def test_incompatible_checkpoint_is_refused(straight, data_root):
   c = run.config(data_root)
   c.optim.base_lr = 1e-2
   c.input.num_instances = 4
-  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as e:
+  with pytest.raises(checkpoint_restore.IncompatibleCheckpointError) as e:
     train_loop.train_and_evaluate(c, workdir)
   assert "optim.base_lr: checkpoint 0.00035, this run 0.01" in str(e.value)
   assert "input.num_instances: checkpoint 2, this run 4" in str(e.value)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from data_pipelines import errors
-from fsaf_jax.pretrained import MissingPretrainedError, pretrained_file, save_pretrained
-from fsaf_jax.training.mesh import make_mesh
+from fsaf_jax.core.mesh import make_mesh
+from fsaf_jax.models.pretrained import MissingPretrainedError, pretrained_file, save_pretrained
 from fsaf_jax.training.train_state import check_initialisation, create_train_state, init_variables
 from tests.reference import tiny_train_run as ref
 

@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
+from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.losses.reid_loss import reid_loss
-from fsaf_jax.preprocessing import normalize_images
-from fsaf_jax.training.mesh import make_mesh
+from fsaf_jax.models.preprocessing import normalize_images
 from fsaf_jax.training.train_step import check_finite, make_train_step
 from tests.reference.tiny_train_run import (
   BATCH,

@@ -11,14 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from fsaf_jax.training.distributed import (
-  barrier,
-  global_batch,
-  maybe_initialize_distributed,
-  process_batch_slice,
-)
-from fsaf_jax.training.mesh import DATA_AXIS, make_mesh
+from fsaf_jax.core.distributed import maybe_initialize_distributed
+from fsaf_jax.core.mesh import DATA_AXIS, make_mesh
 from tests.reference import tiny_train_run as ref
+from tests.reference.multiprocess import barrier, global_batch, process_batch_slice
 
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 REPO = pathlib.Path(__file__).resolve().parents[3]

@@ -23,15 +23,15 @@ def main(out: str, devices_per_process: int, cache_dir: str) -> None:
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-  from fsaf_jax.training.distributed import (  # noqa: PLC0415
-    barrier,
-    global_batch,
-    maybe_initialize_distributed,
-    process_batch_slice,
-  )
-  from fsaf_jax.training.mesh import make_mesh  # noqa: PLC0415
+  from fsaf_jax.core.distributed import maybe_initialize_distributed  # noqa: PLC0415
+  from fsaf_jax.core.mesh import make_mesh  # noqa: PLC0415
   from fsaf_jax.training.train_step import make_train_step  # noqa: PLC0415
   from tests.reference import tiny_train_run as ref  # noqa: PLC0415
+  from tests.reference.multiprocess import (  # noqa: PLC0415
+    barrier,
+    global_batch,
+    process_batch_slice,
+  )
 
   assert maybe_initialize_distributed(), "expected the JAX_* environment to ask for it"
   num_processes = int(os.environ["JAX_NUM_PROCESSES"])

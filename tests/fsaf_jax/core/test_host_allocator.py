@@ -5,7 +5,7 @@ import platform
 import pytest
 from jax._src import xla_bridge
 
-from fsaf_jax import host_allocator
+from fsaf_jax.core import host_allocator
 
 
 @pytest.fixture

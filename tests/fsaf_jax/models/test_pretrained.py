@@ -1,4 +1,4 @@
-"""fsaf_jax.pretrained: the Flax-native file and its application to fresh variables.
+"""fsaf_jax.models.pretrained: the Flax-native file and its application to fresh variables.
 
 No PyTorch here: files are written with `save_pretrained` from known random arrays,
 so every loaded value can be checked against its source.
@@ -15,9 +15,8 @@ from flax import serialization, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import tiny
-from fsaf_jax import pretrained
-from fsaf_jax.models import fsaf
-from fsaf_jax.pretrained import PretrainedError
+from fsaf_jax.models import fsaf, pretrained
+from fsaf_jax.models.pretrained import PretrainedError
 
 
 def tiny_variables(seed: int, **model_overrides) -> dict:

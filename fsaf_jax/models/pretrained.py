@@ -35,7 +35,7 @@ from flax import serialization, traverse_util
 
 from data_pipelines import errors
 
-FORMAT = "fsaf_jax.pretrained"
+FORMAT = "fsaf_jax.models.pretrained"
 VERSION = 1
 COLLECTIONS = ("params", "batch_stats")
 
