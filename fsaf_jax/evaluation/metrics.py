@@ -244,6 +244,13 @@ def _check_max_rank(max_rank: int, num_gallery: int) -> int:
   return min(int(max_rank), num_gallery)
 
 
+def _host(x: jax.Array | np.ndarray) -> np.ndarray:
+  """`x` on the host; a replicated array of a multi-process mesh from this process's copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
 def _run_chunks(
   run_chunk: Callable[[np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]],
   counts: np.ndarray,
@@ -272,8 +279,8 @@ def _run_chunks(
     nonlocal all_finite
     idx, (ranks, finite) = pending.pop(0)
     chunk_ids.append(idx)
-    chunk_ranks.append(np.asarray(ranks)[: idx.shape[0]])
-    all_finite &= bool(finite)
+    chunk_ranks.append(_host(ranks)[: idx.shape[0]])
+    all_finite &= bool(_host(finite))
 
   for start in range(0, order.shape[0], chunk):
     idx = order[start : start + chunk]
@@ -517,6 +524,11 @@ def _sharded_ranks_fn(mesh: Mesh, axis: str, metric: str, num_gallery: int, num_
   )
 
 
+def _global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array of `sharding` from the full host value (the same on every process)."""
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def evaluate_features_sharded(
   q_feats,
   g_feats,
@@ -541,8 +553,9 @@ def evaluate_features_sharded(
   gallery index; those distances equal the one-device ones where the products are
   exact, and may otherwise differ by rounding (XLA's matmul rounding depends on the
   operand shapes, e.g. the shard width), which can flip an exact tie. A 1-device mesh
-  gives `evaluate_features`'s figures. Single-process meshes (every device
-  addressable by this process).
+  gives `evaluate_features`'s figures. Multi-process meshes too: every process passes
+  the same features and ids (as every process of a run embeds the whole query and
+  gallery sets) and gets the same metrics; each places only its own devices' shards.
 
   Args:
     q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank,
@@ -565,26 +578,28 @@ def evaluate_features_sharded(
   _check_int32(q_pids, g_pids)
   shards = mesh.shape[axis]
   pad = -n % shards
+  # Global arrays from the host copies (every process holds the same features and
+  # places only its own devices' parts), prepared (normalised) where they lie: the
+  # gallery never sits whole on one device.
   g_feats_padded = np.concatenate(
-    [np.asarray(g_feats), np.zeros((pad, g_feats.shape[1]), np.float32)]
+    [np.asarray(g_feats, np.float32), np.zeros((pad, g_feats.shape[1]), np.float32)]
   )
   g_pids_padded = np.concatenate([g_pids, np.full(pad, -1, g_pids.dtype)]).astype(np.int32)
   gal = NamedSharding(mesh, PartitionSpec(axis))
   rep = NamedSharding(mesh, PartitionSpec())
-  # Prepared (normalised) as on one device, then split.
-  q_prep = distance_lib.prepare(jnp.asarray(q_feats), metric)
-  g_prep = distance_lib.prepare(jnp.asarray(g_feats_padded), metric)
-  g_prep = jax.device_put(g_prep, gal)
-  gp = jax.device_put(g_pids_padded, gal)
+  q_prep = distance_lib.prepare(_global_array(np.asarray(q_feats, np.float32), rep), metric)
+  g_prep = distance_lib.prepare(_global_array(g_feats_padded, gal), metric)
+  gp = _global_array(g_pids_padded, gal)
   scorers = {}
 
   def run_chunk(idx, pos):
     p = pos.shape[1]
     if p not in scorers:
       scorers[p] = _sharded_ranks_fn(mesh, axis, metric, n, p)
-    q_rows = jax.device_put(_take_prepared_rows(q_prep, idx.astype(np.int32)), rep)
-    q = jax.device_put(q_pids[idx].astype(np.int32), rep)
-    return scorers[p](q_rows.feats, q_rows.sq_norms, g_prep.feats, g_prep.sq_norms, gp, pos, q)
+    q_rows = _take_prepared_rows(q_prep, idx.astype(np.int32))
+    pos_dev = _global_array(pos, rep)
+    q = _global_array(q_pids[idx].astype(np.int32), rep)
+    return scorers[p](q_rows.feats, q_rows.sq_norms, g_prep.feats, g_prep.sq_norms, gp, pos_dev, q)
 
   chunks = _run_chunks(run_chunk, counts, table, n, query_chunk)
   return _finish(*chunks, counts, max_rank, "The feature distance matrix")

@@ -1,10 +1,16 @@
 """Multi-process test helpers: a coordination-service barrier, each process's rows of a
 global batch and the global arrays assembled from them (the library's input pipeline
-does this itself; these build hand-made batches for the multi-process tests)."""
+does this itself; these build hand-made batches for the multi-process tests), and a
+launcher of CPU processes joined by jax.distributed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -12,6 +18,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from fsaf_jax.core.mesh import batch_sharding, check_batch_divisible
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def barrier(name: str, timeout_seconds: int = 900) -> None:
@@ -89,3 +97,49 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in local_batch.items()
   }
+
+
+def launch_processes(
+  worker: str | os.PathLike, args: Sequence[str], num_processes: int, *, timeout: float = 900
+) -> list[str]:
+  """Runs `python worker *args` as `num_processes` CPU processes joined by jax.distributed.
+
+  Each gets `JAX_COORDINATOR_ADDRESS` (a free localhost port), `JAX_NUM_PROCESSES`,
+  `JAX_PROCESS_ID` and the repository on `PYTHONPATH`. Returns their outputs (stdout and
+  stderr), in process order; fails the calling test (AssertionError with the output's
+  tail) if one exits non-zero, and kills them all on a timeout.
+  """
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for pid in range(num_processes):
+    env = dict(os.environ)
+    env.update(
+      JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+      JAX_NUM_PROCESSES=str(num_processes),
+      JAX_PROCESS_ID=str(pid),
+      PYTHONPATH=str(REPO),
+    )
+    env.pop("FSAF_DISTRIBUTED", None)
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, os.fspath(worker), *map(str, args)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    )
+  logs = []
+  for p in procs:
+    try:
+      logs.append(p.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for pid, (p, log) in enumerate(zip(procs, logs, strict=True)):
+    assert p.returncode == 0, f"process {pid} failed ({p.returncode}):\n{log[-5000:]}"
+  return logs

@@ -1,10 +1,11 @@
 """One process of the multi-process test (test_distributed.py), not a test itself.
 
-Run as `python distributed_worker.py OUT.npz DEVICES_PER_PROCESS CACHE_DIR` with
+Run as `python distributed_worker.py OUT_DIR DEVICES_PER_PROCESS CACHE_DIR` with
 `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` set: joins the others
 through `maybe_initialize_distributed`, trains the tiny model for two steps on its
 process-local part of the shared global batches, and saves the final params,
-batch_stats and metrics (replicated, so every process can read them) to OUT.npz.
+batch_stats and metrics (replicated, so every process can read them) to
+OUT_DIR/p<process index>.npz.
 """
 
 import os
@@ -12,7 +13,7 @@ import pathlib
 import sys
 
 
-def main(out: str, devices_per_process: int, cache_dir: str) -> None:
+def main(out_dir: str, devices_per_process: int, cache_dir: str) -> None:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))  # repo root
@@ -60,7 +61,7 @@ def main(out: str, devices_per_process: int, cache_dir: str) -> None:
     flat.update({f"metrics/{i}/{k}": np.float64(v) for k, v in m.items()})
   flat["rows"] = np.array([rows.start, rows.stop])
   flat["step"] = np.asarray(state.step)
-  np.savez(out, **flat)
+  np.savez(pathlib.Path(out_dir) / f"p{jax.process_index()}.npz", **flat)
   jax.distributed.shutdown()
 
 

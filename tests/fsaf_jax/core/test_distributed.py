@@ -1,11 +1,7 @@
 """Multi-process setup: environment handling, per-process batch slices and global
 arrays, and two CPU processes joined by jax.distributed training like one."""
 
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,7 +10,12 @@ import pytest
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.core.mesh import DATA_AXIS, make_mesh
 from tests.reference import tiny_train_run as ref
-from tests.reference.multiprocess import barrier, global_batch, process_batch_slice
+from tests.reference.multiprocess import (
+  barrier,
+  global_batch,
+  launch_processes,
+  process_batch_slice,
+)
 
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -98,52 +99,14 @@ def test_bad_batches_raise():
     global_batch({"label": np.zeros(6)}, mesh)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("devices_per_process", [2])
 def test_two_processes_train_like_one(tmp_path, devices_per_process):
   """2 processes x 2 CPU devices, each feeding its half of every global batch, end with
   the same parameters as this single process on 4 devices and on 1 device."""
   num_processes = 2
-  port = _free_port()
   cache_dir = jax.config.jax_compilation_cache_dir or str(tmp_path / "cache")
-  procs = []
-  for pid in range(num_processes):
-    env = dict(os.environ)
-    env.update(
-      JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-      JAX_NUM_PROCESSES=str(num_processes),
-      JAX_PROCESS_ID=str(pid),
-      PYTHONPATH=str(REPO),
-    )
-    env.pop("FSAF_DISTRIBUTED", None)
-    out = tmp_path / f"p{pid}.npz"
-    procs.append(
-      subprocess.Popen(
-        [sys.executable, str(WORKER), str(out), str(devices_per_process), cache_dir],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-      )
-    )
-  logs = []
-  for p in procs:
-    try:
-      logs.append(p.communicate(timeout=900)[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-  for pid, (p, log) in enumerate(zip(procs, logs, strict=True)):
-    assert p.returncode == 0, f"process {pid} failed ({p.returncode}):\n{log[-5000:]}"
-
+  launch_processes(WORKER, [tmp_path, devices_per_process, cache_dir], num_processes)
   results = [dict(np.load(tmp_path / f"p{pid}.npz")) for pid in range(num_processes)]
   np.testing.assert_array_equal(results[0]["rows"], [0, 8])
   np.testing.assert_array_equal(results[1]["rows"], [8, 16])

@@ -4,6 +4,7 @@ The reference is `tests/reference/reid_metrics_numpy.py` (torchreid's per-query 
 with a stable argsort); problems come from `tests/reference/reid_problems.py`.
 """
 
+import pathlib
 import warnings
 
 import jax.numpy as jnp
@@ -12,12 +13,13 @@ import pytest
 
 from fsaf_jax.evaluation import distance, metrics
 from fsaf_jax.evaluation.inputs import EvaluationInputError
-from tests.reference import reid_metrics_numpy, reid_problems
+from tests.reference import multiprocess, reid_metrics_numpy, reid_problems
 
 # Hand-computed example: 7 gallery items, 4 queries (3 with a positive).
 #   gallery index:  0    1    2    3    4    5    6
 #   pid:            1    1    2    2    3    0   -1     (0 = distractor, -1 = junk)
 #   camera:         0    1    0    1    1    1    0
+SHARDED_WORKER = pathlib.Path(__file__).with_name("sharded_eval_worker.py")
 G_PIDS = np.array([1, 1, 2, 2, 3, 0, -1])
 G_CAMS = np.array([0, 1, 0, 1, 1, 1, 0])
 Q_PIDS = np.array([1, 2, 3, 4])
@@ -256,3 +258,30 @@ def test_sharded_bad_axis():
     metrics.evaluate_features_sharded(
       np.ones((7, 4)), np.ones((7, 4)), Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, mesh
     )
+
+
+def test_sharded_gallery_over_two_processes_equals_one_process(tmp_path, num_devices):
+  """2 jax.distributed processes x 2 CPU devices, the gallery split over all 4: each
+  process gets the figures of this process's 4-device mesh (the same shard shapes,
+  so the same distances), which for euclidean equal one device's."""
+  import jax
+  from jax.sharding import Mesh
+
+  cache_dir = jax.config.jax_compilation_cache_dir or str(tmp_path / "cache")
+  multiprocess.launch_processes(SHARDED_WORKER, [tmp_path, 2, cache_dir], 2)
+  results = [dict(np.load(tmp_path / f"p{pid}.npz")) for pid in range(2)]
+  p = reid_problems.make_problem(4, num_gallery=2001)
+  mesh4 = Mesh(np.asarray(jax.devices()), ("data",))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    for metric in ("cosine", "euclidean"):
+      here = metrics.evaluate_features_sharded(
+        p.q_feats, p.g_feats, *p.ids, mesh4, metric=metric, query_chunk=37
+      )
+      single = metrics.evaluate_features(p.q_feats, p.g_feats, *p.ids, metric=metric)
+      for result in results:
+        np.testing.assert_array_equal(result[f"{metric}/cmc"], here.cmc)
+        np.testing.assert_array_equal(result[f"{metric}/map_minp"], [here.mAP, here.mINP])
+        if metric == "euclidean":
+          np.testing.assert_array_equal(result[f"{metric}/cmc"], single.cmc)
+          np.testing.assert_array_equal(result[f"{metric}/map_minp"], [single.mAP, single.mINP])
