@@ -22,7 +22,7 @@ from configs import tiny
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
-from fsaf_jax.evaluation import distance, evaluator, metrics
+from fsaf_jax.evaluation import distance, evaluator, figure, metrics
 from fsaf_jax.models import fsaf
 from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market
 
@@ -78,7 +78,8 @@ def variables(model_and_variables):
 
 @pytest.fixture(scope="module")
 def features(data_dir, sources, variables):
-  feats, _ = evaluator.extract_eval_features(make_config(data_dir), variables, *sources)
+  config = make_config(data_dir)
+  feats, _ = evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS).extract(variables)
   return feats
 
 
@@ -150,9 +151,9 @@ def test_features_match_independent_embedding(model_and_variables, sources, feat
 def test_flip_follows_config(model_and_variables, data_dir, sources):
   model, variables = model_and_variables
   query, gallery = sources
-  feats, _ = evaluator.extract_eval_features(
-    make_config(data_dir, flip=True), variables, query, gallery
-  )
+  feats, _ = evaluator.Evaluator(
+    make_config(data_dir, flip=True), num_classes=tiny_market.NUM_TRAIN_IDS
+  ).extract(variables)
   expected = reference_embeddings(
     model, variables, query, tiny.get_config().input.image_size, flip=True
   )
@@ -297,17 +298,15 @@ def test_no_figure_when_disabled(data_dir, variables, tmp_path):
 def test_figure_gets_the_drawn_queries(features, sources, monkeypatch, tmp_path, rerank):
   """The figure sees the chosen queries' distance rows, ids and decoded images."""
   calls = []
-  monkeypatch.setattr(
-    evaluator.figure_lib, "ranked_list_figure", lambda *a, **k: calls.append((a, k))
-  )
+  monkeypatch.setattr(figure, "ranked_list_figure", lambda *a, **k: calls.append((a, k)))
   query, gallery = sources
   full = np.asarray(distance.pairwise_distance(features.query_feats, features.gallery_feats))
   reranked = full[:, ::-1].copy() if rerank else None  # any [M, N] matrix will do
-  drawn = evaluator.write_ranked_list_figure(
+  drawn = figure.write_ranked_list_figure(
     tmp_path / "f.png", features, query, gallery, metric="cosine", num_queries=3,
     reranked=reranked, title="t",
   )  # fmt: skip
-  chosen = evaluator.figure_queries(features, 3)
+  chosen = figure.figure_queries(features, 3)
   assert drawn == 3 and len(calls) == 1
   (dist, q_pids, g_pids, q_camids, g_camids), kwargs = calls[0]
   np.testing.assert_allclose(dist, (reranked if rerank else full)[chosen], atol=1e-6)
@@ -325,15 +324,15 @@ def test_figure_gets_the_drawn_queries(features, sources, monkeypatch, tmp_path,
 
 
 def test_figure_queries_have_positives_and_spread(features):
-  chosen = evaluator.figure_queries(features, 3)
+  chosen = figure.figure_queries(features, 3)
   q_pids, g_pids, q_camids, g_camids = features.ids()
   valid = [
     i for i in range(len(q_pids)) if np.any((g_pids == q_pids[i]) & (g_camids != q_camids[i]))
   ]
   assert len(chosen) == 3 and set(chosen) <= set(valid)
   assert chosen[0] == valid[0] and chosen[-1] == valid[-1]
-  assert list(evaluator.figure_queries(features, 100)) == valid
-  assert len(evaluator.figure_queries(features, 0)) == 0
+  assert list(figure.figure_queries(features, 100)) == valid
+  assert len(figure.figure_queries(features, 0)) == 0
 
 
 # --- Settings and errors. ---------------------------------------------------------------
