@@ -45,6 +45,8 @@ def metrics_table(results: Mapping[str, RankMetrics], ranks: Sequence[int] = TAB
   """
   if not results:
     raise ValueError("No results to tabulate.")
+  if any(k < 1 for k in ranks):
+    raise ValueError(f"ranks must be >= 1, got {tuple(ranks)}")
   names = [f"rank{k}" for k in ranks] + [n for n in METRIC_NAMES if not n.startswith("rank")]
   name_width = max(10, *(len(name) for name in results))
   heads = [_heading(n) for n in names] + ["valid queries"]
@@ -55,8 +57,6 @@ def metrics_table(results: Mapping[str, RankMetrics], ranks: Sequence[int] = TAB
   ]
   for row, m in results.items():
     values = m.scalars()
-    if any(k < 1 for k in ranks):
-      raise ValueError(f"ranks must be >= 1, got {tuple(ranks)}")
     values.update({f"rank{k}": float(m.cmc[k - 1]) for k in ranks if k <= len(m.cmc)})
     cells = [f"{100 * values[n]:.2f}" if n in values else "-" for n in names]
     cells.append(f"{m.num_valid} of {m.num_valid + m.num_skipped}")
