@@ -311,9 +311,9 @@ def _scaled(fraction: float) -> dict:
 
 
 def _blocks(data):
-  from fsaf_jax.evaluation import distance
+  from benchmarks import chunked_distance
 
-  pdist = lambda a, b: distance.pairwise_distance_chunked(a, b, "cosine")
+  pdist = lambda a, b: chunked_distance.pairwise_distance_chunked(a, b, "cosine")
   qf, gf = data["query_feats"], data["gallery_feats"]
   return pdist(qf, gf), pdist(qf, qf), pdist(gf, gf)
 

@@ -16,6 +16,9 @@ convention); `--rerank_squared` squares them first, as fast-reid's and torchreid
 `re_ranking` do, which reproduces their re-ranked figures (`rerank.re_ranking`'s
 `squared`).
 
+Scoring is `fsaf_jax.evaluation.scoring.score_features`, as in training and eval.py;
+the table is `report.metrics_table`.
+
 Bad input (not a .npz file, missing key, mismatched lengths, NaN features, empty sets,
 no query with a positive, a `--json` path that cannot be written) ends with a one-line
 `ERROR:` naming the file, array and shape, exit status 2, before any scoring. Queries
@@ -36,8 +39,8 @@ from absl import app, flags
 
 from data_pipelines import errors
 from fsaf_jax.core import host_allocator
-from fsaf_jax.evaluation import distance, inputs, metrics, report
-from fsaf_jax.evaluation import rerank as rerank_lib
+from fsaf_jax.evaluation import distance, inputs, metrics, report, scoring
+from fsaf_jax.evaluation.settings import EvalSettings
 
 FEATURE_KEYS = ("query_feats", "gallery_feats")
 ID_KEYS = ("query_pids", "gallery_pids", "query_camids", "gallery_camids")
@@ -233,36 +236,9 @@ def check_features(
   return out
 
 
-def score_features(
-  arrays: Mapping[str, np.ndarray],
-  *,
-  metric: str = "cosine",
-  rerank: bool = False,
-  max_rank: int = 50,
-  k1: int = 20,
-  k2: int = 6,
-  lambda_value: float = 0.3,
-  query_chunk: int = metrics.DEFAULT_QUERY_CHUNK,
-  rerank_squared: bool = False,
-) -> dict[str, metrics.RankMetrics]:
-  """Metrics of checked feature arrays: {'plain': ..., ['re-ranked': ...]}."""
-  ids = [arrays[k] for k in ("query_pids", "gallery_pids", "query_camids", "gallery_camids")]
-  qf, gf = arrays["query_feats"], arrays["gallery_feats"]
-  results = {
-    "plain": metrics.evaluate_features(
-      qf, gf, *ids, metric=metric, max_rank=max_rank, query_chunk=query_chunk
-    )
-  }
-  if rerank:
-    dist = rerank_lib.re_ranking_features(
-      qf, gf, metric=metric, k1=k1, k2=k2, lambda_value=lambda_value, squared=rerank_squared
-    )
-    with warnings.catch_warnings():  # the skipped-queries warning was given once already
-      warnings.simplefilter("ignore")
-      results["re-ranked"] = metrics.evaluate(
-        dist, *ids, max_rank=max_rank, query_chunk=query_chunk
-      )
-  return results
+def as_features(arrays: Mapping[str, np.ndarray]) -> scoring.EvalFeatures:
+  """The six checked arrays (`load_features` / `load_query_gallery`) as `EvalFeatures`."""
+  return scoring.EvalFeatures(*(arrays[k] for k in REQUIRED_KEYS))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -278,17 +254,17 @@ def main(argv: Sequence[str]) -> None:
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     arrays = load_features(argv[1]) if len(argv) == 2 else load_query_gallery(*argv[1:])
-    results = score_features(
-      arrays,
+    settings = EvalSettings(
       metric=_METRIC.value,
       rerank=_RERANK.value,
       max_rank=_MAX_RANK.value,
-      k1=_K1.value,
-      k2=_K2.value,
-      lambda_value=_LAMBDA.value,
+      rerank_k1=_K1.value,
+      rerank_k2=_K2.value,
+      rerank_lambda=_LAMBDA.value,
       query_chunk=_QUERY_CHUNK.value,
       rerank_squared=_RERANK_SQUARED.value,
     )
+    results = scoring.score_features(as_features(arrays), settings).rows()
   for w in caught:
     if issubclass(w.category, UserWarning):
       print(f"score: warning: {w.message}", file=sys.stderr)

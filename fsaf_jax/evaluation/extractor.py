@@ -7,9 +7,12 @@ the result is still a unit vector.
 
 Batches have a fixed size: a shorter (last) batch is zero-padded on the host to
 `batch_size` and the padded rows are dropped from the result, so the step is traced
-and compiled once per extractor. With a mesh, the batch is sharded over its `'data'`
-axis and the variables are replicated, so the same code runs on one CPU, on GPUs and
-on TPU pods (multi-host: each process passes its own host-local batch).
+and compiled once per extractor. The variables are an argument of the jitted step,
+not constants of it: `Extractor.set_variables` swaps in other variables of the same
+shapes (the training loop's current state at each evaluation) without a new compile.
+With a mesh, the batch is sharded over its `'data'` axis and the variables are
+replicated, so the same code runs on one CPU, on GPUs and on TPU pods (multi-host: each
+process passes its own host-local batch).
 
 Typical use:
 
@@ -109,13 +112,14 @@ class Extractor:
     embed_fn: the pure `(variables, images) -> embeddings` function (for export).
     compiler_options: the XLA options the step is compiled with (see
       `fsaf_jax.evaluation.compiler_options`; None off the CPU).
-    variables: the variables (replicated over the mesh when there is one).
+    variables: the variables (replicated over the mesh when there is one), or None
+      until `set_variables` is called.
   """
 
   def __init__(
     self,
     embed_fn: EmbedFn,
-    variables: Mapping[str, Any],
+    variables: Mapping[str, Any] | None,
     *,
     batch_size: int,
     image_size: tuple[int, int],
@@ -144,7 +148,7 @@ class Extractor:
     self.compiler_options = inference_compiler_options(platform)
     if mesh is None:
       self._batch_sharding = None
-      self.variables = jax.device_put(variables)
+      self._variables_sharding = None
       self._step = jax.jit(step, compiler_options=self.compiler_options)
     else:
       if DATA_AXIS not in mesh.axis_names:
@@ -158,13 +162,26 @@ class Extractor:
         )
       self._batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
       replicated = NamedSharding(mesh, PartitionSpec())
-      self.variables = jax.device_put(variables, replicated)
+      self._variables_sharding = replicated
       self._step = jax.jit(
         step,
         in_shardings=(replicated, self._batch_sharding),
         out_shardings=self._batch_sharding,
         compiler_options=self.compiler_options,
       )
+    self.variables = None
+    if variables is not None:
+      self.set_variables(variables)
+
+  def set_variables(self, variables: Mapping[str, Any]) -> None:
+    """Embeds with `variables` from now on: {'params', 'batch_stats'} (other collections
+    are dropped); host or device arrays, put on the device(s) here. Variables of the
+    shapes and dtypes of the first ones reuse the compiled step."""
+    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    if self._variables_sharding is None:
+      self.variables = jax.device_put(variables)
+    else:
+      self.variables = jax.device_put(variables, self._variables_sharding)
 
   def _check(self, images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
@@ -183,6 +200,8 @@ class Extractor:
 
   def dispatch(self, images: np.ndarray) -> jax.Array:
     """Starts embedding `images` uint8 [n, H, W, 3]; returns [batch_size, C] (async)."""
+    if self.variables is None:
+      raise ValueError("the extractor has no variables: call set_variables first")
     images = self._check(images)
     n = images.shape[0]
     if n < self.batch_size:
@@ -210,7 +229,7 @@ class Extractor:
 
 def make_extractor(
   model: nn.Module,
-  variables: Mapping[str, Any],
+  variables: Mapping[str, Any] | None,
   *,
   batch_size: int,
   image_size: tuple[int, int],
@@ -222,7 +241,8 @@ def make_extractor(
 
   Args:
     model: the FSAF module; `model.apply(variables, x, train=False)['bn_feat']`.
-    variables: {'params', 'batch_stats'} (a trained or freshly initialised model).
+    variables: {'params', 'batch_stats'} (a trained or freshly initialised model), or
+      None to set them later (`Extractor.set_variables`).
     batch_size: host batch size; shorter batches are padded to it (one compile).
       With a mesh, `batch_size * process_count` must divide by the 'data' axis.
     image_size: (H, W) of the input images.
@@ -234,7 +254,6 @@ def make_extractor(
   Returns:
     An `Extractor`: `extractor(images uint8 [n, H, W, 3]) -> float32 [n, C]`.
   """
-  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
   return Extractor(
     make_embed_fn(model, flip=flip, dtype=dtype),
     variables,

@@ -14,6 +14,10 @@ Images are uint8 RGB arrays [H, W, 3] (sizes may differ), given as one array
 [M, H, W, 3] / [N, H, W, 3] or as a callable `index -> image` (e.g. reading and
 decoding record `index` of the query / gallery source), so only the shown images are
 loaded.
+
+`write_ranked_list_figure` draws the evaluation's figure (`evaluator.Evaluator`):
+`figure_queries` picks queries with a positive, evenly spread over the query set, and
+only their distance rows are computed and only the images shown are decoded.
 """
 
 from __future__ import annotations
@@ -21,18 +25,24 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import PIL.Image
+from absl import logging
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fsaf_jax.evaluation import distance as distance_lib
 from fsaf_jax.evaluation import inputs, metrics
+from fsaf_jax.evaluation.scoring import EvalFeatures
 
 ImageSource = np.ndarray | Callable[[int], np.ndarray]
 RIGHT_COLOR = "#1a9e1a"
 WRONG_COLOR = "#d62728"
 QUERY_COLOR = "#1f3b99"
+EVAL_TOP_K = 10  # gallery images per row of the evaluation's figure
 
 
 def _image(source: ImageSource, index: int, what: str) -> np.ndarray:
@@ -153,3 +163,76 @@ def ranked_list_figure(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(buf.getvalue())
   return fig
+
+
+def figure_queries(features: EvalFeatures, num: int) -> np.ndarray:
+  """Indices of `num` queries with a positive in the gallery, evenly spread, sorted."""
+  counts, _ = metrics.positive_lists(
+    features.query_pids, features.query_camids, features.gallery_pids, features.gallery_camids
+  )
+  valid = np.nonzero(counts > 0)[0]
+  if num <= 0 or valid.size == 0:
+    return np.zeros(0, np.int64)
+  if num >= valid.size:
+    return valid
+  return valid[np.linspace(0, valid.size - 1, num).round().astype(np.int64)]
+
+
+def decoded(source: Any, index: int) -> np.ndarray:
+  """Record `index` of `source` (a field `image` of encoded bytes) as uint8 RGB [H, W, 3]
+  at its own size."""
+  with PIL.Image.open(io.BytesIO(source[int(index)]["image"])) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+def write_ranked_list_figure(
+  path: epath.PathLike,
+  features: EvalFeatures,
+  query_source: Any,
+  gallery_source: Any,
+  *,
+  metric: str,
+  num_queries: int,
+  reranked: np.ndarray | None = None,
+  title: str = "",
+) -> int:
+  """Renders the evaluation's ranked-list figure (`ranked_list_figure`, top 10) to `path`.
+
+  Args:
+    path: output PNG.
+    features: the evaluated features (source order).
+    query_source, gallery_source: the sources, to read the images by index.
+    metric: distance of the ranking ('cosine' | 'euclidean'), unless `reranked`.
+    num_queries: rows of the figure (queries with a positive, evenly spread).
+    reranked: re-ranked [M, N] distances to rank by instead, or None.
+    title: figure title.
+
+  Returns:
+    The number of query rows drawn (0: no query has a positive, nothing written).
+  """
+  queries = figure_queries(features, num_queries)
+  if queries.size == 0:
+    logging.warning("No query has a positive in the gallery: no ranked-list figure.")
+    return 0
+  if reranked is not None:
+    distances = np.asarray(reranked)[queries]
+  else:
+    distances = np.asarray(
+      distance_lib.pairwise_distance(
+        features.query_feats[queries], features.gallery_feats, metric=metric
+      )
+    )
+  ranked_list_figure(
+    distances,
+    features.query_pids[queries],
+    features.gallery_pids,
+    features.query_camids[queries],
+    features.gallery_camids,
+    query_images=lambda i: decoded(query_source, queries[i]),
+    gallery_images=lambda j: decoded(gallery_source, j),
+    query_indices=range(queries.size),
+    top_k=EVAL_TOP_K,
+    title=title or None,
+    path=path,
+  )
+  return int(queries.size)

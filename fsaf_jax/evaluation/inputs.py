@@ -1,7 +1,7 @@
 """Checks of the arrays the evaluation functions take.
 
 Every public evaluation entry point (`metrics.evaluate`, `metrics.evaluate_features`,
-`rerank.re_ranking`, `cuhk03_protocol.evaluate_cuhk03`, `fsaf_jax.score`) validates
+`rerank.re_ranking`, `fsaf_jax.score`) validates
 its inputs here first, so that malformed input fails with an `EvaluationInputError`
 naming the array and its shape instead of a crash deep inside a jitted kernel.
 """

@@ -56,6 +56,9 @@ DEFAULT_QUERY_CHUNK = 256
 _MIN_POSITIVE_BUCKET = 8
 _POSITIVE_BLOCK = 16  # positives compared per pass over a chunk's distances
 REPORTED_RANKS = (1, 5, 10, 20)
+# The scalar metrics, named once: `RankMetrics.scalars` / `as_dict`, metrics.json, the
+# table (`report.metrics_table`), TensorBoard and `evaluator.Evaluator.run`'s dict.
+METRIC_NAMES = (*(f"rank{k}" for k in REPORTED_RANKS), "mAP", "mINP")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +85,16 @@ class RankMetrics:
       raise ValueError(f"Rank-{k} is not available: the CMC has {len(self.cmc)} ranks.")
     return float(self.cmc[k - 1])
 
+  def scalars(self) -> dict[str, float]:
+    """{name: value} of `METRIC_NAMES` (fractions); ranks beyond the CMC are left out."""
+    out = {f"rank{k}": self.rank(k) for k in REPORTED_RANKS if k <= len(self.cmc)}
+    out.update(mAP=float(self.mAP), mINP=float(self.mINP))
+    return out
+
   def as_dict(self) -> dict[str, Any]:
-    """JSON-ready dict: rank1/5/10/20 (those within the CMC), mAP, mINP, counts, cmc."""
-    out: dict[str, Any] = {f"rank{k}": self.rank(k) for k in REPORTED_RANKS if k <= len(self.cmc)}
+    """JSON-ready dict: `scalars()` (rank1/5/10/20 within the CMC, mAP, mINP), counts, cmc."""
+    out: dict[str, Any] = self.scalars()
     out.update(
-      mAP=float(self.mAP),
-      mINP=float(self.mINP),
       num_valid=int(self.num_valid),
       num_skipped=int(self.num_skipped),
       cmc=[float(x) for x in self.cmc],

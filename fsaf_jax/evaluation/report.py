@@ -1,4 +1,4 @@
-"""The metrics table printed by eval.py / `fsaf_jax.score`, and `metrics.json`.
+"""The metrics table (eval.py, training, `fsaf_jax.score`, the demo) and `metrics.json`.
 
   results = {"plain": evaluate(...), "re-ranked": evaluate(re_ranked, ...)}
   print(metrics_table(results))
@@ -19,37 +19,50 @@ from typing import Any
 
 from etils import epath
 
-from fsaf_jax.evaluation.metrics import RankMetrics
+from fsaf_jax.evaluation.metrics import METRIC_NAMES, RankMetrics
 
 TABLE_RANKS = (1, 5, 10)
+
+
+def _heading(name: str) -> str:
+  """Column heading of a `metrics.METRIC_NAMES` entry: 'rank5' -> 'Rank-5'."""
+  return f"Rank-{name[4:]}" if name.startswith("rank") else name
 
 
 def metrics_table(results: Mapping[str, RankMetrics], ranks: Sequence[int] = TABLE_RANKS) -> str:
   """Plain-text table, one row per entry of `results` (e.g. 'plain', 're-ranked').
 
+  The one table of the package: eval.py, the training loop, `fsaf_jax.score` and the
+  demo's baseline comparison print it.
+
   Args:
     results: row name -> RankMetrics.
-    ranks: CMC ranks shown (those beyond a CMC's length print as '-').
+    ranks: CMC ranks shown (those beyond a CMC's length print as '-'), then mAP and
+      mINP (`metrics.METRIC_NAMES`), in percent, and the valid queries.
 
   Returns:
     The table, lines joined by newlines (no trailing newline).
   """
   if not results:
     raise ValueError("No results to tabulate.")
+  if any(k < 1 for k in ranks):
+    raise ValueError(f"ranks must be >= 1, got {tuple(ranks)}")
+  names = [f"rank{k}" for k in ranks] + [n for n in METRIC_NAMES if not n.startswith("rank")]
   name_width = max(10, *(len(name) for name in results))
-  heads = [f"Rank-{k}" for k in ranks] + ["mAP", "mINP", "valid queries"]
+  heads = [_heading(n) for n in names] + ["valid queries"]
   widths = [max(7, len(h)) for h in heads[:-1]] + [len(heads[-1])]
   lines = [
     "  ".join([f"{'':<{name_width}}"] + [f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)]),
     "  ".join(["-" * name_width] + ["-" * w for w in widths]),
   ]
-  for name, m in results.items():
-    cells = [f"{100 * m.cmc[k - 1]:.2f}" if k <= len(m.cmc) else "-" for k in ranks]
-    cells += [f"{100 * m.mAP:.2f}", f"{100 * m.mINP:.2f}"]
+  for row, m in results.items():
+    values = m.scalars()
+    values.update({f"rank{k}": float(m.cmc[k - 1]) for k in ranks if k <= len(m.cmc)})
+    cells = [f"{100 * values[n]:.2f}" if n in values else "-" for n in names]
     cells.append(f"{m.num_valid} of {m.num_valid + m.num_skipped}")
     lines.append(
       "  ".join(
-        [f"{name:<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)]
+        [f"{row:<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)]
       )
     )
   return "\n".join(lines)

@@ -41,6 +41,10 @@ measured peaks of both in docs/performance.md, from `benchmarks/evaluation.py`):
    of the gallery rows (a counting sort; within-column positions from a `lax.scan`):
    each (query entry, gallery entry) pair sharing a column contributes once, summed
    by `segment_sum`, in blocks of query rows with a bounded pair count.
+
+`re_ranking` checks its inputs and runs one function per stage: `_initial_ranking`
+(1), `_k_reciprocal_encoding` (2-3), `_local_query_expansion` (4) and
+`_jaccard_and_blend` (5).
 """
 
 from __future__ import annotations
@@ -414,8 +418,54 @@ def re_ranking(
   k1_top = min(k1 + 1, num_all)
   k1_half = min(int(np.around(k1 / 2.0)) + 1, num_all)
   k2 = min(k2, num_all)
+  blocks = (q_q, q_g, g_g)
+  rank, row_max = _initial_ranking(
+    blocks, k1_top=k1_top, row_chunk=row_chunk, symmetric=symmetric, squared=squared
+  )
+  v_idx, v_val = _k_reciprocal_encoding(
+    blocks,
+    rank,
+    row_max,
+    k1_half=k1_half,
+    row_chunk=row_chunk,
+    symmetric=symmetric,
+    squared=squared,
+  )
+  if k2 != 1:
+    v_idx, v_val = _local_query_expansion(rank[:, :k2], v_idx, v_val, row_chunk=row_chunk)
+  return _jaccard_and_blend(
+    v_idx,
+    v_val,
+    q_g,
+    row_max,
+    lambda_value=float(lambda_value),
+    query_rows=query_rows,
+    squared=squared,
+  )
 
-  # 1. Stable initial ranking (top k1 + 1) of the normalised rows of D^T.
+
+Blocks = tuple[jax.Array, jax.Array, jax.Array]  # (q_q, q_g, g_g) float32 on the device
+
+
+def _initial_ranking(
+  blocks: Blocks, *, k1_top: int, row_chunk: int, symmetric: bool, squared: bool
+) -> tuple[jax.Array, jax.Array]:
+  """Stage 1: the stable initial ranking (top `k1_top`) of the normalised rows of D^T.
+
+  Args:
+    blocks: (q_q [Q, Q], q_g [Q, G], g_g [G, G]).
+    k1_top: neighbours kept per row (k1 + 1, at most A = Q + G).
+    row_chunk, symmetric, squared: as `re_ranking`.
+
+  Returns:
+    (rank int32 [A, k1_top] neighbour indices, row_max float32 [A] row maxima).
+
+  Raises:
+    EvaluationInputError: an image with non-finite distances or none > 0.
+  """
+  q_q, q_g, g_g = blocks
+  nq, ng = q_g.shape
+  num_all = nq + ng
   rank = np.empty((num_all, k1_top), np.int32)
   row_max = np.empty(num_all, np.float32)
   ok = np.empty(num_all, bool)
@@ -433,17 +483,41 @@ def re_ranking(
       f"Re-ranking: image {bad} of the {num_all} query+gallery images (queries first) has "
       "non-finite distances or none > 0 (its column of [[q_q, q_g], [q_g^T, g_g]])."
     )
-  rank_dev, row_max_dev = jnp.asarray(rank), jnp.asarray(row_max)
+  return jnp.asarray(rank), jnp.asarray(row_max)
 
-  # 2. k-reciprocal sets and their expansion.
-  recip = _reciprocal(rank_dev)
-  half = _reciprocal(rank_dev[:, :k1_half])
+
+def _k_reciprocal_encoding(
+  blocks: Blocks,
+  rank: jax.Array,
+  row_max: jax.Array,
+  *,
+  k1_half: int,
+  row_chunk: int,
+  symmetric: bool,
+  squared: bool,
+) -> tuple[jax.Array, jax.Array]:
+  """Stages 2-3: k-reciprocal sets, their 2/3-overlap expansion, and the sparse V.
+
+  Args:
+    blocks: (q_q, q_g, g_g).
+    rank: int32 [A, k1 + 1] from `_initial_ranking`; row_max: float32 [A].
+    k1_half: size of the half sets (round(k1 / 2) + 1, at most A).
+    row_chunk, symmetric, squared: as `re_ranking`.
+
+  Returns:
+    (v_idx int32 [A, W] sorted expansion-set indices padded with A, v_val float32
+    [A, W] row-normalised Gaussian weights).
+  """
+  q_q, q_g, g_g = blocks
+  num_all = rank.shape[0]
+  recip = _reciprocal(rank)
+  half = _reciprocal(rank[:, :k1_half])
   min_overlap = jnp.asarray(_min_overlap_table(k1_half))
   size = max(1, min(int(row_chunk), num_all))
   starts = _row_starts(num_all, size)
   sets = [
     _expansion_sets(
-      jnp.arange(s, s + size, dtype=jnp.int32), rank_dev, recip, half, min_overlap, num_all
+      jnp.arange(s, s + size, dtype=jnp.int32), rank, recip, half, min_overlap, num_all
     )
     for s in starts
   ]
@@ -452,26 +526,65 @@ def re_ranking(
   for s, (idx, _) in zip(starts, sets, strict=True):
     v_idx[s : s + size] = np.asarray(idx[:, :width])
   v_idx = jnp.asarray(v_idx)
+  return v_idx, _weights(q_q, q_g, g_g, row_max, v_idx, symmetric, squared)
 
-  # 3. V: row-normalised Gaussian weights on the expansion sets.
-  v_val = _weights(q_q, q_g, g_g, row_max_dev, v_idx, symmetric, squared)
 
-  # 4. Local query expansion.
-  if k2 != 1:
-    merged = [
-      _query_expansion(
-        jnp.arange(s, s + size, dtype=jnp.int32), rank_dev[:, :k2], v_idx, v_val, num_all
-      )
-      for s in starts
-    ]
-    width = max(1, max(int(jnp.max(cnt)) for _, _, cnt in merged))
-    new_idx = np.empty((num_all, width), np.int32)
-    new_val = np.empty((num_all, width), np.float32)
-    for s, (idx, val, _) in zip(starts, merged, strict=True):
-      new_idx[s : s + size], new_val[s : s + size] = idx[:, :width], val[:, :width]
-    v_idx, v_val = jnp.asarray(new_idx), jnp.asarray(new_val)
+def _local_query_expansion(
+  neighbours: jax.Array, v_idx: jax.Array, v_val: jax.Array, *, row_chunk: int
+) -> tuple[jax.Array, jax.Array]:
+  """Stage 4: each row of V replaced by the mean of the V rows of its k2 nearest.
 
-  # 5. Jaccard distance through an inverted index of the gallery rows, then the blend.
+  Args:
+    neighbours: int32 [A, k2] the first k2 columns of the initial ranking.
+    v_idx, v_val: sparse V [A, W] from `_k_reciprocal_encoding`.
+    row_chunk: rows merged per device call.
+
+  Returns:
+    The expanded sparse V (v_idx int32 [A, W'], v_val float32 [A, W']).
+  """
+  num_all = v_idx.shape[0]
+  size = max(1, min(int(row_chunk), num_all))
+  starts = _row_starts(num_all, size)
+  merged = [
+    _query_expansion(jnp.arange(s, s + size, dtype=jnp.int32), neighbours, v_idx, v_val, num_all)
+    for s in starts
+  ]
+  width = max(1, max(int(jnp.max(cnt)) for _, _, cnt in merged))
+  new_idx = np.empty((num_all, width), np.int32)
+  new_val = np.empty((num_all, width), np.float32)
+  for s, (idx, val, _) in zip(starts, merged, strict=True):
+    new_idx[s : s + size], new_val[s : s + size] = idx[:, :width], val[:, :width]
+  return jnp.asarray(new_idx), jnp.asarray(new_val)
+
+
+def _jaccard_and_blend(
+  v_idx: jax.Array,
+  v_val: jax.Array,
+  q_g: jax.Array,
+  row_max: jax.Array,
+  *,
+  lambda_value: float,
+  query_rows: int,
+  squared: bool,
+) -> np.ndarray:
+  """Stage 5: the Jaccard distance of query and gallery V rows, blended with the
+  original distance.
+
+  The numerator goes through an inverted index of the gallery rows, in blocks of at
+  most `query_rows` queries and a power-of-two budget of (query entry, gallery entry)
+  pairs.
+
+  Args:
+    v_idx, v_val: sparse V [A, W] (queries first).
+    q_g: float32 [Q, G] original query-gallery distances.
+    row_max: float32 [A] row maxima of the initial ranking.
+    lambda_value, query_rows, squared: as `re_ranking`.
+
+  Returns:
+    float32 np.ndarray [Q, G] re-ranked distances.
+  """
+  nq, ng = q_g.shape
+  num_all = nq + ng
   g_idx, g_val = v_idx[nq:], v_val[nq:]
   nnz = max(1, int(jnp.sum(g_idx < num_all)))
   col_count, col_start, inv_rows, inv_vals = _inverted_index(g_idx, g_val, num_all, nnz)
@@ -501,7 +614,7 @@ def re_ranking(
       inv_rows,
       inv_vals,
       q_g,
-      row_max_dev,
+      row_max,
       first,
       budget,
       float(lambda_value),

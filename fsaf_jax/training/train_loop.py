@@ -16,9 +16,10 @@
 4. Steps until `num_epochs * steps_per_epoch`: a progress bar (loss, lr, images/s);
    every `log_every_steps` the averaged metrics to TensorBoard (`WORKDIR/tb`,
    tensorboardX) and stdout; a checkpoint every `checkpoint_every_steps` and at the
-   end; evaluation every `eval_every_epochs` and at the end
-   (`fsaf_jax.evaluation.evaluator.evaluate_model`: `WORKDIR/eval/step_<N>/metrics.json`
-   and the ranked-list figure, `WORKDIR/eval/latest` naming the newest). With
+   end; evaluation every `eval_every_epochs` and at the end (one
+   `fsaf_jax.evaluation.evaluator.Evaluator`, built with its settings checked before
+   the first step: `WORKDIR/eval/step_<N>/metrics.json` and the ranked-list figure,
+   `WORKDIR/eval/latest` naming the newest, the metrics to TensorBoard). With
    `config.eval.compare_baselines`, the end also scores the untrained network and the
    colour-histogram baseline (`baselines`).
 5. SIGTERM / SIGINT: a checkpoint at the next step boundary, then a clean return
@@ -61,6 +62,7 @@ from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.core.mesh import make_mesh
+from fsaf_jax.evaluation.evaluator import Evaluator
 from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import data_setup, run_card, workdir_lock
@@ -383,6 +385,10 @@ def _train_and_evaluate(
     sampler_steps_per_epoch=train_iter.batches_per_epoch,
     num_train_images=len(train_source),
   )
+  # Built before any training step: bad eval settings fail here, not at the first eval.
+  evaluator = Evaluator(
+    config, num_classes=num_train_ids, mesh=mesh, data_dir=data_dir, config_name=config_name
+  )
   steps_per_epoch = int(config.train.steps_per_epoch)
   total_steps = int(config.train.num_epochs) * steps_per_epoch
   image_size = tuple(int(s) for s in config.input.image_size)
@@ -449,23 +455,10 @@ def _train_and_evaluate(
     return checkpoint_restore.newest_restorable_step(manager.directory)
 
   def evaluate(step):
-    from fsaf_jax.evaluation import evaluator  # noqa: PLC0415
-
-    result = evaluator.evaluate_model(
-      config,
-      state.variables,
-      outdir=workdir,
-      mesh=mesh,
-      data_dir=data_dir,
-      step=step,
-      config_name=config_name,
-    )
-    metrics = result["metrics"]
-    logger.write(
-      step,
-      {k: metrics[k] for k in ("rank1", "rank5", "mAP", "mINP") if k in metrics},
-      prefix="eval",
-    )
+    metrics = evaluator.run(state.variables, step=step)
+    evaluator.print_table()
+    result = evaluator.write(workdir)
+    logger.write(step, metrics, prefix="eval")
     return result
 
   logger = MetricLogger(workdir / TB_SUBDIR, is_main)
@@ -565,12 +558,7 @@ def _train_and_evaluate(
         from fsaf_jax.training import baselines  # noqa: PLC0415
 
         result.baselines = baselines.compare_baselines(
-          config,
-          result.eval,
-          untrained_variables,
-          outdir=workdir if is_main else None,
-          mesh=mesh,
-          config_name=config_name,
+          evaluator, untrained_variables, outdir=workdir if is_main else None
         )
   finally:
     saves.close()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from fsaf_jax import score
-from fsaf_jax.evaluation import distance, metrics, rerank
+from fsaf_jax.evaluation import distance, metrics, rerank, scoring
 from fsaf_jax.evaluation.inputs import EvaluationInputError
+from fsaf_jax.evaluation.settings import EvalSettings
 from tests.reference import reid_problems
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -135,11 +136,11 @@ def test_load_features_messages(tmp_path):
 def test_score_features_no_positive_and_skipped(tmp_path):
   arrays = score.load_features(_saved(tmp_path))
   with pytest.warns(UserWarning, match=r"\d+ of 60 queries have no positive"):
-    results = score.score_features(arrays)
+    results = scoring.score_features(score.as_features(arrays), EvalSettings()).rows()
   assert results["plain"].num_skipped > 0 and "re-ranked" not in results
   arrays["query_pids"] = arrays["query_pids"] + 1000
   with pytest.raises(EvaluationInputError, match="None of the 60 queries has a positive"):
-    score.score_features(arrays)
+    scoring.score_features(score.as_features(arrays), EvalSettings())
 
 
 def test_score_features_rerank_convention():
@@ -150,7 +151,9 @@ def test_score_features_rerank_convention():
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     got = {
-      sq: score.score_features(arrays, rerank=True, rerank_squared=sq)["re-ranked"]
+      sq: scoring.score_features(
+        score.as_features(arrays), EvalSettings(rerank=True, rerank_squared=sq)
+      ).metrics_rerank
       for sq in (False, True)
     }
     for sq in (False, True):

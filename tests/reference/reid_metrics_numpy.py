@@ -51,34 +51,3 @@ def eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     raise ValueError("no query has a positive")
   cmc = np.asarray(all_cmc, np.float64).sum(axis=0) / len(all_ap)
   return cmc, float(np.mean(all_ap)), float(np.mean(all_inp)), len(all_ap), num_skipped
-
-
-def eval_cuhk03_single_shot_cmc(distmat, q_pids, g_pids, q_camids, g_camids, draws, max_rank=50):
-  """torchreid's `eval_cuhk03` CMC loop, with the random draws given.
-
-  Args:
-    draws: {query index: int [R, I] the gallery items drawn (one per identity) in each
-      of the R repeats}; torchreid draws them inside the loop with `np.random.choice`.
-
-  Returns:
-    float64 [max_rank] CMC averaged over repeats, then over the queries in `draws`.
-  """
-  distmat = np.asarray(distmat, np.float32)
-  indices = np.argsort(distmat, axis=1, kind="stable")
-  all_cmc = []
-  for q_idx, chosen in draws.items():
-    order = indices[q_idx]
-    remove = ((g_pids[order] == q_pids[q_idx]) & (g_camids[order] == q_camids[q_idx])) | (
-      g_pids[order] < 0
-    )
-    kept = order[~remove]
-    raw_cmc = (g_pids[kept] == q_pids[q_idx]).astype(np.int64)
-    cmc = np.zeros(max_rank)
-    for repeat in range(chosen.shape[0]):
-      mask = np.isin(kept, chosen[repeat])
-      masked_raw_cmc = raw_cmc[mask]
-      _cmc = masked_raw_cmc.cumsum()
-      _cmc[_cmc > 1] = 1
-      cmc += _cmc[:max_rank]
-    all_cmc.append(cmc / chosen.shape[0])
-  return np.mean(all_cmc, axis=0)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from fsaf_jax import score
+from fsaf_jax.evaluation import scoring
 from fsaf_jax.evaluation.inputs import EvaluationInputError
+from fsaf_jax.evaluation.settings import EvalSettings
 
 
 def _sets(seed=0, m=6, n=20, dim=8):
@@ -49,8 +51,8 @@ def test_two_extract_files_score_as_the_combined_file(tmp_path):
     np.testing.assert_array_equal(from_two[k], from_one[k])
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    a = score.score_features(from_two)["plain"]
-    b = score.score_features(from_one)["plain"]
+    a = scoring.score_features(score.as_features(from_two), EvalSettings()).metrics
+    b = scoring.score_features(score.as_features(from_one), EvalSettings()).metrics
   np.testing.assert_array_equal(np.asarray(a.cmc), np.asarray(b.cmc))
   assert float(a.mAP) == float(b.mAP)
 

@@ -52,16 +52,6 @@ def test_euclidean_is_squared_clamped_and_orders_like_euclidean():
   np.testing.assert_array_equal(np.argsort(d, axis=1), np.argsort(true, axis=1))
 
 
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-@pytest.mark.parametrize("chunk", [1, 10, 37, 100])
-def test_chunked_equals_unchunked(metric, chunk):
-  q, g = _feats(2)
-  full = np.asarray(distance.pairwise_distance(q, g, metric))
-  chunked = distance.pairwise_distance_chunked(q, g, metric, query_chunk=chunk)
-  assert isinstance(chunked, np.ndarray)
-  np.testing.assert_allclose(chunked, full, rtol=1e-6, atol=1e-6)
-
-
 def test_accepts_jax_arrays():
   q, g = _feats(3)
   np.testing.assert_array_equal(
@@ -76,5 +66,3 @@ def test_bad_input():
     distance.pairwise_distance(q, g, "l1")
   with pytest.raises(EvaluationInputError, match=r"\(37, 24\) and \(53, 5\)"):
     distance.pairwise_distance(q, g[:, :5])
-  with pytest.raises(EvaluationInputError, match="same D"):
-    distance.pairwise_distance_chunked(q, g[:, :5])

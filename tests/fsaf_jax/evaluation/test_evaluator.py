@@ -1,5 +1,5 @@
-"""Tests of `evaluator.evaluate_model` on a tiny Market-1501 tree built with the real
-builder, and the tiny FSAF model.
+"""Tests of `evaluator.Evaluator` / `evaluate_model` on a tiny Market-1501 tree built with
+the real builder, and the tiny FSAF model.
 
 References are independent of the evaluator: embeddings from `model.apply` on images
 decoded with PIL one at a time and L2-normalised in NumPy; metrics from the per-query
@@ -19,12 +19,14 @@ import PIL.Image
 import pytest
 
 from configs import tiny
+from data_pipelines import errors
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
-from fsaf_jax.evaluation import distance, evaluator, metrics
+from fsaf_jax.evaluation import distance, evaluator, figure, metrics
 from fsaf_jax.models import fsaf
-from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market
+from fsaf_jax.training import train_loop
+from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market, tiny_synthetic_run
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -78,7 +80,8 @@ def variables(model_and_variables):
 
 @pytest.fixture(scope="module")
 def features(data_dir, sources, variables):
-  feats, _ = evaluator.extract_eval_features(make_config(data_dir), variables, *sources)
+  config = make_config(data_dir)
+  feats, _ = evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS).extract(variables)
   return feats
 
 
@@ -150,9 +153,9 @@ def test_features_match_independent_embedding(model_and_variables, sources, feat
 def test_flip_follows_config(model_and_variables, data_dir, sources):
   model, variables = model_and_variables
   query, gallery = sources
-  feats, _ = evaluator.extract_eval_features(
-    make_config(data_dir, flip=True), variables, query, gallery
-  )
+  feats, _ = evaluator.Evaluator(
+    make_config(data_dir, flip=True), num_classes=tiny_market.NUM_TRAIN_IDS
+  ).extract(variables)
   expected = reference_embeddings(
     model, variables, query, tiny.get_config().input.image_size, flip=True
   )
@@ -297,17 +300,15 @@ def test_no_figure_when_disabled(data_dir, variables, tmp_path):
 def test_figure_gets_the_drawn_queries(features, sources, monkeypatch, tmp_path, rerank):
   """The figure sees the chosen queries' distance rows, ids and decoded images."""
   calls = []
-  monkeypatch.setattr(
-    evaluator.figure_lib, "ranked_list_figure", lambda *a, **k: calls.append((a, k))
-  )
+  monkeypatch.setattr(figure, "ranked_list_figure", lambda *a, **k: calls.append((a, k)))
   query, gallery = sources
   full = np.asarray(distance.pairwise_distance(features.query_feats, features.gallery_feats))
   reranked = full[:, ::-1].copy() if rerank else None  # any [M, N] matrix will do
-  drawn = evaluator.write_ranked_list_figure(
+  drawn = figure.write_ranked_list_figure(
     tmp_path / "f.png", features, query, gallery, metric="cosine", num_queries=3,
     reranked=reranked, title="t",
   )  # fmt: skip
-  chosen = evaluator.figure_queries(features, 3)
+  chosen = figure.figure_queries(features, 3)
   assert drawn == 3 and len(calls) == 1
   (dist, q_pids, g_pids, q_camids, g_camids), kwargs = calls[0]
   np.testing.assert_allclose(dist, (reranked if rerank else full)[chosen], atol=1e-6)
@@ -325,15 +326,15 @@ def test_figure_gets_the_drawn_queries(features, sources, monkeypatch, tmp_path,
 
 
 def test_figure_queries_have_positives_and_spread(features):
-  chosen = evaluator.figure_queries(features, 3)
+  chosen = figure.figure_queries(features, 3)
   q_pids, g_pids, q_camids, g_camids = features.ids()
   valid = [
     i for i in range(len(q_pids)) if np.any((g_pids == q_pids[i]) & (g_camids != q_camids[i]))
   ]
   assert len(chosen) == 3 and set(chosen) <= set(valid)
   assert chosen[0] == valid[0] and chosen[-1] == valid[-1]
-  assert list(evaluator.figure_queries(features, 100)) == valid
-  assert len(evaluator.figure_queries(features, 0)) == 0
+  assert list(figure.figure_queries(features, 100)) == valid
+  assert len(figure.figure_queries(features, 0)) == 0
 
 
 # --- Settings and errors. ---------------------------------------------------------------
@@ -407,3 +408,111 @@ def test_load_eval_sources_order(data_dir):
   names = [r["file_name"] for r in gallery]
   assert names == sorted(names) and not any(n.startswith("-1") for n in names)
   assert len(query) == len(source_lib.load_source(tiny_market.DATASET, "query", data_dir))
+
+
+# --- The Evaluator: settings checked at construction, one compile, flat metrics. --------
+
+
+@pytest.mark.parametrize(
+  "field, value, allowed",
+  [
+    ("metric", "cosin", "'cosine', 'euclidean'"),
+    ("max_rank", 0, "integer >= 1"),
+    ("query_chunk", -5, "integer >= 1"),
+    ("rerank", "yes", "True or False"),
+    ("rerank_k1", 2.5, "integer >= 1"),
+    ("rerank_k2", 0, "integer >= 1"),
+    ("rerank_lambda", 1.5, "in [0, 1]"),
+    ("rerank_squared", 1, "True or False"),
+    ("flip", None, "True or False"),
+    ("num_figure_queries", -1, "integer >= 0"),
+    ("compare_baselines", "no", "True or False"),
+  ],
+)
+def test_bad_eval_setting_fails_at_construction(data_dir, field, value, allowed):
+  config = make_config(data_dir)
+  # A config file may set any type (overrides of a type-safe ConfigDict cannot).
+  config.eval = ml_collections.ConfigDict({**config.eval.to_dict(), field: value})
+  with pytest.raises(errors.UserError) as e:
+    evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+  message = str(e.value)
+  assert f"config.eval.{field}={value!r}" in message and allowed in message
+
+
+def test_bad_batch_size_and_unknown_eval_field_fail_at_construction(data_dir):
+  config = make_config(data_dir)
+  config.input.eval_batch_size = 0
+  with pytest.raises(errors.UserError, match=r"config.input.eval_batch_size=0: .*>= 1"):
+    evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+  config = make_config(data_dir)
+  with config.unlocked():
+    config.eval.rerank_lamda = 0.5
+  with pytest.raises(errors.UserError, match="config.eval.rerank_lamda") as e:
+    evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+  assert e.value.hint == "did you mean config.eval.rerank_lambda?"
+
+
+def test_bad_eval_setting_fails_before_the_first_training_step(data_root, tmp_path, monkeypatch):
+  steps = []
+  make_train_step = train_loop.make_train_step
+
+  def counting_make_train_step(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+    return lambda state, batch: (steps.append(1), step_fn(state, batch))[1]
+
+  monkeypatch.setattr(train_loop, "make_train_step", counting_make_train_step)
+  config = tiny_synthetic_run.config(data_root)
+  config.eval.metric = "cosin"
+  with pytest.raises(errors.UserError, match=r"config.eval.metric='cosin'"):
+    train_loop.train_and_evaluate(config, tmp_path)
+  assert not steps
+  assert not (tmp_path / "checkpoints").exists() or not any(
+    p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir()
+  )
+  assert not (tmp_path / "eval").exists()
+
+
+def test_extractor_compiles_once_across_runs(data_dir, variables):
+  config = make_config(data_dir, rerank=True)
+  ev = evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+  assert ev.extractor.num_traces == 0
+  first = ev.run(variables, step=1)
+  first_features = ev.last.features
+  # Other variables of the same shapes (as the training loop's state a few epochs on).
+  rng = np.random.default_rng(1)
+  moved = jax.tree.map(
+    lambda v: v + rng.normal(0.0, 0.05, v.shape).astype(v.dtype), jax.device_get(variables)
+  )
+  second = ev.run(moved, step=2)
+  assert ev.extractor.num_traces == 1
+  assert ev.last.step == 2
+  assert np.abs(ev.last.features.query_feats - first_features.query_feats).max() > 1e-3
+  # Each run equals a fresh one-shot evaluation of its variables.
+  for v, got in ((variables, first), (moved, second)):
+    fresh = evaluator.evaluate_model(config, v, outdir=None, write_figure=False)
+    for name, value in got.items():
+      section = fresh["metrics_rerank"] if name.startswith("rerank/") else fresh["metrics"]
+      assert value == pytest.approx(section[name.removeprefix("rerank/")], abs=1e-12)
+
+
+def test_run_returns_the_declared_flat_metrics(data_dir, variables, tmp_path):
+  ev = evaluator.Evaluator(
+    make_config(data_dir, rerank=True), num_classes=tiny_market.NUM_TRAIN_IDS
+  )
+  flat = ev.run(variables, step=3)
+  # max_rank 10: rank20 is beyond the CMC.
+  plain = [n for n in metrics.METRIC_NAMES if n != "rank20"]
+  assert list(flat) == plain + ["rerank/" + n for n in plain]
+  assert all(isinstance(v, float) for v in flat.values())
+  written = ev.write(tmp_path, write_figure=False)
+  for name in plain:
+    assert flat[name] == written["metrics"][name]
+    assert flat["rerank/" + name] == written["metrics_rerank"][name]
+  assert (tmp_path / "eval" / "step_3" / "metrics.json").is_file()
+  assert (tmp_path / "eval" / "latest").read_text() == "step_3\n"
+
+
+def test_run_refuses_variables_of_another_model(data_dir, variables):
+  ev = evaluator.Evaluator(make_config(data_dir), num_classes=tiny_market.NUM_TRAIN_IDS + 1)
+  with pytest.raises(ValueError, match="classes"):
+    ev.run(variables)

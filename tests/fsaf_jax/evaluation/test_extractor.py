@@ -73,6 +73,26 @@ def test_one_trace_padding_and_unit_norm(setup):
   assert ex.num_traces == 1
 
 
+@pytest.mark.parametrize("use_mesh", [False, True])
+def test_set_variables_reuses_the_compiled_step(setup, use_mesh):
+  model, variables, image_size = setup
+  mesh = Mesh(np.array(jax.devices()), ("data",)) if use_mesh else None
+  batch = 4 * len(jax.devices()) if use_mesh else 4
+  ex = extractor_lib.make_extractor(model, None, batch_size=batch, image_size=image_size, mesh=mesh)
+  images = _images(3, image_size)
+  with pytest.raises(ValueError, match="set_variables"):
+    ex(images)
+  rng = np.random.default_rng(2)
+  moved = jax.tree.map(lambda v: v + rng.normal(0.0, 0.05, v.shape).astype(v.dtype), variables)
+  got = {}
+  for name, v in (("first", variables), ("moved", moved)):
+    ex.set_variables({**v, "extra": {"x": np.zeros(1)}})  # other collections are dropped
+    got[name] = ex(images)
+    np.testing.assert_allclose(got[name], _l2n(_reference_bn_feat(model, v, images)), atol=2e-5)
+  assert ex.num_traces == 1
+  assert np.abs(got["first"] - got["moved"]).max() > 1e-3
+
+
 def test_flip_averages_bn_feat_then_normalises(setup):
   model, variables, image_size = setup
   ex = extractor_lib.make_extractor(
