@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from data_pipelines import errors
+from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
 from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
 from fsaf_jax.core.distributed import maybe_initialize_distributed
@@ -68,5 +68,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   flags.mark_flags_as_required(["config"])
   errors.run(main)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import errors
+from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
 from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
 from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
@@ -51,5 +51,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   flags.mark_flags_as_required(["config", "workdir"])
   errors.run(main)

@@ -1,7 +1,7 @@
 r"""Evaluation (metrics, re-ranking) timed beside the implementations users run.
 
   python benchmarks/setup_peers.py       # once: fast-reid 1.4.0 (--no-deps) + its Cython
-  python benchmarks/evaluation.py        # tens of minutes on a 2-core CPU; ~12 GiB peak (the peer)
+  python benchmarks/evaluation.py        # tens of minutes on a 2-core CPU; a large peak (the peer)
   python benchmarks/evaluation.py --skip=rerank_full,msmt     # the quick sections only
   python benchmarks/evaluation.py --skip=metrics,rerank,msmt --sharded=50000,1000000,256,64
 
@@ -87,7 +87,7 @@ _SHARDED = flags.DEFINE_string(
   "sharded",
   None,
   "Also run evaluate_features_sharded on 4 simulated devices at QUERIES,GALLERY,DIM"
-  "[,QUERY_CHUNK] (e.g. 50000,1000000,256,64; opt-in: ~10 min or more on a 2-core CPU).",
+  "[,QUERY_CHUNK] (e.g. 50000,1000000,256,64; opt-in: minutes on a CPU).",
 )
 _HOST_ALLOCATOR = flags.DEFINE_bool(
   "host_allocator",
@@ -389,7 +389,7 @@ def rerank_section(rounds: int, fractions) -> list[str]:
   rows = [("scale", "runner", "median s", "all rounds s", "peer / runner")]
   checks = []
   for fraction in fractions:
-    # A fresh process per scale: the peer's dense arrays (~10 GiB at full scale) are
+    # A fresh process per scale: the peer's dense arrays (large at full scale) are
     # given back when it exits (with the host allocator, this process would keep them).
     out = _child(f"rerank_scale:{fraction}:{rounds}:{int(fraction == fractions[0])}")
     medians = [statistics.median(t) for t in out["times"]]

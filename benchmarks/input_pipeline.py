@@ -8,7 +8,7 @@ Measures, at the model input size (default 256x128, Market images are 128x64):
     cross-entropy loss on `create_model(configs/fsaf_market.py)` at batch 32;
 and prints the ratio pipeline / consumption (target: >= 3).
 
-Run (synthetic 128x64 JPEGs, ~5 min on a 2-core CPU, most of it the model step):
+Run (synthetic 128x64 JPEGs, a few minutes on a 2-core CPU, most of it the model step):
   python benchmarks/input_pipeline.py
 On a built dataset:
   python benchmarks/input_pipeline.py --data_dir=~/tensorflow_datasets --dataset=market1501

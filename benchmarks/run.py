@@ -1,7 +1,7 @@
 r"""The fsaf-jax benchmark suite: one command, one table.
 
-  python benchmarks/run.py            # ~6 min on the idle 2-core CPU
-  python benchmarks/run.py --quick    # ~2 min: baseline model, float32, 2 rounds
+  python benchmarks/run.py            # minutes on a 2-core CPU (README)
+  python benchmarks/run.py --quick    # shorter: baseline model, float32, 2 rounds
   python benchmarks/run.py --skip_sections=evaluation,pipeline --model_rounds=6
 
 Prints, under a header naming the machine (CPU, cores, load average, library versions,
@@ -31,7 +31,7 @@ activations, pooling and softmax are not counted.
 
 C allocator: `fsaf_jax.core.host_allocator.configure()` runs first, as in the entry points
 (glibc `mallopt` settings that keep freed memory mapped: without them the train step
-was 1.27x and the extractor 1.36x slower, page-faulting their buffers in every call);
+and the extractor are slower, page-faulting their buffers in every call);
 `--nohost_allocator` measures without. PyTorch runs in worker processes, with the
 default malloc (as PyTorch users run it) and with the same settings, so both ratios are
 printed.
@@ -39,8 +39,8 @@ printed.
 XLA options: no XLA_FLAGS are set (XLA_FLAGS is printed as found). The extractor is
 compiled with `fsaf_jax.evaluation.compiler_options` (CPU only:
 `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`, YNNPACK fuses each conv
-with its BN / ReLU epilogue: +8% on the extractor), as in eval.py / extract.py. The train
-step gets no options: the same one makes it 1.7-3x slower, and `xla_cpu_use_onednn`,
+with its BN / ReLU epilogue: a faster extractor), as in eval.py / extract.py. The train
+step gets no options: the same one makes it slower, and `xla_cpu_use_onednn`,
 `..._onednn_fusion_type=..._DOT`, `xla_cpu_use_xnnpack`, the concurrency-optimised
 scheduler and `--xla_cpu_prefer_vector_width=512` were no faster there (each can be
 tried as `XLA_FLAGS=--<option> python benchmarks/run.py --quick
@@ -347,7 +347,7 @@ def main(argv):
 
   if "evaluation" not in skip:
     fl = flags.FLAGS
-    # The full-scale peer re-ranking needs ~12 GiB: benchmarks/evaluation.py runs it.
+    # The full-scale peer re-ranking needs a lot of memory: benchmarks/evaluation.py runs it.
     eval_skip = set(fl.skip) | {"rerank_full"} | (set() if _WITH_MSMT.value else {"msmt"})
     if _QUICK.value:
       eval_skip.add("rerank")

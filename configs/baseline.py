@@ -8,7 +8,7 @@ Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
     --config.init.pretrained=r50_ibn_a.msgpack
 Steps: as `configs/fsaf_market.py` (~185 x 120 = ~22,200). Expected time: not measured
-on a GPU/TPU; about a day on a 2-core CPU.
+on a GPU/TPU; about a day on a 2-core CPU (README, Benchmarks).
 
 The paper's baseline keeps FSAF's Conv5_x at 8x4 (last stride 2), which is why its
 figures sit below BoT's R50-IBN-a (last stride 1, `configs/bot_r50_ibn_a.py`): BoT's

@@ -9,7 +9,7 @@ Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
     --config.init.pretrained=r50_ibn_a.msgpack
 Steps: 120 epochs of BoT's sampler epoch (~185 P x K = 16 x 4 batches on Market-1501:
 ~22,200 steps; the run card prints the exact count). Expected time: not measured on a
-GPU/TPU; about a day on a 2-core CPU.
+GPU/TPU; about a day on a 2-core CPU (README, Benchmarks).
 
 BoT's recipe as a whole (softmax_triplet_with_center, IBN-Net50-a): ResNet50-IBN-a with
 last stride 1 (Conv5_x at 16x8), BNNeck, ImageNet weights; CE with label smoothing 0.1 +

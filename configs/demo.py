@@ -2,8 +2,8 @@ r"""The CPU demo: the tiny FSAF on the embedded synthetic dataset, end to end.
 
 Run (from the repository root, on a fresh machine: no download):
   python train.py --config=configs/demo.py --workdir=workdirs/demo
-Expected time: ~4 min on a 2-core CPU for the whole command (data generation, TFDS
-build, compilation, 1,875 steps, evaluations); the README has the measurements.
+Expected time: a few minutes on a 2-core CPU for the whole command (data generation,
+TFDS build, compilation, 1,875 steps, evaluations); the README has the measurements.
 
 It writes the synthetic Market-1501-layout dataset into WORKDIR/data/synthetic (1,000
 training and 100 test identities, 128x64 JPEGs), builds it with the real `market1501`

@@ -9,7 +9,7 @@ Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
     --config.init.pretrained=r50_ibn_a.msgpack
 Steps: 120 epochs of 12,936 // 64 = 202 iterations = 24,240 steps. Expected time: not
-measured on a GPU/TPU; over a day on a 2-core CPU.
+measured on a GPU/TPU; over a day on a 2-core CPU (README, Benchmarks).
 
 fast-reid's Base-bagtricks recipe with WITH_IBN: ResNet50-IBN-a, last stride 1, BNNeck,
 CE (eps 0.1) + batch-hard triplet (margin 0.3, on the pre-BN feature), no centre loss;

@@ -9,7 +9,7 @@ Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
     --config.init.pretrained=r50_ibn_a.msgpack
 Steps: 120 epochs of BoT's sampler epoch (~240 P x K = 16 x 4 batches on DukeMTMC-reID's
 16,522 training images: ~29,000 steps; the run card prints the exact count). Expected
-time: not measured on a GPU/TPU; over a day on a 2-core CPU.
+time: not measured on a GPU/TPU; over a day on a 2-core CPU (README, Benchmarks).
 
 Recipe: as `configs/fsaf_market.py` (the paper's model, BoT's hyper-parameters).
 """

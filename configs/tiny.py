@@ -4,7 +4,7 @@ Run:
   python train.py --config=configs/tiny.py --workdir=/tmp/fsaf_tiny
 Expected time: the model and step compile in seconds and each step takes milliseconds on
 a CPU; the data are whatever `config.input.dataset` names (`configs/demo.py` is the
-runnable end-to-end tiny job: ~2.5 min).
+runnable end-to-end tiny job: a few minutes, README).
 """
 
 import ml_collections
@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   # No ImageNet weights exist for the tiny widths: random initialisation on purpose.
   config.init.pretrained = "scratch"
   # The tiny model's steps are milliseconds and the host (decoding, logging) dominates:
-  # one shared malloc arena slowed the demo (configs/demo.py) from 2 min 20 s to 2 min
-  # 44-52 s on the 2-core CPU, so the large-model malloc settings are off here.
+  # one shared malloc arena slowed the demo (configs/demo.py; README), so the large-model
+  # malloc settings are off here.
   config.host_allocator = False
   return config

@@ -2,7 +2,7 @@
 
 grain's worker processes (and through them the multiprocessing resource tracker, which
 exits once every process holding its pipe is gone) outlive a parent killed with
-SIGKILL: they hold ~250 MB each and shared memory until someone kills them. A worker
+SIGKILL: they hold their memory and shared memory until someone kills them. A worker
 calls `die_with_parent()` once at start:
 
 - on Linux, `prctl(PR_SET_PDEATHSIG, SIGKILL)` is not used: the kernel sends it when

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import errors, synthetic_render
+from data_pipelines import errors, logs, synthetic_render
 
 MARKET_DIR = "Market-1501-v15.09.15"
 TRAIN_DIR, QUERY_DIR, GALLERY_DIR = "bounding_box_train", "query", "bounding_box_test"
@@ -438,6 +438,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _OUT = flags.DEFINE_string("out", None, "Output directory (gets Market-1501-v15.09.15/).")

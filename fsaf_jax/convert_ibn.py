@@ -39,7 +39,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from data_pipelines import errors
+from data_pipelines import errors, logs
 from fsaf_jax.models import fsaf, pretrained
 
 TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
@@ -489,6 +489,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file(

@@ -45,7 +45,7 @@ from etils import epath
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from data_pipelines import augment, errors
+from data_pipelines import augment, errors, logs
 from data_pipelines.datasets import image_check, naming
 from fsaf_jax.core import checkpoint_restore, host_allocator
 from fsaf_jax.evaluation import export as export_lib
@@ -394,6 +394,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)

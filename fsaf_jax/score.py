@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import errors
+from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
 from fsaf_jax.evaluation import distance, inputs, metrics, report, scoring
 from fsaf_jax.evaluation.settings import EvalSettings
@@ -287,6 +287,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _METRIC = flags.DEFINE_enum("metric", "cosine", distance.METRICS, "Distance between features.")

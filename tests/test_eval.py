@@ -26,6 +26,7 @@ from fsaf_jax.models import fsaf
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training.train_state import create_train_state
 from tests.reference import tiny_market
+from tests.reference.console_lines import third_party_lines
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MAX_RANK = 10
@@ -201,6 +202,25 @@ def test_cli_end_to_end_with_rerank(run, expected, tmp_path):
   assert saved["eval"]["rerank"] and set(saved["metrics_rerank"]) == set(saved["metrics"])
   assert (tmp_path / "eval" / f"step_{STEPS[-1]}" / "ranked_list.png").stat().st_size > 0
   assert "mAP" in proc.stdout  # the metrics table is printed
+
+
+def test_cli_prints_only_our_lines(run, tmp_path):
+  """A plain run: the log lines, warnings and table of the project, nothing of orbax,
+  tensorflow_datasets, jax, absl...; `--verbosity=1` brings those back."""
+  workdir, _, _, _ = run
+  common = (
+    f"--workdir={workdir}",
+    "--config.input.data_dir=",
+    f"--config.eval.max_rank={MAX_RANK}",
+  )
+  proc = _eval_py(*common, f"--outdir={tmp_path / 'plain'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "mAP" in proc.stdout and "Wrote" in proc.stderr  # the table, the written paths
+  assert third_party_lines(proc.stdout + proc.stderr) == []
+  verbose = _eval_py(*common, f"--outdir={tmp_path / 'verbose'}", "--verbosity=1")
+  assert verbose.returncode == 0, verbose.stderr[-3000:]
+  assert "mAP" in verbose.stdout
+  assert any("checkpoint_manager.py" in line for line in third_party_lines(verbose.stderr))
 
 
 def test_cli_errors(tmp_path):

@@ -25,6 +25,7 @@ from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import train_loop
 from tests.reference import tiny_synthetic_run as run
+from tests.reference.console_lines import third_party_lines
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_EPOCHS = 10
@@ -158,6 +159,23 @@ def test_nan_loss_stops_with_a_message(config_file, tmp_path):
   assert re.search(r"ERROR: \w+ is (nan|inf) at step 1\b", result.stderr), result.stderr[-3000:]
   assert "no checkpoint was saved" in result.stderr
   assert checkpoint_steps(tmp_path) == []
+
+
+def test_plain_run_prints_only_our_lines(config_file, tmp_path):
+  """One epoch (a checkpoint, the final evaluation): the run card, progress, table and
+  log lines of the project, nothing of orbax, tensorflow_datasets, jax, absl..."""
+  result = subprocess.run(
+    train_command(config_file, tmp_path, "--config.train.num_epochs=1"),
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Run card" in result.stdout and "mAP" in result.stdout
+  assert checkpoint_steps(tmp_path) == [run.STEPS_PER_EPOCH]
+  assert third_party_lines(result.stdout + result.stderr) == []
 
 
 @pytest.mark.slow

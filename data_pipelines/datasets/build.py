@@ -21,7 +21,7 @@ from typing import Any
 
 from absl import flags
 
-from data_pipelines import errors
+from data_pipelines import errors, logs
 from data_pipelines.datasets import reid_builder, source
 
 
@@ -93,6 +93,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS name[/config] of the dataset.")

@@ -27,6 +27,26 @@ from fsaf_jax.core.config_json import config_differences, config_from_json, fiel
 CHECKPOINT_DIR = "checkpoints"
 ITEM_NAMES = ("variables", "train_state", "data_iter", "config")
 
+
+def read_only_options() -> ocp.CheckpointManagerOptions:
+  """Options of a manager that only reads (saving off, as orbax otherwise warns it sets)."""
+  return ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+
+
+def item_handlers() -> dict[str, ocp.CheckpointHandler]:
+  """Fresh orbax handlers of the items `ITEM_NAMES` (arrays: standard; the rest: JSON).
+
+  A manager given them knows every item of a checkpoint, so that it reads the metadata
+  of, and restores, any subset of them without warning about the others.
+  """
+  return {
+    "variables": ocp.StandardCheckpointHandler(),
+    "train_state": ocp.StandardCheckpointHandler(),
+    "data_iter": ocp.JsonCheckpointHandler(),
+    "config": ocp.JsonCheckpointHandler(),
+  }
+
+
 # Config fields that define the embedding: they must match the checkpoint's. Everything
 # else (loss, optimiser, sampling, augmentation, data paths, eval settings) may differ,
 # and so may the dataset (cross-domain evaluation) and `model.dtype` (compute dtype).
@@ -92,14 +112,11 @@ def _read_inference_step(
   """
   where = directory / str(step)
   integrity.verify_manifest(where)
-  # Handlers for the two items read, so that their metadata (shapes, dtypes) is known.
+  # Handlers of every item, so that the metadata (shapes, dtypes) of those read is known.
   manager = ocp.CheckpointManager(
     directory,
-    item_handlers={
-      "variables": ocp.StandardCheckpointHandler(),
-      "config": ocp.JsonCheckpointHandler(),
-    },
-    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    item_handlers=item_handlers(),
+    options=read_only_options(),
   )
   try:
     metadata = manager.item_metadata(step)["variables"]
@@ -206,8 +223,8 @@ def newest_restorable_step(workdir_or_checkpoints: str | os.PathLike) -> int | N
     where = directory / str(step)
     manager = ocp.CheckpointManager(
       directory,
-      item_handlers={"train_state": ocp.StandardCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers=item_handlers(),
+      options=read_only_options(),
     )
     try:
       restored = manager.restore(

@@ -4,23 +4,23 @@ On the CPU backend every jitted call allocates its output and temporary buffers 
 for a ResNet-50 train step) with `malloc`. By default glibc serves chunks above 32 MB
 with `mmap`, gives them back with `munmap` when freed, gives every thread its own arena
 (whose large chunks are mmap'd too) and trims the heap top: so each step page-faults
-its whole working set in again, and the kernel zeroes every page. On the 2-core
-machine the ResNet50-IBN-a train step was 1.27x slower without the settings below
-(2.64 s vs 2.08 s at batch 32) and the extractor 1.36x (1.44 s vs 1.06 s at batch 64): the JAX
-rows of `python benchmarks/run.py --nohost_allocator` against `python benchmarks/run.py`.
+its whole working set in again, and the kernel zeroes every page. The ResNet50-IBN-a
+train step and extractor are markedly slower without the settings below: the JAX rows of
+`python benchmarks/run.py --nohost_allocator` against `python benchmarks/run.py`
+(figures in docs/performance.md).
 
 `configure()` makes the C allocator keep and reuse freed memory instead:
 `mallopt(M_MMAP_MAX, 0)` (large chunks come from the heap), `mallopt(M_TRIM_THRESHOLD,
 -1)` (the heap is never trimmed) and `mallopt(M_ARENA_MAX, 1)` (XLA's threads share
-the main arena). The resident size then stays at the peak of the run (measured once,
-+0.5 GiB in the train benchmark) instead of going up and down every step. It changes no
+the main arena). The resident size then stays at the peak of the run (somewhat higher:
+docs/performance.md) instead of going up and down every step. It changes no
 result.
 
 It acts only when JAX is going to run on the CPU (see `will_run_on_cpu`), with glibc,
 and unless `FSAF_HOST_ALLOCATOR=default` is set; the entry points call
 `configure_for(config)`, which also honours `config.host_allocator` (off in the tiny and
 demo configs, whose millisecond steps are bound by host work: the single shared arena
-made the demo ~20% slower). Call it first thing in an entry point,
+made the demo slower). Call it first thing in an entry point,
 before JAX starts its backend (importing jax is fine), so that XLA's threads attach to
 the shared arena.
 """

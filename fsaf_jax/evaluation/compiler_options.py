@@ -4,15 +4,14 @@ On the CPU backend jaxlib sends each convolution and each dot to YNNPACK on its 
 ("individual" library fusions) and runs the BatchNorm / ReLU / residual-add epilogues as
 separate XLA loops. `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`
 lets YNNPACK take a dot or convolution *together with* its elementwise neighbours,
-which saves a pass over every feature map: measured here on the ResNet50-IBN-a
-extractor at batch 64, 256x128, 1.07 s -> 0.99 s per batch (+8%; the option set through
-XLA_FLAGS on a plain jit does the same: `python benchmarks/profile_step.py --what=extract
---batch=64` with and without `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot`),
+which saves a pass over every feature map: a faster ResNet50-IBN-a extractor (the
+option set through XLA_FLAGS on a plain jit does the same: `python
+benchmarks/profile_step.py --what=extract --batch=64` with and without
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot`; figures in docs/performance.md),
 with the same embeddings (tests/fsaf_jax/evaluation/test_compiler_options.py). The same
-option makes the *train* step 1.7-3x slower (2.07 s -> 3.5 s at batch 32 as a per-jit
-option, 6.4 s on a busier machine with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot
-python benchmarks/run.py --quick --skip_sections=extract,torch,evaluation,pipeline`: the
-backward graph fuses badly), so it
+option makes the *train* step markedly slower (as a per-jit option, and with
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot python benchmarks/run.py --quick
+--skip_sections=extract,torch,evaluation,pipeline`: the backward graph fuses badly), so it
 is applied only to inference jits, and only on the CPU. GPU / TPU get no options.
 
 The option is an experimental XLA debug option: `inference_compiler_options` checks

@@ -17,8 +17,8 @@ default would use bfloat16 passes), so the ranking does not depend on the platfo
 `prepare` / `distance_from_prepared` split the work so that chunked callers
 (`metrics.evaluate_features`) normalise the gallery once and compute exactly the same
 numbers as `pairwise_distance`. `prepare` is compiled on its own on purpose: fused
-into the product (one jit), XLA:CPU's YNN dot fusion made the 15,913^2 x 2,048 cosine
-matrix ~10x slower than the plain product.
+into the product (one jit), XLA:CPU's YNN dot fusion made the Market-scale cosine
+matrix many times slower than the plain product (docs/performance.md).
 """
 
 from __future__ import annotations

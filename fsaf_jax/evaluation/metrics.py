@@ -152,7 +152,7 @@ def _count_positives_before(dist: jax.Array, pos_dist: jax.Array, pos_idx: jax.A
   The P comparisons per item are summed as elementwise terms, `_POSITIVE_BLOCK` per
   pass over [C, N] (a loop over P / block passes), which XLA fuses into one loop
   without materialising [C, N, P] (a `jnp.sum` over a [C, N, P] comparison made XLA:CPU
-  allocate it, 5 GiB at MSMT17 scale).
+  allocate it: gigabytes at MSMT17 scale, docs/performance.md).
   """
   c, n = dist.shape
   p = pos_idx.shape[1]
@@ -204,7 +204,7 @@ def _ranks_from_bins(bins: jax.Array, num_pos: int) -> jax.Array:
   `ranks[c, k - 1]` is the 1-based position, in the filtered ranked list of query c,
   of its k-th positive (meaningful for k <= #positives): k + #{negatives with fewer
   than k positives before them}. A separate compiled call: fused with the counting,
-  XLA:CPU ran the chunk ~3x slower.
+  XLA:CPU ran the chunk several times slower (docs/performance.md).
   """
   c = bins.shape[0]
   p = num_pos

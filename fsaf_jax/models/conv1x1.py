@@ -11,9 +11,9 @@ The product is taken on the features flattened to a matrix, [N*H*W, Cin] x [Cin,
 not as a 4-D einsum: the gradients are then the plain matrix products
 `g @ kernel.T` and `x.T @ g`. With the 4-D einsum, XLA's CPU backend materialised the
 incoming gradient a second time in a transposed [Cout, N*H*W] layout (a slow strided
-write inside the BatchNorm-backward fusion) for the weight gradient: measured once, when
-this was written, 2.6x slower on a 1x1 conv + BN-like backward at [32, 64, 32, 64] -> 256
-(benchmarks/profile_step.py shows such fusions by op).
+write inside the BatchNorm-backward fusion) for the weight gradient, a much slower 1x1
+conv + BN-like backward (docs/performance.md; benchmarks/profile_step.py shows such
+fusions by op).
 """
 
 from typing import Any

@@ -2,9 +2,9 @@
 
 `nn.max_pool` lowers to `reduce_window`, whose gradient XLA computes with
 `select_and_scatter`; on the CPU backend that gradient is slow (the stem pool of
-ResNet-50 at batch 32, 256x128, measured once when this was written: ~380 ms forward +
-backward vs ~110 ms for this file's form and ~65 ms in PyTorch's profiler; with
-`nn.max_pool`, `benchmarks/profile_step.py` shows it as s32 index fusions). `max_pool`
+ResNet-50 took several times longer than this file's form, itself slower than PyTorch's:
+docs/performance.md; with `nn.max_pool`, `benchmarks/profile_step.py` shows it as s32
+index fusions). `max_pool`
 computes the same values as the maximum over the window's strided slices and routes the
 gradient of each output to the *first* maximal element of its window (row-major window
 order), exactly what `select_and_scatter` does, so values and gradients equal

@@ -97,16 +97,6 @@ class TrainResult:
   config: ml_collections.ConfigDict | None = None
 
 
-class _QuietOrbax(logging.Filter):
-  """Drops orbax's INFO records (dozens per checkpoint); its warnings still show."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
-_ORBAX_FILTER = _QuietOrbax()
-
-
 EPOCH_LENGTHS = ("sampler", "images")
 
 
@@ -362,7 +352,6 @@ def _train_and_evaluate(
       damaged.
     ValueError: inconsistent config (num_classes, P x K vs devices, ...).
   """
-  logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # a no-op if already there
   workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
   config = data_setup.prepare_dataset(config, workdir)

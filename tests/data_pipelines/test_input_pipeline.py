@@ -130,7 +130,7 @@ def test_resume_through_worker_processes(source, mesh):
   with create_train_iterator(source, _config(), mesh, seed=3) as it:
     _take(it, 2)
     state = it.get_state()
-  # One worker pipeline (spawning workers takes ~1-2 s): restored into, then saved from.
+  # One worker pipeline (spawning workers takes a while): restored into, then saved from.
   with create_train_iterator(source, _config(num_workers=2), mesh, seed=3) as it:
     it.set_state(state)
     _assert_same_batches(_take(it, 3), reference[2:5])
@@ -236,7 +236,7 @@ def test_eval_batches_exact_multiple_and_empty():
   assert list(create_eval_batches([], 2, (16, 8))) == []
 
 
-@pytest.mark.slow  # spawns 2 worker processes (~2-8 s); same grain path as the train test
+@pytest.mark.slow  # spawns 2 worker processes (seconds); same grain path as the train test
 def test_eval_batches_through_worker_processes():
   source = make_source([3, 2, 4], image_hw=(16, 8), seed=8)  # 9 records
   batches = list(create_eval_batches(source, 4, (16, 8), num_threads=1, num_workers=2))

@@ -11,7 +11,7 @@ implementation states explicitly:
 - every array is float32 (the original keeps V and the Jaccard distance in float16);
 - ties in the initial ranking are broken by index: `np.argsort(kind='stable')`.
 
-It allocates several dense [Q+G, Q+G] arrays (about 9 GB at Market-1501 scale), so
+It allocates several dense [Q+G, Q+G] arrays (gigabytes at Market-1501 scale), so
 tests and the benchmark run it at small scale.
 """
 

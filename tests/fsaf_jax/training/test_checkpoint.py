@@ -2,6 +2,7 @@
 the train state and the iterator, `restore_variables` and its use by fsaf_jax.extract."""
 
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -263,3 +264,40 @@ def test_extract_refuses_another_model(fsaf_workdir, tmp_path):
     extract.extract_folder(
       config, images=str(tmp_path), out=str(tmp_path / "f.npz"), workdir=str(fsaf_workdir[0])
     )
+
+
+# --- Orbax is called with what it needs: no warnings on a normal save / restore. ----------
+
+# orbax warns whenever a manager is read-only, whatever it is given.
+_UNAVOIDABLE = {"Given directory is read only=%s"}
+
+
+def orbax_warnings(caplog) -> list[str]:
+  return [
+    r.getMessage()
+    for r in caplog.records
+    if r.levelno >= logging.WARNING and "orbax" in r.pathname and r.msg not in _UNAVOIDABLE
+  ]
+
+
+def test_training_save_and_restore_do_not_warn(tmp_path, caplog):
+  caplog.set_level(logging.WARNING)
+  config = resolved_config()
+  manager = checkpoint.create_checkpoint_manager(tmp_path, keep=3)
+  checkpoint.save_checkpoint(manager, 5, small_state(1, 5), FakeIterator(5), config)
+  manager.wait_until_finished()
+  restored = checkpoint.restore_checkpoint(manager, small_state(2), FakeIterator(0), config)
+  manager.close()
+  assert int(restored.step) == 5
+  reader = checkpoint.create_checkpoint_manager(tmp_path, keep=3, read_only=True)
+  assert reader.all_steps() == [5]
+  reader.close()
+  assert orbax_warnings(caplog) == []
+
+
+def test_inference_restores_do_not_warn(fsaf_workdir, caplog):
+  caplog.set_level(logging.WARNING)
+  workdir, _ = fsaf_workdir
+  checkpoint_restore.restore_variables(workdir)
+  assert checkpoint_restore.newest_restorable_step(workdir) == 4
+  assert orbax_warnings(caplog) == []
