@@ -277,7 +277,7 @@ class Evaluator:
     """
     started = time.perf_counter()
     features, timing = self.extract(variables)
-    scores = score_features(features, self.settings)
+    scores = score_features(features, self.settings, mesh=self.mesh)
     timing.update(scores.timing)
     self.last = EvalResult(step, scores.flat(), scores, features, timing, started)
     return dict(self.last.metrics)

@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
+from fsaf_jax.core.mesh import DATA_AXIS, make_mesh
 from fsaf_jax.evaluation import metrics as metrics_lib
 from fsaf_jax.evaluation import rerank as rerank_lib
 from fsaf_jax.evaluation.settings import EvalSettings
@@ -85,14 +87,19 @@ class Scores(NamedTuple):
 
 
 def score_features(
-  features: EvalFeatures, settings: EvalSettings | ml_collections.ConfigDict
+  features: EvalFeatures,
+  settings: EvalSettings | ml_collections.ConfigDict,
+  *,
+  mesh: Mesh | None = None,
 ) -> Scores:
   """Market-protocol metrics of the features, and after re-ranking when asked for.
 
   Args:
     features: query / gallery features and ids (names unused).
     settings: the checked settings (`metric`, `max_rank`, `query_chunk`, `rerank`,
-      `rerank_*`), or a `config.eval` section (checked here).
+      `rerank_*`, `shard_gallery`), or a `config.eval` section (checked here).
+    mesh: the device mesh whose 'data' axis the gallery is split along when
+      `settings.shard_gallery` (default: all devices).
 
   Returns:
     `Scores`: `metrics_rerank` and `reranked` are None unless `settings.rerank`.
@@ -106,14 +113,22 @@ def score_features(
   ids = features.ids()
   timing = {}
   start = time.perf_counter()
-  metrics = metrics_lib.evaluate_features(
-    features.query_feats,
-    features.gallery_feats,
-    *ids,
-    metric=settings.metric,
-    max_rank=settings.max_rank,
-    query_chunk=settings.query_chunk,
+  options = dict(
+    metric=settings.metric, max_rank=settings.max_rank, query_chunk=settings.query_chunk
   )
+  if settings.shard_gallery:
+    metrics = metrics_lib.evaluate_features_sharded(
+      features.query_feats,
+      features.gallery_feats,
+      *ids,
+      make_mesh() if mesh is None else mesh,
+      axis=DATA_AXIS,
+      **options,
+    )
+  else:
+    metrics = metrics_lib.evaluate_features(
+      features.query_feats, features.gallery_feats, *ids, **options
+    )
   timing["score_s"] = time.perf_counter() - start
   if not settings.rerank:
     return Scores(metrics, None, None, timing)

@@ -27,6 +27,7 @@ EVAL_FIELDS = (
   "flip",
   "max_rank",
   "query_chunk",
+  "shard_gallery",
   "rerank",
   "rerank_k1",
   "rerank_k2",
@@ -45,6 +46,7 @@ class EvalSettings:
     metric: feature distance, one of `distance.METRICS`.
     max_rank: CMC length (>= 1; cut at the gallery size by the metrics).
     query_chunk: queries scored per device call (>= 1).
+    shard_gallery: split the gallery over the mesh's devices to score it.
     rerank: also score after k-reciprocal re-ranking.
     rerank_k1, rerank_k2: re-ranking neighbourhood sizes (>= 1).
     rerank_lambda: weight of the original distance, in [0, 1].
@@ -58,6 +60,7 @@ class EvalSettings:
   metric: str = "cosine"
   max_rank: int = 50
   query_chunk: int = metrics.DEFAULT_QUERY_CHUNK
+  shard_gallery: bool = False
   rerank: bool = False
   rerank_k1: int = 20
   rerank_k2: int = 6
@@ -105,6 +108,7 @@ class EvalSettings:
       metric=metric,
       max_rank=_integer(get("max_rank"), "config.eval.max_rank", minimum=1),
       query_chunk=_integer(get("query_chunk"), "config.eval.query_chunk", minimum=1),
+      shard_gallery=_boolean(get("shard_gallery"), "config.eval.shard_gallery"),
       rerank=_boolean(get("rerank"), "config.eval.rerank"),
       rerank_k1=_integer(get("rerank_k1"), "config.eval.rerank_k1", minimum=1),
       rerank_k2=_integer(get("rerank_k2"), "config.eval.rerank_k2", minimum=1),
@@ -124,6 +128,7 @@ class EvalSettings:
       "metric": self.metric,
       "flip": self.flip,
       "max_rank": self.max_rank,
+      "shard_gallery": self.shard_gallery,
       "rerank": self.rerank,
       "rerank_k1": self.rerank_k1,
       "rerank_k2": self.rerank_k2,

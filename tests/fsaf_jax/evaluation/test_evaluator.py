@@ -419,6 +419,7 @@ def test_load_eval_sources_order(data_dir):
     ("metric", "cosin", "'cosine', 'euclidean'"),
     ("max_rank", 0, "integer >= 1"),
     ("query_chunk", -5, "integer >= 1"),
+    ("shard_gallery", "on", "True or False"),
     ("rerank", "yes", "True or False"),
     ("rerank_k1", 2.5, "integer >= 1"),
     ("rerank_k2", 0, "integer >= 1"),
