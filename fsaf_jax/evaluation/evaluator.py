@@ -61,7 +61,7 @@ from fsaf_jax.evaluation import metrics as metrics_lib
 from fsaf_jax.evaluation import report as report_lib
 from fsaf_jax.evaluation import rerank as rerank_lib
 from fsaf_jax.evaluation import result_dirs
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 
 EVAL_SUBDIR = result_dirs.EVAL_SUBDIR
 METRICS_FILE = "metrics.json"
@@ -164,7 +164,7 @@ def extract_eval_features(
   """
   mesh = make_mesh() if mesh is None else mesh
   image_size = tuple(int(s) for s in config.input.image_size)
-  model = fsaf.create_model(config.model, num_classes_of(variables))
+  model = registry.create_model(config.model, num_classes_of(variables))
   batch_size = eval_batch_size(
     config.input.eval_batch_size, mesh, max(len(query_source), len(gallery_source))
   )

@@ -194,7 +194,7 @@ def create_train_state(
   Args:
     config: full run config (`configs/base.py`): uses `init`, `loss.center_weight`,
       `optim`, `train.steps_per_epoch`.
-    model: the FSAF module (`fsaf_jax.models.fsaf.create_model`).
+    model: the FSAF module (`fsaf_jax.models.registry.create_model`).
     rng: PRNG key; the same on every process (the state must be identical).
     num_classes: training identities (rows of the centres).
     image_size: (H, W) of the training images.

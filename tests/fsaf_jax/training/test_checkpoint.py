@@ -15,7 +15,7 @@ from fsaf_jax import extract
 from fsaf_jax.core import checkpoint_restore, config_json
 from fsaf_jax.core.mesh import make_mesh, replicated
 from fsaf_jax.evaluation import extractor as extractor_lib
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 from fsaf_jax.training import checkpoint
 from fsaf_jax.training.train_state import TrainState
 
@@ -193,7 +193,7 @@ def fsaf_workdir(tmp_path_factory):
   """A work dir with checkpoints 2 and 4 of the tiny FSAF (variables from two seeds)."""
   workdir = tmp_path_factory.mktemp("fsaf_ckpt")
   config = resolved_config()
-  model = fsaf.create_model(config.model, 5)
+  model = registry.create_model(config.model, 5)
   h, w = config.input.image_size
   init = jax.jit(lambda r: model.init(r, jnp.zeros((1, h, w, 3)), train=False))
   manager = checkpoint.create_checkpoint_manager(workdir, keep=5)
@@ -247,7 +247,7 @@ def test_extract_uses_the_workdir_checkpoint(fsaf_workdir, tmp_path):
     config, images=str(folder), out=str(tmp_path / "f.npz"), workdir=str(workdir)
   )
 
-  model = fsaf.create_model(config.model, 5)
+  model = registry.create_model(config.model, 5)
   reference = extractor_lib.make_extractor(model, variables[4], batch_size=4, image_size=(64, 32))
   np.testing.assert_allclose(out["feats"], reference(images), atol=1e-5)
   # Features of the other checkpoint differ: the latest one was used.

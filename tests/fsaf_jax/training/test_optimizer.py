@@ -186,7 +186,7 @@ def test_adam_with_coupled_decay_matches_numpy():
 
 def test_param_groups_on_tiny_model():
   from configs.tiny import get_config
-  from fsaf_jax.models.fsaf import create_model
+  from fsaf_jax.models.registry import create_model
 
   config = get_config()
   model = create_model(config.model, 5)
