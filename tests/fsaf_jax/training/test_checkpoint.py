@@ -61,11 +61,9 @@ def small_state(seed: int, step: int = 0, mesh=None) -> TrainState:
     step=jnp.asarray(step, jnp.int32),
     params=params,
     batch_stats=batch_stats,
+    loss_params={},
     opt_state=opt_state,
-    centers=None,
-    center_opt_state=None,
     tx=tx,
-    center_tx=None,
     lr_schedule=lambda s: 1e-3,
   )
   return jax.device_put(state, replicated(mesh or make_mesh()))
