@@ -40,6 +40,10 @@ Schedules (`config.optim.lr_schedule`), as functions of the optimiser step `s`, 
   202 iterations per epoch) the decays act from epochs 49 and 99.
 
 Both are built from optax schedules (`piecewise_constant_schedule`, `linear_schedule`).
+
+The train state trains the model's parameters and the loss terms' (the centres) with one
+transformation, `partition_optimizer`: this recipe on the model's subtree, each loss
+term's own optimiser on its parameters.
 """
 
 from collections.abc import Mapping

@@ -44,8 +44,9 @@ def resolved_config():
   return c
 
 
-def small_state(seed: int, step: int = 0, mesh=None) -> TrainState:
-  """A TrainState of two small layers with Adam state, replicated over `mesh`."""
+def small_state(seed: int, step: int = 0, mesh=None, centres: bool = False) -> TrainState:
+  """A TrainState of two small layers with Adam state, replicated over `mesh`; `centres`:
+  with centre-loss centres [3, 4] in `loss_params` (and no optimiser state of theirs)."""
   rng = np.random.default_rng(seed)
   params = {
     "dense": {"kernel": rng.normal(size=(3, 4)).astype(np.float32), "bias": np.zeros(4, np.float32)}
@@ -57,11 +58,12 @@ def small_state(seed: int, step: int = 0, mesh=None) -> TrainState:
   opt_state = jax.tree.map(
     lambda x: x + seed if jnp.issubdtype(x.dtype, jnp.floating) else x, opt_state
   )
+  loss_params = {"center": rng.normal(size=(3, 4)).astype(np.float32)} if centres else {}
   state = TrainState(
     step=jnp.asarray(step, jnp.int32),
     params=params,
     batch_stats=batch_stats,
-    loss_params={},
+    loss_params=loss_params,
     opt_state=opt_state,
     tx=tx,
     lr_schedule=lambda s: 1e-3,
@@ -139,20 +141,24 @@ def test_keep_must_be_positive(tmp_path):
     checkpoint.create_checkpoint_manager(tmp_path, keep=0)
 
 
-def test_save_restore_round_trip(tmp_path):
+@pytest.mark.parametrize("centres", [False, True])
+def test_save_restore_round_trip(tmp_path, centres):
   mesh = make_mesh()
   config = resolved_config()
-  saved_state = small_state(seed=1, step=7, mesh=mesh)
+  saved_state = small_state(seed=1, step=7, mesh=mesh, centres=centres)
   manager = checkpoint.create_checkpoint_manager(tmp_path, keep=3)
   checkpoint.save_checkpoint(manager, 7, saved_state, FakeIterator(7), config)
   manager.wait_until_finished()
 
-  target, data_iter = small_state(seed=2, mesh=mesh), FakeIterator(0)
+  target, data_iter = small_state(seed=2, mesh=mesh, centres=centres), FakeIterator(0)
   assert not leaves_equal(target.params, saved_state.params)
+  assert not centres or not leaves_equal(target.loss_params, saved_state.loss_params)
   restored = checkpoint.restore_checkpoint(manager, target, data_iter, config)
   assert int(restored.step) == 7
   assert leaves_equal(restored.params, saved_state.params)
   assert leaves_equal(restored.batch_stats, saved_state.batch_stats)
+  assert leaves_equal(restored.loss_params, saved_state.loss_params)
+  assert sorted(restored.loss_params) == (["center"] if centres else [])
   assert leaves_equal(restored.opt_state, saved_state.opt_state)
   assert jax.tree.structure(restored.opt_state) == jax.tree.structure(saved_state.opt_state)
   assert restored.params["dense"]["kernel"].sharding == replicated(mesh)
