@@ -27,26 +27,32 @@ class FSAF(nn.Module):
   Attributes:
     backbone: unbound module mapping images to a dict of feature maps with 'conv5'
       (and 'conv3', 'conv4' for fusion='concat'); its variables live under
-      'backbone', and its `dtype` attribute is the compute dtype of the images.
+      'backbone'.
     head: unbound `BNNeckHead` (variables under 'head').
     fusion: 'concat' (Conv3_x/Conv4_x max-pooled onto Conv5_x's grid and
       concatenated) or 'none' (the head sees Conv5_x).
+    dtype: compute dtype of the backbone (the head runs in float32). None (the
+      default): the backbone's own `dtype`, filled in at construction; another value
+      rebuilds the backbone with it, so `model.clone(dtype=...)` changes the compute
+      dtype of the whole network.
   """
 
   backbone: nn.Module
   head: nn.Module
   fusion: str = "concat"
+  dtype: Any = None
 
   def __post_init__(self):
-    """Raises ValueError naming `model.fusion` if unsupported."""
+    """Raises ValueError naming `model.fusion` if unsupported; resolves `dtype`."""
     if self.fusion not in FUSIONS:
       raise ValueError(f"model.fusion={self.fusion!r}: must be one of {FUSIONS}")
+    backbone_dtype = getattr(self.backbone, "dtype", jnp.float32)
+    # Dataclass fields are read-only once built; this is still construction.
+    if self.dtype is None:
+      object.__setattr__(self, "dtype", backbone_dtype)
+    elif jnp.dtype(self.dtype) != jnp.dtype(backbone_dtype):
+      object.__setattr__(self, "backbone", self.backbone.clone(dtype=self.dtype))
     super().__post_init__()
-
-  @property
-  def dtype(self) -> Any:
-    """The compute dtype (the backbone's); the head computes in float32."""
-    return getattr(self.backbone, "dtype", jnp.float32)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:

@@ -232,3 +232,13 @@ def test_tiny_bf16_inference_close_to_f32(tiny_models):
       jnp.float32 if key in ("feat", "bn_feat", "logits") else jnp.bfloat16
     )
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.03, key
+
+
+def test_dtype_is_the_backbones_and_clone_changes_both():
+  model = registry.create_model(tiny.get_config().model, 5)
+  assert model.dtype == jnp.float32 and model.backbone.dtype == jnp.float32
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  assert bf16.dtype == jnp.bfloat16 and bf16.backbone.dtype == jnp.bfloat16
+  config = tiny.get_config()
+  config.model.dtype = "bfloat16"
+  assert bf16 == registry.create_model(config.model, 5)
