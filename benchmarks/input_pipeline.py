@@ -107,8 +107,8 @@ def model_consumption_rate(config, batch_size: int, steps: int) -> float:
   """Images/s of a jitted value_and_grad of CE on the full model (after warm-up)."""
   import optax
 
-  from fsaf_jax.models.fsaf import create_model
   from fsaf_jax.models.preprocessing import normalize_images
+  from fsaf_jax.models.registry import create_model
 
   num_classes = 751
   model = create_model(config.model, num_classes)

@@ -1,6 +1,6 @@
 """Peak dense FLOP/s per JAX device by device kind, for model FLOP utilisation (MFU).
 
-MFU = the model's FLOPs per step (`fsaf_jax/models/flops.py`) / step time / (peak per
+MFU = the model's FLOPs per step (`benchmarks/flops.py`) / step time / (peak per
 device x devices). The peaks are the vendors' published dense (no sparsity) figures per
 JAX device: a chip on TPU v4 and later (one device per chip), a core on TPU v2 / v3 (two
 devices per chip), a GPU. float32 on TPU runs its matmuls as bfloat16 passes, so the

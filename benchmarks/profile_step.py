@@ -11,7 +11,7 @@ compiled HLO: matmul-like ops (convolutions, dots, YNN/oneDNN library fusions th
 contain them) as forward, input-gradient (dX) or weight-gradient (dW) by their
 `op_name` metadata and result shape; everything else by opcode (elementwise loop
 fusions, reductions, copies/transposes, ...). Prints the per-class totals with the
-GFLOP/s the convolutions reach (FLOPs from `fsaf_jax.models.flops`, one forward's
+GFLOP/s the convolutions reach (FLOPs from `benchmarks.flops`, one forward's
 worth per class), then the `--top` most expensive instructions.
 """
 
@@ -144,9 +144,9 @@ def main(argv):
   import jax
   import numpy as np
 
+  from benchmarks.flops import count_flops
   from benchmarks.harness import IMAGE_SIZE, NUM_CLASSES, load_config, pk_batch
-  from fsaf_jax.models.flops import count_flops
-  from fsaf_jax.models.fsaf import create_model
+  from fsaf_jax.models.registry import create_model
 
   config = load_config(_CONFIG.value, _DTYPE.value)
   model = create_model(config.model, NUM_CLASSES)

@@ -25,7 +25,7 @@ with `jax.block_until_ready`; JAX and PyTorch runners are interleaved round by r
 JAX / PyTorch ratio is PyTorch's median time over JAX's. Compile time is
 `jit(...).lower(...).compile()` wall time (no persistent compilation cache here).
 
-FLOP convention (`fsaf_jax.models.flops`): conv / dense / attention MACs x 2 counted
+FLOP convention (`benchmarks.flops`): conv / dense / attention MACs x 2 counted
 from the layer shapes, forward pass only; a train step = 3 x forward. Normalisation,
 activations, pooling and softmax are not counted.
 
@@ -92,9 +92,9 @@ def jax_train_runner(name: str, dtype: str, images, labels) -> Runner:
   """The real jitted data-parallel train step of config `name` on one fixed batch."""
   import jax
 
+  from benchmarks.flops import count_flops
   from fsaf_jax.core.mesh import batch_sharding, make_mesh
-  from fsaf_jax.models.flops import count_flops
-  from fsaf_jax.models.fsaf import create_model
+  from fsaf_jax.models.registry import create_model
   from fsaf_jax.training.train_state import create_train_state
   from fsaf_jax.training.train_step import make_train_step
 
@@ -126,9 +126,9 @@ def jax_extract_runner(name: str, dtype: str, images) -> Runner:
   import jax
   import jax.numpy as jnp
 
+  from benchmarks.flops import count_flops
   from fsaf_jax.evaluation.extractor import make_extractor
-  from fsaf_jax.models.flops import count_flops
-  from fsaf_jax.models.fsaf import create_model
+  from fsaf_jax.models.registry import create_model
 
   config = load_config(name, dtype)
   model = create_model(config.model, NUM_CLASSES)
@@ -228,8 +228,8 @@ def bf16_checks(section: str, runners: list[Runner], names: list[str]) -> list[s
 
 def model_section(section: str, batch: int, names, dtypes, skip, rounds) -> tuple[list, list]:
   """Builds, times (interleaved) and formats the train or extract runners."""
-  from fsaf_jax.models.flops import count_flops
-  from fsaf_jax.models.fsaf import create_model
+  from benchmarks.flops import count_flops
+  from fsaf_jax.models.registry import create_model
 
   images, labels = pk_batch(batch)
   baseline_model = create_model(load_config("baseline", "float32").model, NUM_CLASSES)
@@ -256,7 +256,7 @@ def model_section(section: str, batch: int, names, dtypes, skip, rounds) -> tupl
     " (P x K labels, K = 4; CE + triplet, Adam)" if section == "train" else ""
   )
   title += (
-    "; GFLOP = the model's FLOP count per call (fsaf_jax/models/flops.py, from the layer"
+    "; GFLOP = the model's FLOP count per call (benchmarks/flops.py, from the layer"
     " shapes); compile = lower + compile wall time; JAX/PT > 1: JAX faster"
   )
   lines = [title, HEADER, *format_rows(runners), *bf16_checks(section, runners, names)]
@@ -330,7 +330,7 @@ def main(argv):
     + ("; PyTorch (a CPU build) skipped" if backend != "cpu" else "")
     + ".",
     "FLOPs: conv / dense / attention MACs x 2 from layer shapes, forward; train step = 3 x "
-    "forward (fsaf_jax/models/flops.py). Times: median of "
+    "forward (benchmarks/flops.py). Times: median of "
     f"{rounds} interleaved rounds after 1 warm-up call, jax.block_until_ready.",
   ]
   print("\n".join(lines) + "\n", flush=True)

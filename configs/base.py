@@ -24,6 +24,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- Network. ------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
+  # fsaf_jax/models/registry.py: the model and its backbone by name; the backbone reads
+  # its own fields below ('resnet_ibn_a': stage_sizes .. eca_placement).
+  config.model.name = "fsaf"
+  config.model.backbone = "resnet_ibn_a"
   config.model.stage_sizes = (3, 4, 6, 3)  # bottlenecks in Conv2_x..Conv5_x
   config.model.stem_width = 64
   config.model.widths = (64, 128, 256, 512)  # bottleneck planes; outputs are 4x these

@@ -40,13 +40,15 @@ from flax import traverse_util
 from ml_collections import config_flags
 
 from data_pipelines import errors, logs
-from fsaf_jax.models import fsaf, pretrained
+from fsaf_jax.models import fsaf, pretrained, registry
+from fsaf_jax.models.backbone import Backbone
+from fsaf_jax.models.head import BNNeckHead
 
 TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 WRAPPER_KEYS = ("state_dict", "model")  # Lightning/IBN-Net trainers, fast-reid/detectron2
 PREFIX = "module."  # nn.DataParallel / DistributedDataParallel
 IGNORED_SUFFIX = "num_batches_tracked"
-# Model fields that fix the converted entries; recorded in the file's metadata.
+# Backbone fields that fix the converted entries; recorded in the file's metadata.
 LAYOUT_FIELDS = (
   "stage_sizes",
   "stem_width",
@@ -178,7 +180,11 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, np.nda
 
 def default_model() -> fsaf.FSAF:
   """The plain ResNet50-IBN-a layout (`configs/baseline.py`: no MHSA, ECA or fusion)."""
-  return fsaf.FSAF(num_classes=1, mhsa_stages=(), eca_placement="none", fusion="none")
+  return fsaf.FSAF(
+    backbone=Backbone(mhsa_stages=(), eca_placement="none"),
+    head=BNNeckHead(num_classes=1),
+    fusion="none",
+  )
 
 
 def model_entries(
@@ -195,12 +201,12 @@ def model_entries(
     ({('params' | 'batch_stats', 'backbone', ...): ShapeDtypeStruct}, layout): the
     flattened variables and the model fields in `LAYOUT_FIELDS`.
   """
-  model = default_model() if model_config is None else fsaf.create_model(model_config, 1)
+  model = default_model() if model_config is None else registry.create_model(model_config, 1)
   x = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   layout = {}
   for field in LAYOUT_FIELDS:
-    value = getattr(model, field)
+    value = getattr(model.backbone, field)
     layout[field] = list(value) if isinstance(value, tuple | list) else value
   return traverse_util.flatten_dict(dict(shapes)), layout
 

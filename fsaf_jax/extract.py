@@ -50,7 +50,7 @@ from data_pipelines.datasets import image_check, naming
 from fsaf_jax.core import checkpoint_restore, host_allocator
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
-from fsaf_jax.models import fsaf, pretrained
+from fsaf_jax.models import pretrained, registry
 from fsaf_jax.training import train_state
 
 IMAGE_EXTENSIONS = naming.IMAGE_EXTENSIONS
@@ -311,10 +311,10 @@ def extract_folder(
 
   if workdir:
     num_classes, variables = restore_variables(config, workdir)
-    model = fsaf.create_model(config.model, num_classes)
+    model = registry.create_model(config.model, num_classes)
   else:
     num_classes = max(int(config.model.num_classes), 1)  # the classifier is not used here
-    model = fsaf.create_model(config.model, num_classes)
+    model = registry.create_model(config.model, num_classes)
     variables = init_variables(config, model)
 
   mesh = data_mesh()

@@ -18,7 +18,7 @@ from fsaf_jax.core import host_allocator
 from fsaf_jax.core.mesh import batch_sharding, make_mesh, replicated
 from fsaf_jax.evaluation import compiler_options
 from fsaf_jax.evaluation.extractor import make_embed_fn
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 from fsaf_jax.training.train_state import create_train_state
 from fsaf_jax.training.train_step import make_train_step
 
@@ -39,7 +39,7 @@ def _custom_calls(module: str) -> set[str]:
 def setup():
   config = fsaf_market.get_config()  # ResNet50-IBN-a + MHSA + ECA + fusion, 256x128
   config.train.steps_per_epoch = 185
-  model = fsaf.create_model(config.model, NUM_CLASSES)
+  model = registry.create_model(config.model, NUM_CLASSES)
   mesh = make_mesh()
   h, w = config.input.image_size
   state = jax.eval_shape(

@@ -22,7 +22,7 @@ from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import evaluator
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training.train_state import create_train_state
 from tests.reference import tiny_market
@@ -70,7 +70,7 @@ def run(tmp_path_factory):
   data_dir = tiny_market.build(tmp)
   config = run_config(data_dir)
   mesh = make_mesh()
-  model = fsaf.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
+  model = registry.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
   state = create_train_state(
     config,
     model,

@@ -200,7 +200,7 @@ def restore_variables(
 
   Returns:
     `(config, variables)`: the run's config (with `model.num_classes` resolved: build
-    the model with `fsaf.create_model(config.model, config.model.num_classes)`) and
+    the model with `registry.create_model(config.model, config.model.num_classes)`) and
     `{'params', 'batch_stats'}` as host numpy arrays (place them with
     `jax.device_put`; nothing of the optimiser state is read).
 

@@ -63,7 +63,7 @@ from fsaf_jax.evaluation import report as report_lib
 from fsaf_jax.evaluation import result_dirs
 from fsaf_jax.evaluation.scoring import EvalFeatures, Scores, score_features
 from fsaf_jax.evaluation.settings import EvalSettings
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 
 __all__ = [
   "EvalFeatures",
@@ -211,7 +211,7 @@ class Evaluator:
       if len(src) == 0:
         raise errors.UserError(f"the {split} split of {self.dataset!r} is empty")
     self._image_size = tuple(int(s) for s in config.input.image_size)
-    model = fsaf.create_model(config.model, self.num_classes)
+    model = registry.create_model(config.model, self.num_classes)
     self.batch_size = eval_batch_size(
       self.settings.batch_size,
       self.mesh,

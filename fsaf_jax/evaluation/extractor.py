@@ -64,7 +64,7 @@ def make_embed_fn(model: nn.Module, *, flip: bool = False, dtype: Any = None) ->
   """Pure embedding function `(variables, images) -> embeddings`, not jitted.
 
   Args:
-    model: the FSAF module (`fsaf_jax.models.fsaf.create_model`); its output dict
+    model: the FSAF module (`fsaf_jax.models.registry.create_model`); its output dict
       must contain `'bn_feat'` [N, C].
     flip: average `bn_feat` of each image and of its horizontal mirror, then
       L2-normalise.

@@ -1,78 +1,90 @@
-"""The ReID training objective: label-smoothed cross-entropy + triplet (+ centre).
+"""The ReID training objective: the weighted sum of the registered loss terms.
 
-`total = ce_weight * CE(logits, smooth(onehot, eps)) + triplet_weight * triplet(feat)
-+ center_weight * center(feat, centers)`, with the weights, smoothing, and margin from
-`config.loss` (`configs/base.py`). Label smoothing follows BoT / fast-reid's
-`CrossEntropyLabelSmooth`: targets `(1 - eps) * onehot + eps / num_classes`, which is
-exactly `optax.smooth_labels`.
+`total = sum_name config.loss.<name>_weight * term_name(outputs, labels)` over the
+terms with a non-zero weight (`fsaf_jax.losses.registry`); the BoT recipe is
+`ce_weight * CE(logits, smooth(onehot, eps)) + triplet_weight * triplet(feat)
++ center_weight * center(feat, centers)`, with the weights, smoothing and margin from
+`config.loss` (`configs/base.py`). Terms with trained parameters (the centres) get them
+from `loss_params`, created by `init_loss_params` and trained by `loss_optimizers`.
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fsaf_jax.losses.center import center_loss
-from fsaf_jax.losses.triplet import batch_hard_triplet_loss
+from fsaf_jax.losses.registry import active_terms
 
-
-def smoothed_cross_entropy(
-  logits: jax.Array, labels: jax.Array, label_smoothing: float
-) -> jax.Array:
-  """Mean softmax cross-entropy against label-smoothed one-hot targets.
-
-  Args:
-    logits: [B, num_classes].
-    labels: int [B].
-    label_smoothing: eps in [0, 1).
-
-  Returns:
-    Scalar float32.
-  """
-  if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-  num_classes = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+PyTree = Any
 
 
 def reid_loss(
   outputs: Mapping[str, jax.Array],
   labels: jax.Array,
   loss_config: ml_collections.ConfigDict,
-  centers: jax.Array | None = None,
+  loss_params: Mapping[str, PyTree] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of the ReID losses.
 
   Args:
-    outputs: model outputs with `'logits'` [B, num_classes] and `'feat'` [B, C]
-      (pre-BNNeck).
+    outputs: model outputs (the terms read theirs: `'logits'` [B, num_classes], `'feat'`
+      [B, C] pre-BNNeck).
     labels: int [B] training identities.
-    loss_config: `config.loss`: `ce_weight`, `label_smoothing`, `triplet_weight`,
-      `triplet_margin` (None = soft margin), `center_weight`.
-    centers: [num_classes, C] centre-loss centres; required iff `center_weight > 0`.
+    loss_config: `config.loss`: the `<name>_weight`s and the terms' fields
+      (`label_smoothing`, `triplet_margin` (None = soft margin), ...).
+    loss_params: `{name: parameters}` of the active terms that have some (the centres,
+      [num_classes, C], under 'center'); `init_loss_params` makes them.
 
   Returns:
-    `(total, parts)`: scalar float32 total, and a dict of the *unweighted* parts
-    `'ce'`, `'triplet'` (and `'center'` when enabled), scalars. Losses with weight 0
-    are not computed and not reported.
+    `(total, parts)`: scalar float32 total, and a dict of the *unweighted* parts by
+    term name (`'ce'`, `'triplet'`, `'center'`), scalars. Losses with weight 0 are not
+    computed and not reported.
   """
+  loss_params = {} if loss_params is None else loss_params
   parts = {}
   total = jnp.zeros((), jnp.float32)
-  if loss_config.ce_weight:
-    parts["ce"] = smoothed_cross_entropy(outputs["logits"], labels, loss_config.label_smoothing)
-    total += loss_config.ce_weight * parts["ce"]
-  if loss_config.triplet_weight:
-    parts["triplet"] = batch_hard_triplet_loss(outputs["feat"], labels, loss_config.triplet_margin)
-    total += loss_config.triplet_weight * parts["triplet"]
-  if loss_config.center_weight:
-    if centers is None:
-      raise ValueError(
-        f"config.loss.center_weight={loss_config.center_weight} but no centres were "
-        "given (create the train state with the same loss config)"
-      )
-    parts["center"] = center_loss(outputs["feat"], labels, centers)
-    total += loss_config.center_weight * parts["center"]
+  for term, weight in active_terms(loss_config):
+    params = None
+    if term.init is not None:
+      if term.name not in loss_params:
+        raise ValueError(
+          f"config.loss.{term.name}_weight={weight} but no parameters of the "
+          f"{term.name!r} loss were given (create the train state with the same loss config)"
+        )
+      params = loss_params[term.name]
+    parts[term.name] = term.fn(outputs, labels, loss_config, params)
+    total += weight * parts[term.name]
   return total, parts
+
+
+def init_loss_params(
+  rng: jax.Array, loss_config: ml_collections.ConfigDict, num_classes: int, feature_dim: int
+) -> dict[str, PyTree]:
+  """Initial parameters of the active terms that have some.
+
+  Args:
+    rng: PRNG key (the i-th such term, by name, gets `fold_in(rng, i)`).
+    loss_config: `config.loss`.
+    num_classes: training identities.
+    feature_dim: C of the model's 'feat' output.
+
+  Returns:
+    `{name: parameters}` (empty when no active term has parameters).
+  """
+  terms = [term for term, _ in active_terms(loss_config) if term.init is not None]
+  return {
+    term.name: term.init(jax.random.fold_in(rng, i), num_classes, feature_dim, loss_config)
+    for i, term in enumerate(terms)
+  }
+
+
+def loss_optimizers(config: ml_collections.ConfigDict) -> dict[str, optax.GradientTransformation]:
+  """`{name: optimiser}` of the active terms with parameters (`config.loss`, `optim`)."""
+  return {
+    term.name: term.optimizer(config)
+    for term, _ in active_terms(config.loss)
+    if term.init is not None
+  }

@@ -23,8 +23,13 @@ accurate to about `r * sqrt(float32 eps) ~ 3e-4 r`; larger distances (the ones t
 matter for the hinge) are accurate to float32 rounding.
 """
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from fsaf_jax.losses.registry import register_loss
 
 _MIN_SQUARED_DISTANCE = 1e-12  # fast-reid's clamp before sqrt
 
@@ -131,3 +136,16 @@ def batch_hard_triplet_loss(
   dist = euclidean_distances(features)
   d_ap, d_an, valid = hard_example_mining(dist, labels)
   return triplet_loss_from_distances(d_ap, d_an, valid, margin)
+
+
+@register_loss("triplet")
+def triplet_term(
+  outputs: Mapping[str, jax.Array],
+  labels: jax.Array,
+  loss_config: ml_collections.ConfigDict,
+  params: None = None,
+) -> jax.Array:
+  """The 'triplet' loss (`config.loss.triplet_weight`): `batch_hard_triplet_loss` of the
+  pre-BNNeck `outputs['feat']` [B, C] with margin `config.loss.triplet_margin`."""
+  del params
+  return batch_hard_triplet_loss(outputs["feat"], labels, loss_config.triplet_margin)

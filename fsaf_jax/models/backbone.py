@@ -21,48 +21,6 @@ STAGES = (2, 3, 4, 5)  # Conv{n}_x built from bottlenecks
 STAGE_KEYS = ("conv2", "conv3", "conv4", "conv5")
 
 
-def validate_backbone_args(
-  *,
-  stage_sizes: Sequence[int],
-  stem_width: int,
-  widths: Sequence[int],
-  ibn_stages: Sequence[int],
-  mhsa_stages: Sequence[int],
-  num_heads: int,
-  last_stride: int,
-  eca_placement: str,
-) -> None:
-  """Raises ValueError naming the field and value of any unsupported setting."""
-  if len(stage_sizes) != 4 or any(int(n) < 1 for n in stage_sizes):
-    raise ValueError(
-      f"model.stage_sizes={tuple(stage_sizes)!r}: need 4 positive block counts (Conv2_x..Conv5_x)"
-    )
-  if len(widths) != 4 or any(int(w) < 1 for w in widths):
-    raise ValueError(f"model.widths={tuple(widths)!r}: need 4 positive bottleneck widths")
-  if stem_width < 1:
-    raise ValueError(f"model.stem_width={stem_width!r}: must be positive")
-  for field, stages in (("ibn_stages", ibn_stages), ("mhsa_stages", mhsa_stages)):
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-      raise ValueError(
-        f"model.{field}={tuple(stages)!r}: stage(s) {bad} do not exist; "
-        f"choose among {STAGES} (Conv2_x..Conv5_x)"
-      )
-  if num_heads < 1:
-    raise ValueError(f"model.num_heads={num_heads!r}: must be positive")
-  for stage in mhsa_stages:
-    width = widths[STAGES.index(stage)]
-    if width % num_heads:
-      raise ValueError(
-        f"model.num_heads={num_heads} does not divide the Conv{stage}_x width {width} "
-        f"(model.widths={tuple(widths)!r}) of an MHSA stage"
-      )
-  if last_stride not in (1, 2):
-    raise ValueError(f"model.last_stride={last_stride!r}: must be 1 or 2")
-  if eca_placement not in ECA_PLACEMENTS:
-    raise ValueError(f"model.eca_placement={eca_placement!r}: must be one of {ECA_PLACEMENTS}")
-
-
 class Backbone(nn.Module):
   """ResNet-IBN-a with optional MHSA and ECA.
 
@@ -92,6 +50,42 @@ class Backbone(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    """Raises ValueError naming the `config.model` field and value of any unsupported
+    setting (the one place the settings are checked)."""
+    if len(self.stage_sizes) != 4 or any(int(n) < 1 for n in self.stage_sizes):
+      raise ValueError(
+        f"model.stage_sizes={tuple(self.stage_sizes)!r}: need 4 positive block counts "
+        "(Conv2_x..Conv5_x)"
+      )
+    if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
+      raise ValueError(f"model.widths={tuple(self.widths)!r}: need 4 positive bottleneck widths")
+    if self.stem_width < 1:
+      raise ValueError(f"model.stem_width={self.stem_width!r}: must be positive")
+    for field, stages in (("ibn_stages", self.ibn_stages), ("mhsa_stages", self.mhsa_stages)):
+      bad = [s for s in stages if s not in STAGES]
+      if bad:
+        raise ValueError(
+          f"model.{field}={tuple(stages)!r}: stage(s) {bad} do not exist; "
+          f"choose among {STAGES} (Conv2_x..Conv5_x)"
+        )
+    if self.num_heads < 1:
+      raise ValueError(f"model.num_heads={self.num_heads!r}: must be positive")
+    for stage in self.mhsa_stages:
+      width = self.widths[STAGES.index(stage)]
+      if width % self.num_heads:
+        raise ValueError(
+          f"model.num_heads={self.num_heads} does not divide the Conv{stage}_x width {width} "
+          f"(model.widths={tuple(self.widths)!r}) of an MHSA stage"
+        )
+    if self.last_stride not in (1, 2):
+      raise ValueError(f"model.last_stride={self.last_stride!r}: must be 1 or 2")
+    if self.eca_placement not in ECA_PLACEMENTS:
+      raise ValueError(
+        f"model.eca_placement={self.eca_placement!r}: must be one of {ECA_PLACEMENTS}"
+      )
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
     """Runs the backbone.
@@ -105,16 +99,6 @@ class Backbone(nn.Module):
       'conv2' [N, H/4, W/4, 4 w0], 'conv3' [N, H/8, W/8, 4 w1], 'conv4'
       [N, H/16, W/16, 4 w2], 'conv5' [N, H/(16 last_stride), W/(16 last_stride), 4 w3].
     """
-    validate_backbone_args(
-      stage_sizes=self.stage_sizes,
-      stem_width=self.stem_width,
-      widths=self.widths,
-      ibn_stages=self.ibn_stages,
-      mhsa_stages=self.mhsa_stages,
-      num_heads=self.num_heads,
-      last_stride=self.last_stride,
-      eca_placement=self.eca_placement,
-    )
     eca = functools.partial(ECA, dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     x = nn.Conv(

@@ -31,15 +31,20 @@ class BNNeckHead(nn.Module):
   gem_p: float = 3.0
   param_dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    """Raises ValueError naming the `config.model` field of an unsupported setting."""
+    if self.num_classes < 1:
+      raise ValueError(f"model.num_classes={self.num_classes!r}: must be positive")
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"model.pooling={self.pooling!r}: must be one of {POOLINGS}")
+    if self.pooling == "gem" and self.gem_p <= 0:
+      raise ValueError(f"model.gem_p={self.gem_p!r}: the GeM exponent must be positive")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
     """Maps a feature map [N, H, W, C] to float32 'feat' [N, C], 'bn_feat' [N, C], 'logits'."""
-    if self.pooling == "avg":
-      feat = global_avg_pool(x)
-    elif self.pooling == "gem":
-      feat = gem_pool(x, self.gem_p)
-    else:
-      raise ValueError(f"model.pooling={self.pooling!r}: must be one of {POOLINGS}")
+    feat = gem_pool(x, self.gem_p) if self.pooling == "gem" else global_avg_pool(x)
     bn_feat = nn.BatchNorm(
       use_running_average=not train,
       momentum=0.9,

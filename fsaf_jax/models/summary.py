@@ -17,7 +17,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from fsaf_jax.models.fsaf import create_model
+from fsaf_jax.models.registry import create_model
 
 OUTPUT_ORDER = ("stem", "conv2", "conv3", "conv4", "conv5", "fused", "feat", "bn_feat", "logits")
 

@@ -3,7 +3,8 @@
 Every checkpoint `WORKDIR/checkpoints/<step>/` holds four orbax items:
 
 - `variables`: `{'params', 'batch_stats'}` (`StandardSave`), all inference needs;
-- `train_state`: `{'step', 'opt_state', 'centers', 'center_opt_state'}` (`StandardSave`);
+- `train_state`: `{'step', 'opt_state'}` and, when a loss term has trained parameters
+  (the centre loss's centres), `'loss_params'` (`StandardSave`);
 - `data_iter`: the train iterator's state (`JsonSave`, written once): the next batch of
   the *global* batch sequence and a sampler fingerprint, the same on every process, so
   a run resumes on any number of processes / devices;
@@ -147,9 +148,8 @@ def create_checkpoint_manager(
 def _state_items(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   train_state = {"step": state.step, "opt_state": state.opt_state}
-  if state.centers is not None:
-    train_state["centers"] = state.centers
-    train_state["center_opt_state"] = state.center_opt_state
+  if state.loss_params:
+    train_state["loss_params"] = state.loss_params
   return variables, train_state
 
 
@@ -296,7 +296,6 @@ def restore_checkpoint(
     step=train_state["step"],
     params=variables["params"],
     batch_stats=variables["batch_stats"],
+    loss_params=train_state.get("loss_params", {}),
     opt_state=train_state["opt_state"],
-    centers=train_state.get("centers"),
-    center_opt_state=train_state.get("center_opt_state"),
   )

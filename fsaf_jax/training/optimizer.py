@@ -40,7 +40,13 @@ Schedules (`config.optim.lr_schedule`), as functions of the optimiser step `s`, 
   202 iterations per epoch) the decays act from epochs 49 and 99.
 
 Both are built from optax schedules (`piecewise_constant_schedule`, `linear_schedule`).
+
+The train state trains the model's parameters and the loss terms' (the centres) with one
+transformation, `partition_optimizer`: this recipe on the model's subtree, each loss
+term's own optimiser on its parameters.
 """
+
+from collections.abc import Mapping
 
 import flax.traverse_util
 import jax
@@ -224,3 +230,41 @@ def create_optimizer(
     optax.scale_by_learning_rate(schedule),
   )
   return tx, schedule
+
+
+def partition_optimizer(
+  transforms: Mapping[str, optax.GradientTransformation],
+) -> optax.GradientTransformation:
+  """Applies `transforms[key]` to the subtree `key` of a dict of parameters.
+
+  Each transformation sees its own subtree only (its state, updates and params), as if
+  it trained that subtree alone; the train state uses it for `{'model': <model params>,
+  'loss': {<term>: <params>}}` with the Adam recipe on 'model' and, on 'loss', another
+  partition with each loss term's optimiser (the centres' SGD).
+
+  Args:
+    transforms: `{key: transformation}`; the parameters' keys must be these.
+
+  Returns:
+    An optax transformation whose state is `{key: state of transforms[key]}`.
+  """
+
+  def init(params):
+    _check_keys(params)
+    return {key: tx.init(params[key]) for key, tx in transforms.items()}
+
+  def update(updates, state, params=None):
+    _check_keys(updates)
+    new_updates, new_state = {}, {}
+    for key, tx in transforms.items():
+      sub_params = None if params is None else params[key]
+      new_updates[key], new_state[key] = tx.update(updates[key], state[key], sub_params)
+    return new_updates, new_state
+
+  def _check_keys(tree):
+    if set(tree) != set(transforms):
+      raise ValueError(
+        f"parameters with keys {sorted(tree)}; the optimiser has {sorted(transforms)}"
+      )
+
+  return optax.GradientTransformation(init, update)

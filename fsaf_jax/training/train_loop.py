@@ -63,7 +63,7 @@ from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation.evaluator import Evaluator
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import data_setup, run_card, workdir_lock
 from fsaf_jax.training.preemption import StopOnSignal
@@ -383,7 +383,7 @@ def _train_and_evaluate(
   image_size = tuple(int(s) for s in config.input.image_size)
   global_batch = config.input.num_identities * config.input.num_instances
 
-  model = fsaf.create_model(config.model, num_train_ids)
+  model = registry.create_model(config.model, num_train_ids)
   rng = jax.random.key(config.seed)
   variables, pretrained_report = init_variables(config, model, rng, image_size, mesh)
   state = create_train_state(

@@ -1,8 +1,13 @@
-"""The train state: step, parameters, BatchNorm statistics, optimiser state (+ centres).
+"""The train state: step, model and loss parameters, BatchNorm statistics, optimiser state.
 
 A `flax.struct` dataclass, so it is a pytree: jit, sharding and orbax checkpointing see
-the arrays (`step`, `params`, `batch_stats`, `opt_state`, `centers`,
-`center_opt_state`); the optimisers and the lr schedule are static fields.
+the arrays (`step`, `params`, `batch_stats`, `loss_params`, `opt_state`); the optimiser
+and the lr schedule are static fields. The trained parameters are
+`{'model': params, 'loss': loss_params}` (`TrainState.trainable`): the model's, and
+those of the loss terms that have some (the centre loss's centres,
+`loss_params['center']`), trained by one optimiser that partitions them
+(`optimizer.partition_optimizer`): the BoT Adam recipe on the model, each loss term's
+own optimiser on its parameters (the centres: SGD on the unweighted centre loss).
 
 `init_variables` initialises the model under `jax.jit` with replicated output
 shardings over the mesh (every device of every process holds the same copy, created
@@ -28,10 +33,10 @@ from jax.sharding import Mesh
 
 from data_pipelines import errors
 from fsaf_jax.core.mesh import make_mesh, replicated
-from fsaf_jax.losses.center import init_centers
+from fsaf_jax.losses.reid_loss import init_loss_params, loss_optimizers
 from fsaf_jax.models import pretrained as pretrained_lib
 from fsaf_jax.models.bottleneck import zero_attention_last_bn
-from fsaf_jax.training.optimizer import create_optimizer
+from fsaf_jax.training.optimizer import create_optimizer, partition_optimizer
 
 PyTree = Any
 
@@ -44,62 +49,69 @@ class TrainState:
     step: int32 scalar, optimiser steps taken.
     params: model parameters (`variables['params']`).
     batch_stats: BatchNorm running statistics (`variables['batch_stats']`).
+    loss_params: `{term name: parameters}` of the loss terms that have some
+      (`{'center': [num_classes, C] float32}` with the centre loss on; else empty).
     opt_state: state of `tx`.
-    centers: centre-loss centres [num_classes, C] float32, or None when
-      `config.loss.center_weight == 0`.
-    center_opt_state: state of `center_tx`, or None.
-    tx: the model optimiser (static).
-    center_tx: SGD for the centres (static), or None.
-    lr_schedule: `step -> lr` used by `tx` (static; for logging).
+    tx: the optimiser of `trainable` (static).
+    lr_schedule: `step -> lr` of the model's optimiser (static; for logging).
   """
 
   step: jax.Array
   params: PyTree
   batch_stats: PyTree
+  loss_params: dict[str, PyTree]
   opt_state: optax.OptState
-  centers: jax.Array | None
-  center_opt_state: optax.OptState | None
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  center_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False)
   lr_schedule: Callable[[jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
 
   @property
   def variables(self) -> dict[str, PyTree]:
-    """`{'params', 'batch_stats'}`, what `model.apply` takes."""
+    """`{'params', 'batch_stats'}`, what `model.apply` takes (the model's only)."""
     return {"params": self.params, "batch_stats": self.batch_stats}
 
-  def apply_gradients(
-    self,
-    grads: PyTree,
-    batch_stats: PyTree,
-    center_grads: jax.Array | None = None,
-  ) -> TrainState:
+  @property
+  def trainable(self) -> dict[str, PyTree]:
+    """`{'model': params, 'loss': loss_params}`: what `tx` trains."""
+    return {"model": self.params, "loss": self.loss_params}
+
+  def apply_gradients(self, grads: PyTree, batch_stats: PyTree) -> TrainState:
     """One optimiser step.
 
     Args:
-      grads: gradients of the loss w.r.t. `params` (same tree).
+      grads: gradients of the loss w.r.t. `trainable` (same tree).
       batch_stats: the BatchNorm statistics updated by the forward pass.
-      center_grads: gradients for `centers` (required iff centres are on).
 
     Returns:
       The new state, `step + 1`.
     """
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    params = optax.apply_updates(self.params, updates)
-    centers, center_opt_state = self.centers, self.center_opt_state
-    if self.centers is not None:
-      if center_grads is None:
-        raise ValueError("the state has centre-loss centres but no center_grads were given")
-      c_updates, center_opt_state = self.center_tx.update(center_grads, center_opt_state)
-      centers = optax.apply_updates(centers, c_updates)
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.trainable)
+    trainable = optax.apply_updates(self.trainable, updates)
     return self.replace(
       step=self.step + 1,
-      params=params,
+      params=trainable["model"],
       batch_stats=batch_stats,
+      loss_params=trainable["loss"],
       opt_state=opt_state,
-      centers=centers,
-      center_opt_state=center_opt_state,
     )
+
+
+def create_tx(
+  config: ml_collections.ConfigDict, steps_per_epoch: int, params: PyTree
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimiser of `TrainState.trainable` and the model's lr schedule.
+
+  Args:
+    config: the run config (`optim`, `loss`).
+    steps_per_epoch: optimiser steps per epoch (> 0).
+    params: the model parameters (their names pick the weight-decay groups).
+
+  Returns:
+    `(tx, schedule)`: the BoT Adam recipe on 'model' and each loss term's optimiser on
+    'loss'/<term>.
+  """
+  model_tx, schedule = create_optimizer(config.optim, steps_per_epoch, params)
+  loss_tx = partition_optimizer(loss_optimizers(config))
+  return partition_optimizer({"model": model_tx, "loss": loss_tx}), schedule
 
 
 def _resolve_steps_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: int | None):
@@ -189,14 +201,14 @@ def create_train_state(
   mesh: Mesh | None = None,
   variables: PyTree | None = None,
 ) -> TrainState:
-  """Initialises the model, optional pretrained backbone, optimiser and centres.
+  """Initialises the model, optional pretrained backbone, loss parameters and optimiser.
 
   Args:
-    config: full run config (`configs/base.py`): uses `init`, `loss.center_weight`,
-      `optim`, `train.steps_per_epoch`.
-    model: the FSAF module (`fsaf_jax.models.fsaf.create_model`).
+    config: full run config (`configs/base.py`): uses `init`, `loss`, `optim`,
+      `train.steps_per_epoch`.
+    model: the FSAF module (`fsaf_jax.models.registry.create_model`).
     rng: PRNG key; the same on every process (the state must be identical).
-    num_classes: training identities (rows of the centres).
+    num_classes: training identities (e.g. rows of the centres).
     image_size: (H, W) of the training images.
     steps_per_epoch: optimiser steps per epoch for the lr schedule; default
       `config.train.steps_per_epoch`, which must then be positive.
@@ -210,30 +222,24 @@ def create_train_state(
   mesh = make_mesh() if mesh is None else mesh
   steps_per_epoch = _resolve_steps_per_epoch(config, steps_per_epoch)
   repl = replicated(mesh)
-  centers_rng = jax.random.split(rng)[1]
+  loss_rng = jax.random.split(rng)[1]
   if variables is None:
     variables, _ = init_variables(config, model, rng, image_size, mesh)
 
-  tx, lr_schedule = create_optimizer(config.optim, steps_per_epoch, variables["params"])
-  use_centers = bool(config.loss.center_weight)
-  center_tx = optax.sgd(config.optim.center_lr) if use_centers else None
-  if use_centers:
-    dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
-    feat = jax.eval_shape(lambda v: model.apply(v, dummy, train=False), variables)["feat"]
-    feature_dim = feat.shape[-1]
+  tx, lr_schedule = create_tx(config, steps_per_epoch, variables["params"])
+  dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
+  feat = jax.eval_shape(lambda v: model.apply(v, dummy, train=False), variables)["feat"]
 
-  def init_state(variables, centers_rng):
-    centers = init_centers(centers_rng, num_classes, feature_dim) if use_centers else None
+  def init_state(variables, loss_rng):
+    loss_params = init_loss_params(loss_rng, config.loss, num_classes, feat.shape[-1])
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=variables["params"],
       batch_stats=variables["batch_stats"],
-      opt_state=tx.init(variables["params"]),
-      centers=centers,
-      center_opt_state=center_tx.init(centers) if use_centers else None,
+      loss_params=loss_params,
+      opt_state=tx.init({"model": variables["params"], "loss": loss_params}),
       tx=tx,
-      center_tx=center_tx,
       lr_schedule=lr_schedule,
     )
 
-  return jax.jit(init_state, out_shardings=repl)(variables, centers_rng)
+  return jax.jit(init_state, out_shardings=repl)(variables, loss_rng)

@@ -54,29 +54,28 @@ def train_step(
     `(new_state, metrics)`; metrics are float32 scalars: `'loss'` (weighted total), the
     unweighted parts (`'ce'`, `'triplet'`, `'center'` if on), `'accuracy'` (top-1 of the
     logits on the batch), `'lr'` (the lr used by this step), `'grad_norm'` (global L2
-    norm of the parameter gradients, before weight decay) and `'param_norm'`.
+    norm of the model parameters' gradients, before weight decay) and `'param_norm'`
+    (of the model parameters).
   """
   images = normalize_images(batch["image"], getattr(model, "dtype", jnp.float32))
   labels = batch["label"]
 
-  def loss_fn(params, centers):
-    variables = {"params": params, "batch_stats": state.batch_stats}
+  def loss_fn(trainable):
+    variables = {"params": trainable["model"], "batch_stats": state.batch_stats}
     outputs, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    total, parts = reid_loss(outputs, labels, loss_config, centers=centers)
+    total, parts = reid_loss(outputs, labels, loss_config, trainable["loss"])
     return total, (parts, updates["batch_stats"], outputs["logits"])
 
-  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-  (loss, (parts, batch_stats, logits)), (grads, center_grads) = grad_fn(state.params, state.centers)
-  if state.centers is not None:
-    # BoT trains the centres on the unweighted centre loss (it rescales their gradient
-    # by 1 / center_loss_weight); the features still see the weighted one.
-    center_grads = center_grads / loss_config.center_weight
-  new_state = state.apply_gradients(grads, batch_stats, center_grads)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (parts, batch_stats, logits)), grads = grad_fn(state.trainable)
+  # The loss terms' optimisers see the gradient of the weighted total (the centres'
+  # rescales it to the unweighted centre loss, as BoT: `losses.center.center_optimizer`).
+  new_state = state.apply_gradients(grads, batch_stats)
 
   metrics = {"loss": loss, **parts}
   metrics["accuracy"] = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
   metrics["lr"] = jnp.asarray(state.lr_schedule(state.step), jnp.float32)
-  metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads["model"])
   metrics["param_norm"] = optax.tree.norm(new_state.params)
   return new_state, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 

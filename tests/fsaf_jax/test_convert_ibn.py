@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (CPU build
 from configs import baseline, fsaf_market, tiny  # noqa: E402
 from fsaf_jax import convert_ibn  # noqa: E402
 from fsaf_jax.convert_ibn import ConversionError  # noqa: E402
-from fsaf_jax.models import fsaf, pretrained  # noqa: E402
+from fsaf_jax.models import pretrained, registry  # noqa: E402
 from tests.reference import torch_resnet_ibn as ref  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,7 +79,7 @@ def flax_stages(model_config, pretrained_path: str, x: np.ndarray) -> dict[str, 
   The fresh variables are ones (not a random init: nothing but the file's entries may
   matter to the backbone, and this skips compiling `init`).
   """
-  model = fsaf.create_model(model_config, num_classes=3)
+  model = registry.create_model(model_config, num_classes=3)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.asarray(x))
   fresh = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
   variables, report = pretrained.apply_pretrained(
@@ -474,7 +474,7 @@ def test_r50_mhsa_layout_reports_unused_and_init(r50, config_module, tmp_path):
     in report
   )
   # The default (baseline-layout) file applied to this model: same split, reported.
-  model = fsaf.create_model(config.model, num_classes=751)
+  model = registry.create_model(config.model, num_classes=751)
   x = jax.ShapeDtypeStruct((1, *config.input.image_size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
   fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)

@@ -14,7 +14,7 @@ from configs import tiny
 from fsaf_jax import extract
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,7 @@ def _expected_feats(config, root, names, variables):
       for n in names
     ]
   )
-  model = fsaf.create_model(config.model, 1)
+  model = registry.create_model(config.model, 1)
   ex = extractor_lib.make_extractor(
     model, variables, batch_size=len(names), image_size=(h, w), flip=config.eval.flip
   )
@@ -88,7 +88,7 @@ def test_extract_folder(folder, tmp_path):
   np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
   np.testing.assert_array_equal(feats, result["feats"])
 
-  variables = extract.init_variables(config, fsaf.create_model(config.model, 1))
+  variables = extract.init_variables(config, registry.create_model(config.model, 1))
   np.testing.assert_allclose(feats, _expected_feats(config, folder, names, variables), atol=2e-5)
 
   np.testing.assert_array_equal(saved["pids"], [FILES[n][0] for n in names])
@@ -155,7 +155,7 @@ def test_cli_end_to_end(folder, tmp_path):
   saved = np.load(out)
   config = tiny.get_config()
   config.eval.flip = True
-  variables = extract.init_variables(config, fsaf.create_model(config.model, 1))
+  variables = extract.init_variables(config, registry.create_model(config.model, 1))
   names = saved["file_names"].tolist()
   assert len(names) == len(FILES)
   np.testing.assert_allclose(

@@ -9,7 +9,7 @@ import numpy as np
 
 from configs.tiny import get_config
 from fsaf_jax.core.mesh import make_mesh, replicated
-from fsaf_jax.models.fsaf import create_model
+from fsaf_jax.models.registry import create_model
 from fsaf_jax.training.train_state import create_train_state
 from fsaf_jax.training.train_step import make_train_step
 

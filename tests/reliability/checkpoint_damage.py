@@ -56,11 +56,9 @@ def small_state(seed: int, step: int, nan: bool = False) -> TrainState:
     step=jnp.asarray(step, jnp.int32),
     params=params,
     batch_stats={"bn": {"mean": rng.normal(size=64).astype(np.float32)}},
+    loss_params={},
     opt_state=tx.init(params),
-    centers=None,
-    center_opt_state=None,
     tx=tx,
-    center_tx=None,
     lr_schedule=lambda s: 1e-3,
   )
   return jax.device_put(state, replicated(make_mesh()))

@@ -51,10 +51,10 @@ def test_rejected_options_fall_back_to_none(monkeypatch):
 def test_extractor_uses_them():
   from configs import tiny
   from fsaf_jax.evaluation.extractor import make_extractor
-  from fsaf_jax.models import fsaf
+  from fsaf_jax.models import registry
 
   config = tiny.get_config()
-  model = fsaf.create_model(config.model, 3)
+  model = registry.create_model(config.model, 3)
   h, w = config.input.image_size
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, h, w, 3)), train=False))(
     jax.random.key(0)

@@ -24,7 +24,7 @@ from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import distance, evaluator, figure, metrics
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 from fsaf_jax.training import train_loop
 from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market, tiny_synthetic_run
 
@@ -60,7 +60,7 @@ def sources(data_dir):
 @pytest.fixture(scope="module")
 def model_and_variables():
   config = tiny.get_config()
-  model = fsaf.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
+  model = registry.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
   h, w = config.input.image_size
   variables = jax.jit(functools.partial(model.init, train=False))(
     jax.random.key(0), jnp.zeros((1, h, w, 3))

@@ -15,7 +15,7 @@ import pytest
 from configs import tiny
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
@@ -30,7 +30,7 @@ _JAX_CACHE_ENV = {
 @pytest.fixture(scope="module")
 def setup():
   config = tiny.get_config()
-  model = fsaf.create_model(config.model, 5)
+  model = registry.create_model(config.model, 5)
   h, w = config.input.image_size
   variables = jax.jit(functools.partial(model.init, train=False))(
     jax.random.key(1), jnp.zeros((1, h, w, 3))

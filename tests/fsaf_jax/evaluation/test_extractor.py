@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from configs import tiny
 from fsaf_jax.evaluation import extractor as extractor_lib
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 
 NUM_CLASSES = 5
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -24,7 +24,7 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 @pytest.fixture(scope="module")
 def setup():
   config = tiny.get_config()
-  model = fsaf.create_model(config.model, NUM_CLASSES)
+  model = registry.create_model(config.model, NUM_CLASSES)
   h, w = config.input.image_size
   variables = jax.jit(functools.partial(model.init, train=False))(
     jax.random.key(0), jnp.zeros((1, h, w, 3))

@@ -7,7 +7,8 @@ import torch
 
 from configs.base import get_base_config
 from fsaf_jax.losses.center import center_loss
-from fsaf_jax.losses.reid_loss import reid_loss, smoothed_cross_entropy
+from fsaf_jax.losses.cross_entropy import smoothed_cross_entropy
+from fsaf_jax.losses.reid_loss import reid_loss
 from fsaf_jax.losses.triplet import batch_hard_triplet_loss
 
 
@@ -56,7 +57,7 @@ def test_total_is_weighted_sum_of_parts():
   centers = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
   cfg = get_base_config().loss
   cfg.ce_weight, cfg.triplet_weight, cfg.center_weight = 0.7, 1.3, 5e-4
-  total, parts = reid_loss(out, labels, cfg, centers=centers)
+  total, parts = reid_loss(out, labels, cfg, {"center": centers})
   ce = _ce_reference(out["logits"], np.asarray(labels), 0.1)
   tri = batch_hard_triplet_loss(out["feat"], labels, 0.3)
   cen = center_loss(out["feat"], labels, centers)

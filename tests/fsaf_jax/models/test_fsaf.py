@@ -15,12 +15,14 @@ from configs import (
   fsaf_market,
   tiny,
 )
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import fsaf, registry
+from fsaf_jax.models.backbone import Backbone
+from fsaf_jax.models.head import BNNeckHead
 from tests.reference.fsaf_param_count import fsaf_param_count
 
 
 def _abstract(config, num_classes, image_size=None):
-  model = fsaf.create_model(config.model, num_classes)
+  model = registry.create_model(config.model, num_classes)
   h, w = image_size or config.input.image_size
   x = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
@@ -116,12 +118,20 @@ def test_all_params_float32_and_named_per_contract():
   assert "head/bnneck/bias" not in names and "head/classifier/bias" not in names
 
 
-def test_variant_partials_match_configs():
-  r50 = fsaf.FSAF_R50(num_classes=751)
+def _fsaf(num_classes, **backbone):
+  """FSAF built by hand: the module defaults are the paper's R50 model."""
+  return fsaf.FSAF(backbone=Backbone(**backbone), head=BNNeckHead(num_classes=num_classes))
+
+
+def test_module_defaults_are_the_paper_model_and_configs_build_the_same():
+  r50 = _fsaf(751)
   x = jax.ShapeDtypeStruct((1, 256, 128, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: r50.init(jax.random.key(0), x), x)
   assert _num_params(variables) == fsaf_param_count(num_classes=751)
-  assert fsaf.FSAF_Tiny(num_classes=5) == fsaf.create_model(tiny.get_config().model, 5)
+  assert r50 == registry.create_model(fsaf_market.get_config().model, 751)
+  tiny_model = _fsaf(5, stage_sizes=(2, 2, 2, 2), stem_width=8, widths=(8, 16, 32, 64), num_heads=2)
+  assert tiny_model == registry.create_model(tiny.get_config().model, 5)
+  assert tiny_model != registry.create_model(baseline.get_config().model, 5)
 
 
 @pytest.mark.parametrize(
@@ -134,13 +144,20 @@ def test_variant_partials_match_configs():
     ("dtype", "float16", "dtype='float16'"),
     ("last_stride", 4, "last_stride=4"),
     ("num_classes", 9, "num_classes=9"),
+    ("gem_p", 0.0, None),  # only checked with GeM pooling
+    ("name", "resnet", "model.name='resnet'"),
+    ("backbone", "vit", "model.backbone='vit'"),
   ],
 )
 def test_create_model_rejects_bad_fields(field, value, match):
   config = tiny.get_config()
   config.model[field] = value
+  if match is None:
+    registry.create_model(config.model, 5)
+    config.model.pooling = "gem"
+    match = "gem_p=0.0"
   with pytest.raises(ValueError, match=match):
-    fsaf.create_model(config.model, 5)
+    registry.create_model(config.model, 5)
 
 
 def test_fusion_of_non_dividing_maps_is_an_error():
@@ -157,7 +174,7 @@ def tiny_models():
   models = {}
   for dtype in ("float32", "bfloat16"):
     config.model.dtype = dtype
-    models[dtype] = fsaf.create_model(config.model, 8)
+    models[dtype] = registry.create_model(config.model, 8)
   h, w = config.input.image_size
   x = jax.random.normal(jax.random.key(0), (8, h, w, 3))
   variables = jax.jit(models["float32"].init)(jax.random.key(1), x)
@@ -215,3 +232,13 @@ def test_tiny_bf16_inference_close_to_f32(tiny_models):
       jnp.float32 if key in ("feat", "bn_feat", "logits") else jnp.bfloat16
     )
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.03, key
+
+
+def test_dtype_is_the_backbones_and_clone_changes_both():
+  model = registry.create_model(tiny.get_config().model, 5)
+  assert model.dtype == jnp.float32 and model.backbone.dtype == jnp.float32
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  assert bf16.dtype == jnp.bfloat16 and bf16.backbone.dtype == jnp.bfloat16
+  config = tiny.get_config()
+  config.model.dtype = "bfloat16"
+  assert bf16 == registry.create_model(config.model, 5)

@@ -15,7 +15,7 @@ from flax import serialization, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import tiny
-from fsaf_jax.models import fsaf, pretrained
+from fsaf_jax.models import pretrained, registry
 from fsaf_jax.models.pretrained import PretrainedError
 
 
@@ -24,7 +24,7 @@ def tiny_variables(seed: int, **model_overrides) -> dict:
   config = tiny.get_config()
   for field, value in model_overrides.items():
     config.model[field] = value
-  model = fsaf.create_model(config.model, num_classes=6)
+  model = registry.create_model(config.model, num_classes=6)
   x = jax.ShapeDtypeStruct((1, *config.input.image_size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
   rng = np.random.default_rng(seed)

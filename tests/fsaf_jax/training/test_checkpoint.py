@@ -16,7 +16,7 @@ from fsaf_jax import extract
 from fsaf_jax.core import checkpoint_restore, config_json
 from fsaf_jax.core.mesh import make_mesh, replicated
 from fsaf_jax.evaluation import extractor as extractor_lib
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 from fsaf_jax.training import checkpoint
 from fsaf_jax.training.train_state import TrainState
 
@@ -45,8 +45,9 @@ def resolved_config():
   return c
 
 
-def small_state(seed: int, step: int = 0, mesh=None) -> TrainState:
-  """A TrainState of two small layers with Adam state, replicated over `mesh`."""
+def small_state(seed: int, step: int = 0, mesh=None, centres: bool = False) -> TrainState:
+  """A TrainState of two small layers with Adam state, replicated over `mesh`; `centres`:
+  with centre-loss centres [3, 4] in `loss_params` (and no optimiser state of theirs)."""
   rng = np.random.default_rng(seed)
   params = {
     "dense": {"kernel": rng.normal(size=(3, 4)).astype(np.float32), "bias": np.zeros(4, np.float32)}
@@ -58,15 +59,14 @@ def small_state(seed: int, step: int = 0, mesh=None) -> TrainState:
   opt_state = jax.tree.map(
     lambda x: x + seed if jnp.issubdtype(x.dtype, jnp.floating) else x, opt_state
   )
+  loss_params = {"center": rng.normal(size=(3, 4)).astype(np.float32)} if centres else {}
   state = TrainState(
     step=jnp.asarray(step, jnp.int32),
     params=params,
     batch_stats=batch_stats,
+    loss_params=loss_params,
     opt_state=opt_state,
-    centers=None,
-    center_opt_state=None,
     tx=tx,
-    center_tx=None,
     lr_schedule=lambda s: 1e-3,
   )
   return jax.device_put(state, replicated(mesh or make_mesh()))
@@ -142,20 +142,24 @@ def test_keep_must_be_positive(tmp_path):
     checkpoint.create_checkpoint_manager(tmp_path, keep=0)
 
 
-def test_save_restore_round_trip(tmp_path):
+@pytest.mark.parametrize("centres", [False, True])
+def test_save_restore_round_trip(tmp_path, centres):
   mesh = make_mesh()
   config = resolved_config()
-  saved_state = small_state(seed=1, step=7, mesh=mesh)
+  saved_state = small_state(seed=1, step=7, mesh=mesh, centres=centres)
   manager = checkpoint.create_checkpoint_manager(tmp_path, keep=3)
   checkpoint.save_checkpoint(manager, 7, saved_state, FakeIterator(7), config)
   manager.wait_until_finished()
 
-  target, data_iter = small_state(seed=2, mesh=mesh), FakeIterator(0)
+  target, data_iter = small_state(seed=2, mesh=mesh, centres=centres), FakeIterator(0)
   assert not leaves_equal(target.params, saved_state.params)
+  assert not centres or not leaves_equal(target.loss_params, saved_state.loss_params)
   restored = checkpoint.restore_checkpoint(manager, target, data_iter, config)
   assert int(restored.step) == 7
   assert leaves_equal(restored.params, saved_state.params)
   assert leaves_equal(restored.batch_stats, saved_state.batch_stats)
+  assert leaves_equal(restored.loss_params, saved_state.loss_params)
+  assert sorted(restored.loss_params) == (["center"] if centres else [])
   assert leaves_equal(restored.opt_state, saved_state.opt_state)
   assert jax.tree.structure(restored.opt_state) == jax.tree.structure(saved_state.opt_state)
   assert restored.params["dense"]["kernel"].sharding == replicated(mesh)
@@ -194,7 +198,7 @@ def fsaf_workdir(tmp_path_factory):
   """A work dir with checkpoints 2 and 4 of the tiny FSAF (variables from two seeds)."""
   workdir = tmp_path_factory.mktemp("fsaf_ckpt")
   config = resolved_config()
-  model = fsaf.create_model(config.model, 5)
+  model = registry.create_model(config.model, 5)
   h, w = config.input.image_size
   init = jax.jit(lambda r: model.init(r, jnp.zeros((1, h, w, 3)), train=False))
   manager = checkpoint.create_checkpoint_manager(workdir, keep=5)
@@ -248,7 +252,7 @@ def test_extract_uses_the_workdir_checkpoint(fsaf_workdir, tmp_path):
     config, images=str(folder), out=str(tmp_path / "f.npz"), workdir=str(workdir)
   )
 
-  model = fsaf.create_model(config.model, 5)
+  model = registry.create_model(config.model, 5)
   reference = extractor_lib.make_extractor(model, variables[4], batch_size=4, image_size=(64, 32))
   np.testing.assert_allclose(out["feats"], reference(images), atol=1e-5)
   # Features of the other checkpoint differ: the latest one was used.

@@ -8,7 +8,12 @@ import optax
 import pytest
 
 from configs.base import get_base_config
-from fsaf_jax.training.optimizer import create_lr_schedule, create_optimizer, param_groups
+from fsaf_jax.training.optimizer import (
+  create_lr_schedule,
+  create_optimizer,
+  param_groups,
+  partition_optimizer,
+)
 
 STEPS_PER_EPOCH = 7
 
@@ -186,7 +191,7 @@ def test_adam_with_coupled_decay_matches_numpy():
 
 def test_param_groups_on_tiny_model():
   from configs.tiny import get_config
-  from fsaf_jax.models.fsaf import create_model
+  from fsaf_jax.models.registry import create_model
 
   config = get_config()
   model = create_model(config.model, 5)
@@ -209,3 +214,20 @@ def test_param_groups_on_tiny_model():
     module = name.split("/")[-2]
     is_norm = module.startswith("bn") or module in ("IN", "BN") or module.endswith("_bn")
     assert (label == "norm") == is_norm, name
+
+
+def test_partition_optimizer_trains_each_subtree_alone():
+  """Same updates and states as each transformation applied to its own subtree."""
+  rng = np.random.default_rng(0)
+  params = {"model": {"w": rng.normal(size=(3,))}, "loss": {"c": rng.normal(size=(2, 2))}}
+  grads = jax.tree.map(lambda p: p * 0.5 + 1.0, params)
+  adam, sgd = optax.adamw(1e-2, weight_decay=0.1), optax.sgd(0.5)
+  tx = partition_optimizer({"model": adam, "loss": sgd})
+  state = tx.init(params)
+  assert set(state) == {"model", "loss"}
+  updates, state = tx.update(grads, state, params)
+  want_m, _ = adam.update(grads["model"], adam.init(params["model"]), params["model"])
+  np.testing.assert_allclose(updates["model"]["w"], want_m["w"], rtol=1e-6)
+  np.testing.assert_allclose(updates["loss"]["c"], -0.5 * grads["loss"]["c"], rtol=1e-6)
+  with pytest.raises(ValueError, match=r"keys \['model'\]; the optimiser has \['loss', 'model'\]"):
+    tx.init({"model": params["model"]})

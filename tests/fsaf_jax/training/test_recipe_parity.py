@@ -38,8 +38,8 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (CPU build
 from configs import bot_r50_ibn_a, tiny  # noqa: E402
 from fsaf_jax import convert_ibn  # noqa: E402
 from fsaf_jax.core.mesh import make_mesh  # noqa: E402
-from fsaf_jax.models.fsaf import create_model  # noqa: E402
 from fsaf_jax.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from fsaf_jax.models.registry import create_model  # noqa: E402
 from fsaf_jax.training.train_state import create_train_state  # noqa: E402
 from fsaf_jax.training.train_step import make_train_step  # noqa: E402
 from tests.reference import flax_from_torch, torch_bot  # noqa: E402

@@ -14,7 +14,8 @@ from tests.reference import tiny_train_run as ref
 def test_state_is_replicated_and_complete(num_devices):
   mesh = make_mesh()
   state = ref.initial_state(mesh)
-  assert int(state.step) == 0 and state.centers is None and state.center_opt_state is None
+  assert int(state.step) == 0 and state.loss_params == {}
+  assert set(state.opt_state) == {"model", "loss"} and state.opt_state["loss"] == {}
   for leaf in jax.tree.leaves(state):
     assert leaf.sharding.is_fully_replicated
     assert len(leaf.sharding.device_set) == num_devices
@@ -65,8 +66,12 @@ def test_pretrained_entries_replace_init(tmp_path):
 
 def test_centres_created_when_center_loss_is_on():
   state = ref.initial_state_host(5e-4)
-  assert state.centers.shape == (ref.NUM_CLASSES, 448) and state.centers.dtype == np.float32
-  assert state.center_opt_state is not None
+  centers = state.loss_params["center"]
+  assert set(state.loss_params) == {"center"}
+  assert centers.shape == (ref.NUM_CLASSES, 448) and centers.dtype == np.float32
+  assert set(state.opt_state["loss"]) == {"center"}
+  # The model's parameters keep their own tree: inference variables hold no centres.
+  assert set(state.variables) == {"params", "batch_stats"} and "center" not in state.params
 
 
 def test_steps_per_epoch_must_be_resolved():

@@ -84,12 +84,13 @@ def test_step_matches_independent_computation():
   (loss, (batch_stats, out)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
     init.params
   )
-  updates, _ = init.tx.update(grads, init.tx.init(init.params), init.params)
-  params = optax.apply_updates(init.params, updates)
+  trainable, grads = init.trainable, {"model": grads, "loss": {}}
+  updates, _ = init.tx.update(grads, init.tx.init(trainable), trainable)
+  params = optax.apply_updates(trainable, updates)["model"]
   np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
   # A different XLA program (fusion, reduction order): rounding-level differences,
   # amplified in the gradients as in test_n_devices_equal_one_device.
-  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-3)
+  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads["model"]), rtol=1e-3)
   # BoT's epoch 0 (last_epoch 1): 0.01 * 0.9 + 0.1 = 0.109 of the base lr.
   np.testing.assert_allclose(metrics["lr"], cfg.optim.base_lr * 0.109, rtol=1e-6)
   acc = np.mean(np.argmax(out["logits"], -1) == batch["label"])
@@ -103,7 +104,8 @@ def test_center_loss_centres_follow_unweighted_sgd():
   """With centre loss on, centres move by -center_lr * dL_center/dc (BoT: unweighted)."""
   cfg = config(5e-4)
   model, init = tiny_model(), initial_state_host(5e-4)
-  assert init.centers.shape == (NUM_CLASSES, 448)
+  centers = init.loss_params["center"]
+  assert centers.shape == (NUM_CLASSES, 448)
   states, metrics = run(1, 5e-4)
   batch = make_batches()[0]
   x = normalize_images(jnp.asarray(batch["image"]))
@@ -111,14 +113,15 @@ def test_center_loss_centres_follow_unweighted_sgd():
   out, _ = apply({"params": init.params, "batch_stats": init.batch_stats}, x)
   feat = np.asarray(out["feat"], np.float64)
   labels = batch["label"]
-  grad = np.zeros_like(init.centers, np.float64)
+  grad = np.zeros_like(centers, np.float64)
   for i, y in enumerate(labels):
-    grad[y] -= 2.0 * (feat[i] - init.centers[y]) / BATCH
-  want = init.centers - cfg.optim.center_lr * grad
-  np.testing.assert_allclose(states[0].centers, want, rtol=1e-4, atol=1e-5)
+    grad[y] -= 2.0 * (feat[i] - centers[y]) / BATCH
+  want = centers - cfg.optim.center_lr * grad
+  new_centers = states[0].loss_params["center"]
+  np.testing.assert_allclose(new_centers, want, rtol=1e-4, atol=1e-5)
   absent = np.setdiff1d(np.arange(NUM_CLASSES), labels)
-  np.testing.assert_array_equal(states[0].centers[absent], init.centers[absent])
-  want_loss = np.sum((feat - init.centers[labels]) ** 2) / BATCH
+  np.testing.assert_array_equal(new_centers[absent], centers[absent])
+  want_loss = np.sum((feat - centers[labels]) ** 2) / BATCH
   np.testing.assert_allclose(metrics[0]["center"], want_loss, rtol=1e-5)
 
 

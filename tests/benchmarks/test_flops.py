@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks.flops import TRAIN_FACTOR, attention_macs, count_flops, kernel_macs
 from configs import baseline, tiny
 from fsaf_jax.models.attention import MHSA
 from fsaf_jax.models.conv1x1 import Conv1x1
-from fsaf_jax.models.flops import TRAIN_FACTOR, attention_macs, count_flops, kernel_macs
-from fsaf_jax.models.fsaf import create_model
+from fsaf_jax.models.registry import create_model
 
 
 class _Small(nn.Module):

@@ -1,0 +1,110 @@
+"""Loss terms by name: the training objective is the sum of the terms whose weight
+`config.loss.<name>_weight` is non-zero.
+
+A term is registered with `@register_loss('<name>')` on its function
+`fn(outputs, labels, loss_config, params) -> scalar` (the unweighted term; `outputs` is
+the model's dict, `params` the term's own trained parameters or None). A term with
+parameters (the centre loss's centres) also gives `init(rng, num_classes, feature_dim,
+loss_config) -> pytree` and `optimizer(config) -> optax.GradientTransformation` (the
+train state trains them beside the model's parameters, `fsaf_jax.training.train_state`).
+
+Every module of the package `fsaf_jax.losses` is imported on the first look-up, so
+adding a loss is one new file in `fsaf_jax/losses/` (its registered function) plus a
+config that sets `config.loss.<name>_weight` (and whatever fields the term reads).
+"""
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+import fsaf_jax.losses
+
+WEIGHT_SUFFIX = "_weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+  """One registered term (see the module docstring for the signatures).
+
+  Attributes:
+    name: the registry name; its weight is `config.loss.<name>_weight`.
+    fn: the unweighted term.
+    init: initial trained parameters of the term, or None (no parameters).
+    optimizer: the optimiser of those parameters from the full config (needed iff
+      `init` is given).
+  """
+
+  name: str
+  fn: Callable[..., Any]
+  init: Callable[..., Any] | None = None
+  optimizer: Callable[[ml_collections.ConfigDict], Any] | None = None
+
+
+_LOSSES: dict[str, LossTerm] = {}
+_plugins_loaded = False
+
+
+def register_loss(
+  name: str,
+  *,
+  init: Callable[..., Any] | None = None,
+  optimizer: Callable[[ml_collections.ConfigDict], Any] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Decorator registering `fn` as the loss term `name` (returns `fn` unchanged).
+
+  Raises:
+    ValueError: `name` is taken by another function, or `init` without `optimizer`.
+  """
+  if (init is None) != (optimizer is None):
+    raise ValueError(f"loss {name!r}: a term with parameters needs both init and optimizer")
+
+  def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if name in _LOSSES and _LOSSES[name].fn is not fn:
+      raise ValueError(f"a loss named {name!r} is already registered")
+    _LOSSES[name] = LossTerm(name, fn, init, optimizer)
+    return fn
+
+  return register
+
+
+def _load_plugins() -> None:
+  """Imports every module of `fsaf_jax.losses` once (they register their terms)."""
+  global _plugins_loaded
+  if not _plugins_loaded:
+    for module in pkgutil.iter_modules(fsaf_jax.losses.__path__):
+      importlib.import_module(f"{fsaf_jax.losses.__name__}.{module.name}")
+    _plugins_loaded = True
+
+
+def loss_names() -> tuple[str, ...]:
+  """The registered loss names, sorted."""
+  _load_plugins()
+  return tuple(sorted(_LOSSES))
+
+
+def active_terms(loss_config: ml_collections.ConfigDict) -> list[tuple[LossTerm, float]]:
+  """The terms with a non-zero `config.loss.<name>_weight`, with their weights.
+
+  Order (that of the sum): terms without parameters, then terms with parameters, each
+  by name (BoT's CE + triplet + centre).
+
+  Raises:
+    ValueError: a `<name>_weight` field names no registered loss.
+  """
+  _load_plugins()
+  terms = []
+  for key in loss_config.keys():
+    if not key.endswith(WEIGHT_SUFFIX) or not loss_config[key]:
+      continue
+    name = key.removesuffix(WEIGHT_SUFFIX)
+    if name not in _LOSSES:
+      raise ValueError(
+        f"config.loss.{key}={loss_config[key]}: there is no loss {name!r}; registered: "
+        f"{loss_names()}"
+      )
+    terms.append((_LOSSES[name], float(loss_config[key])))
+  return sorted(terms, key=lambda t: (t[0].init is not None, t[0].name))

@@ -1,0 +1,128 @@
+"""Models and backbones by name: `config.model.name` and `config.model.backbone`.
+
+  model = create_model(config.model, num_classes)   # an unbound Flax module
+
+A backbone builder `build(model_config, dtype) -> nn.Module` reads its own fields of
+`config.model` and returns an unbound module that maps normalised images [N, H, W, 3]
+to a dict of feature maps holding at least 'conv5' (and 'conv3', 'conv4' for
+`model.fusion='concat'`), computing in `dtype` (its `dtype` attribute). A model
+builder `build(model_config, num_classes, backbone) -> nn.Module` puts a head on that
+backbone.
+
+Backbones are plug-ins: every module of the package `fsaf_jax.models.backbones` is
+imported on the first look-up, and each registers its builder with
+`@register_backbone('<name>')`. Adding a backbone is therefore one new file in
+`fsaf_jax/models/backbones/` plus a config that sets `config.model.backbone = '<name>'`
+(and whatever fields its builder reads). `register_backbone` / `register_model` may
+also be called from anywhere else (tests, an outside package) before `create_model`.
+"""
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from fsaf_jax.models import backbones, fsaf
+
+BackboneBuilder = Callable[[ml_collections.ConfigDict, Any], nn.Module]
+ModelBuilder = Callable[[ml_collections.ConfigDict, int, nn.Module], nn.Module]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+_BACKBONES: dict[str, BackboneBuilder] = {}
+_MODELS: dict[str, ModelBuilder] = {"fsaf": fsaf.build_fsaf}
+_plugins_loaded = False
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+  """Decorator: registers a backbone builder under `name` (ValueError if taken)."""
+
+  def register(builder: BackboneBuilder) -> BackboneBuilder:
+    if name in _BACKBONES and _BACKBONES[name] is not builder:
+      raise ValueError(f"a backbone named {name!r} is already registered")
+    _BACKBONES[name] = builder
+    return builder
+
+  return register
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+  """Decorator: registers a model builder under `name` (ValueError if taken)."""
+
+  def register(builder: ModelBuilder) -> ModelBuilder:
+    if name in _MODELS and _MODELS[name] is not builder:
+      raise ValueError(f"a model named {name!r} is already registered")
+    _MODELS[name] = builder
+    return builder
+
+  return register
+
+
+def _load_plugins() -> None:
+  """Imports every module of `fsaf_jax.models.backbones` once (they register themselves)."""
+  global _plugins_loaded
+  if not _plugins_loaded:
+    for module in pkgutil.iter_modules(backbones.__path__):
+      importlib.import_module(f"{backbones.__name__}.{module.name}")
+    _plugins_loaded = True
+
+
+def backbone_names() -> tuple[str, ...]:
+  """The registered backbone names, sorted."""
+  _load_plugins()
+  return tuple(sorted(_BACKBONES))
+
+
+def model_names() -> tuple[str, ...]:
+  """The registered model names, sorted."""
+  return tuple(sorted(_MODELS))
+
+
+def parse_dtype(name: str) -> Any:
+  """'float32' | 'bfloat16' -> the jnp dtype; ValueError naming `model.dtype` otherwise."""
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype={name!r}: must be one of {tuple(DTYPES)}")
+  return DTYPES[name]
+
+
+def create_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """The unbound backbone `model_config.backbone` names, computing in `model_config.dtype`.
+
+  Raises:
+    ValueError: unknown backbone name, or a field its builder rejects (named).
+  """
+  _load_plugins()
+  name = model_config.backbone
+  if name not in _BACKBONES:
+    raise ValueError(f"model.backbone={name!r}: must be one of {backbone_names()}")
+  return _BACKBONES[name](model_config, parse_dtype(model_config.dtype))
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """Builds the model `config.model` describes.
+
+  Args:
+    model_config: the `model` section of a config (fields of `configs/base.py`).
+    num_classes: training identities of the dataset. `model_config.num_classes` is -1
+      (take this value) or must equal it.
+
+  Returns:
+    An unbound Flax module (parameters in float32, compute in `model.dtype`);
+    `model.init` gives `{'params', 'batch_stats'}`.
+
+  Raises:
+    ValueError: a field has an unsupported value (the message names it).
+  """
+  if model_config.num_classes not in (-1, num_classes):
+    raise ValueError(
+      f"model.num_classes={model_config.num_classes} but the dataset has {num_classes} "
+      "training identities: set model.num_classes=-1 (take it from the dataset) or fix it"
+    )
+  if model_config.name not in _MODELS:
+    raise ValueError(f"model.name={model_config.name!r}: must be one of {model_names()}")
+  backbone = create_backbone(model_config)
+  return _MODELS[model_config.name](model_config, num_classes, backbone)
