@@ -3,7 +3,7 @@
 `compare_baselines` scores, on the run's query / gallery splits, the network as
 initialised (same architecture and init, no training step) and, when the dataset's
 Market-1501 folder is at hand (the embedded synthetic data), the colour-histogram
-baseline (`data_pipelines.color_histogram_baseline`). It prints a table of Rank-1 /
+baseline (`fsaf_jax.demo.color_histogram`). It prints a table of Rank-1 /
 mAP / mINP beside the trained network's and writes `WORKDIR/eval/step_<N>/baselines.json`
 (beside the trained step's metrics.json).
 """
@@ -21,7 +21,7 @@ import ml_collections
 from etils import epath
 from jax.sharding import Mesh
 
-from data_pipelines import color_histogram_baseline
+from fsaf_jax.demo import color_histogram
 from fsaf_jax.evaluation import evaluator, result_dirs
 
 BASELINES_FILE = "baselines.json"
@@ -79,13 +79,13 @@ def compare_baselines(
   )
   histogram = None
   try:
-    root = color_histogram_baseline.market_root(config.input.manual_dir or ".")
+    root = color_histogram.market_root(config.input.manual_dir or ".")
   except FileNotFoundError:
     logging.info(
       "No Market-1501 folder in %r: no colour-histogram baseline", config.input.manual_dir
     )
   else:
-    histogram = _row(color_histogram_baseline.run_baseline(root).as_dict())
+    histogram = _row(color_histogram.run_baseline(root).as_dict())
   rows = {
     f"FSAF trained (step {trained.get('step')})": _row(trained["metrics"]),
     "FSAF untrained (init only)": _row(untrained["metrics"]),
