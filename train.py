@@ -3,9 +3,12 @@ r"""Trains a ReID model, resuming from the work directory, and evaluates it.
   python train.py --config=configs/fsaf_market.py --workdir=workdirs/market \
       [--config.train.num_epochs=60 ...]
 
-Runs `fsaf_jax.training.train_loop.train_and_evaluate`: resumes if WORKDIR holds a
-checkpoint, saves on SIGTERM / Ctrl-C (then exits with 128 + the signal number; run the
-same command to continue), evaluates every `eval_every_epochs` and at the end.
+Runs `fsaf_jax.training.train_loop.train_and_evaluate` (a config with a `demo` section,
+configs/demo.py, runs through `fsaf_jax.demo.run.run_demo`: synthetic data, training,
+then the comparison with the untrained network and the colour-histogram baseline):
+resumes if WORKDIR holds a checkpoint, saves on SIGTERM / Ctrl-C (then exits with
+128 + the signal number; run the same command to continue), evaluates every
+`eval_every_epochs` and at the end.
 Multi-host: set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (or
 FSAF_DISTRIBUTED=auto) and run the same command on every host.
 
@@ -19,6 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -26,20 +30,35 @@ from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
 from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
 from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
+from fsaf_jax.demo import run as demo_run
 from fsaf_jax.training import train_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")
 
 
-def main(argv: Sequence[str]) -> None:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  config_name: str | None = None,
+  on_step: train_loop.OnStep | None = None,
+) -> train_loop.TrainResult:
+  """Trains `config` in `workdir`: the demo's run for a demo config, else the loop's."""
+  if demo_run.is_demo_config(config):
+    return demo_run.run_demo(config, workdir, config_name=config_name, on_step=on_step).train
+  return train_loop.train_and_evaluate(config, workdir, config_name=config_name, on_step=on_step)
+
+
+def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> None:
+  """The program; `on_step` is passed to the training loop (tests install one)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_path))[0]
   try:
-    result = train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_name=name)
+    result = run(_CONFIG.value, _WORKDIR.value, config_name=name, on_step=on_step)
   except IncompatibleCheckpointError as e:  # several lines: one per differing field
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.EXIT_USER_ERROR)

@@ -31,7 +31,8 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from configs import fsaf_market  # noqa: E402
-from data_pipelines.input_pipeline import create_eval_batches, create_train_iterator  # noqa: E402
+from data_pipelines.eval_pipeline import create_eval_batches  # noqa: E402
+from data_pipelines.train_pipeline import create_train_iterator  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir of a built dataset.")
 _DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS builder (with --data_dir).")

@@ -1,16 +1,13 @@
 """Defaults shared by every config: the paper's FSAF model and the BoT training recipe.
 
 Not a runnable config itself: the files beside it call `get_base_config()` and change
-what differs. Every field a run can set is declared here, so a misspelt
-`--config.x.y=...` override is an error rather than a silently ignored value.
+what differs. Every field a training run can set is declared here, so a misspelt
+`--config.x.y=...` override is an error rather than a silently ignored value (the CPU
+demo's own fields, `config.demo`, are declared in configs/demo.py).
 """
-
-import dataclasses
 
 import ml_collections
 from ml_collections import config_dict
-
-from data_pipelines import synthetic
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -62,8 +59,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.input.dataset = "market1501"  # TFDS builder name (optionally 'name/config')
   # Where TFDS writes/reads ArrayRecord; '' = WORKDIR/data/tfds (train.py).
   config.input.data_dir = "~/tensorflow_datasets"
-  # Extracted dataset folder or archive; '' = TFDS default (<data_dir>/downloads/manual),
-  # or WORKDIR/data/synthetic when the synthetic dataset is generated.
+  # Extracted dataset folder or archive; '' = TFDS default (<data_dir>/downloads/manual)
+  # (the demo: WORKDIR/data/synthetic, configs/demo.py).
   config.input.manual_dir = ""
   config.input.image_size = (256, 128)  # (H, W)
   config.input.num_identities = 16  # P
@@ -80,13 +77,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.input.num_workers = 2  # grain worker processes (0 = in-process)
   config.input.prefetch = 2  # batches prefetched onto the devices
   config.input.eval_batch_size = 128
-  # The embedded synthetic dataset (`data_pipelines.synthetic`, Market-1501 layout):
-  # with `generate=True`, train.py writes it into `manual_dir` unless already there
-  # (dataset must be 'market1501'). The other fields are `SyntheticConfig`'s.
-  config.input.synthetic = ml_collections.ConfigDict(
-    dataclasses.asdict(synthetic.SyntheticConfig())
-  )
-  config.input.synthetic.generate = False
 
   # --- Losses. -------------------------------------------------------------------------
   config.loss = ml_collections.ConfigDict()
@@ -130,10 +120,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 500
   config.train.keep_checkpoints = 3
   config.train.eval_every_epochs = 40  # 0: evaluate only at the end
-  # Debug / audit: append each step's source record indices to
-  # WORKDIR/batch_indices/process_<i>.jsonl (checks that a resumed run loses or repeats
-  # no batch).
-  config.train.log_batch_indices = False
 
   # --- Evaluation. ---------------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
@@ -155,8 +141,4 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (their re-ranked figures for the same features).
   config.eval.rerank_squared = False
   config.eval.num_figure_queries = 8  # rows of the ranked-list figure
-  # At the end of training, also score the untrained network (same init) and, when the
-  # data has a Market-1501 folder, the colour-histogram baseline; print the table and
-  # write WORKDIR/eval/step_<N>/baselines.json (the CPU demo).
-  config.eval.compare_baselines = False
   return config

@@ -138,7 +138,7 @@ def folder_batches(
 
   Yields dicts `image` uint8 [batch_size, H, W, 3], `person_id`, `camera_id` int32,
   `mask` bool (False on padding rows and on skipped images) and `file_name` str
-  (relative to `root`), the format of `data_pipelines.input_pipeline.create_eval_batches`.
+  (relative to `root`), the format of `data_pipelines.eval_pipeline.create_eval_batches`.
 
   Args:
     skipped: None: an image that does not decode raises `CorruptImageError` naming

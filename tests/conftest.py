@@ -36,9 +36,8 @@ def num_devices() -> int:
 def data_root(tmp_path_factory):
   """The tiny synthetic training-run dataset (tests/reference/tiny_synthetic_run.py),
   generated and built once per session; tests only read it."""
-  from fsaf_jax.training import data_setup  # noqa: PLC0415 (keeps conftest light)
-  from tests.reference import tiny_synthetic_run  # noqa: PLC0415
+  from tests.reference import tiny_synthetic_run  # noqa: PLC0415 (keeps conftest light)
 
   root = tmp_path_factory.mktemp("tiny_data")
-  data_setup.prepare_dataset(tiny_synthetic_run.config(root), root / "unused_workdir")
+  tiny_synthetic_run.prepare_data(root)
   return root

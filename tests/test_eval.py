@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from data_pipelines import input_pipeline
+from data_pipelines import train_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
@@ -80,7 +80,7 @@ def run(tmp_path_factory):
     steps_per_epoch=1,
     mesh=mesh,
   )
-  train_iter = input_pipeline.create_train_iterator(
+  train_iter = train_pipeline.create_train_iterator(
     source_lib.load_source(tiny_market.DATASET, "train", data_dir), config, mesh, seed=0
   )
   workdir = tmp / "workdir"

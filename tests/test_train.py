@@ -2,9 +2,10 @@
 SIGTERM, NaN stop, and the CPU demo (`configs/demo.py`).
 
 The tiny run (tests/reference/tiny_synthetic_run.py, 10 epochs = 20 steps, a checkpoint
-every 2 steps, batch indices logged) is killed after a checkpoint at a random step,
-restarted with the same command, and must end with the parameters of an uninterrupted
-run (<= 1e-6) having trained on exactly the sampler's batch sequence.
+every 2 steps) is killed after a checkpoint at a random step, restarted with the same
+command, and must end with the parameters of an uninterrupted run (<= 1e-6) having
+trained on exactly the sampler's batch sequence: the resume tests run `train.py` through
+tests/reference/train_with_batch_log.py, which logs every step's batch indices.
 """
 
 import json
@@ -25,6 +26,7 @@ from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import train_loop
 from tests.reference import tiny_synthetic_run as run
+from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
 from tests.reference.console_lines import third_party_lines
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -43,8 +45,11 @@ def subprocess_env(simulated_devices: bool = True) -> dict[str, str]:
   return env
 
 
-def train_command(config_file, workdir, *extra) -> list[str]:
-  return [sys.executable, "train.py", f"--config={config_file}", f"--workdir={workdir}", *extra]
+def train_command(config_file, workdir, *extra, log_batches: bool = False) -> list[str]:
+  """`python train.py ...`; with `log_batches`, through tests/reference/train_with_batch_log.py
+  (the same program, logging each step's batch indices in WORKDIR/batch_indices)."""
+  program = ["-m", "tests.reference.train_with_batch_log"] if log_batches else ["train.py"]
+  return [sys.executable, *program, f"--config={config_file}", f"--workdir={workdir}", *extra]
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -66,9 +71,9 @@ def reference(data_root, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
   c = run.config(data_root)
   c.train.num_epochs = NUM_EPOCHS
-  train_loop.train_and_evaluate(c, workdir)
+  train_loop.train_and_evaluate(c, workdir, on_step=BatchIndexLog(workdir))
   _, variables = checkpoint_restore.restore_variables(workdir)
-  log = train_loop.read_batch_index_log(workdir)
+  log = read_batch_index_log(workdir)
   train = source_lib.load_source("market1501", "train", str(data_root / "tfds"))
   person_ids = np.array([train[i]["person_id"] for i in range(len(train))])
   expected = run.expected_batches(person_ids, TOTAL_STEPS)
@@ -83,7 +88,7 @@ def interrupt_and_resume(config_file, workdir, sig: int, at_step: int):
     (exit code of the interrupted run, checkpoint steps after it, the rerun's result).
   """
   proc = subprocess.Popen(
-    train_command(config_file, workdir, EPOCH_FLAG),
+    train_command(config_file, workdir, EPOCH_FLAG, log_batches=True),
     cwd=ROOT,
     env=subprocess_env(),
     stdout=subprocess.PIPE,
@@ -99,7 +104,7 @@ def interrupt_and_resume(config_file, workdir, sig: int, at_step: int):
   output, _ = proc.communicate(timeout=600)
   interrupted = (proc.returncode, checkpoint_steps(workdir), output)
   rerun = subprocess.run(
-    train_command(config_file, workdir, EPOCH_FLAG),
+    train_command(config_file, workdir, EPOCH_FLAG, log_batches=True),
     cwd=ROOT,
     env=subprocess_env(),
     capture_output=True,
@@ -117,7 +122,7 @@ def assert_same_as_reference(workdir, reference):
   assert max(jax.tree.leaves(diffs)) <= 1e-6
   # The batch each step finally trained on (the last line of a step wins: steps after
   # the last checkpoint of a killed run are redone) is the uninterrupted sequence.
-  assert train_loop.read_batch_index_log(workdir) == expected_log
+  assert read_batch_index_log(workdir) == expected_log
 
 
 @pytest.mark.slow
@@ -232,7 +237,7 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   c = run.config(data_root)
   c.train.num_epochs = NUM_EPOCHS
   c.optim.eps = 1e-3
-  train_loop.train_and_evaluate(c, reference_dir)
+  train_loop.train_and_evaluate(c, reference_dir, on_step=BatchIndexLog(reference_dir))
 
   workdir = tmp_path / "two_processes"
   port = _free_port()
@@ -247,7 +252,7 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
     )
     procs.append(
       subprocess.Popen(
-        train_command(config_file, workdir, EPOCH_FLAG, eps_flag),
+        train_command(config_file, workdir, EPOCH_FLAG, eps_flag, log_batches=True),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -273,8 +278,8 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   assert max(jax.tree.leaves(rel_stats)) <= 2e-5, rel_stats
   checkpoint_restore.restore_variables(workdir)  # the last one reads back too
   # Process i trained on rows block i of every global batch: together, the reference's.
-  logs = [train_loop.read_batch_index_log(workdir, process=p) for p in range(2)]
-  expected_log = train_loop.read_batch_index_log(reference_dir)
+  logs = [read_batch_index_log(workdir, process=p) for p in range(2)]
+  expected_log = read_batch_index_log(reference_dir)
   assert sorted(logs[0]) == list(range(1, TOTAL_STEPS + 1)) == sorted(logs[1])
   assert {s: logs[0][s] + logs[1][s] for s in logs[0]} == expected_log
   assert checkpoint_steps(workdir)[-1] == TOTAL_STEPS
@@ -290,7 +295,9 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   # on from the 2-process checkpoint, with the sampler's next batches.
   more = NUM_EPOCHS + 2
   rerun = subprocess.run(
-    train_command(config_file, workdir, f"--config.train.num_epochs={more}", eps_flag),
+    train_command(
+      config_file, workdir, f"--config.train.num_epochs={more}", eps_flag, log_batches=True
+    ),
     cwd=ROOT,
     env=subprocess_env(),
     capture_output=True,
@@ -300,7 +307,7 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
   total = more * run.STEPS_PER_EPOCH
   assert checkpoint_steps(workdir)[-1] == total
-  resumed = train_loop.read_batch_index_log(workdir, process=0)
+  resumed = read_batch_index_log(workdir, process=0)
   train = source_lib.load_source("market1501", "train", str(data_root / "tfds"))
   person_ids = np.array([train[i]["person_id"] for i in range(len(train))])
   sequence = run.expected_batches(person_ids, total)

@@ -53,7 +53,8 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from data_pipelines import errors, input_pipeline
+from data_pipelines import errors
+from data_pipelines import eval_pipeline as input_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh

@@ -34,7 +34,6 @@ EVAL_FIELDS = (
   "rerank_lambda",
   "rerank_squared",
   "num_figure_queries",
-  "compare_baselines",
 )
 
 
@@ -53,7 +52,6 @@ class EvalSettings:
     rerank_squared: square the distances before re-ranking (fast-reid's convention).
     flip: flip-averaged embeddings.
     num_figure_queries: rows of the ranked-list figure (>= 0; 0: no figure).
-    compare_baselines: score the untrained network and colour histograms at the end.
     batch_size: requested host batch size of the extractor (>= 1).
   """
 
@@ -68,7 +66,6 @@ class EvalSettings:
   rerank_squared: bool = False
   flip: bool = False
   num_figure_queries: int = 8
-  compare_baselines: bool = False
   batch_size: int = 128
 
   @classmethod
@@ -118,7 +115,6 @@ class EvalSettings:
       num_figure_queries=_integer(
         get("num_figure_queries"), "config.eval.num_figure_queries", minimum=0
       ),
-      compare_baselines=_boolean(get("compare_baselines"), "config.eval.compare_baselines"),
       batch_size=_integer(batch_size, "config.input.eval_batch_size", minimum=1),
     )
 

@@ -61,7 +61,6 @@ RESUMABLE_FIELDS = (
   "train.checkpoint_every_steps",
   "train.keep_checkpoints",
   "train.eval_every_epochs",
-  "train.log_batch_indices",
   "input.data_dir",
   "input.manual_dir",
   "input.num_workers",

@@ -3,10 +3,12 @@
 `train_and_evaluate(config, workdir)` is what `python train.py` runs:
 
 1. `jax.distributed` if the environment asks for it; an empty `config.init.pretrained`
-   refused before any data work; the dataset made ready (`data_setup.prepare_dataset`:
-   synthetic data, TFDS build); the P x K train iterator; `model.num_classes` (-1: from
-   the data) and `train.steps_per_epoch` (-1: the sampler's epoch, or fast-reid's
-   images // batch) resolved into the config that is saved with every checkpoint.
+   refused before any data work; the caller's `prepare_data` hook, if any (the demo
+   writes its synthetic data there); the dataset made ready
+   (`data_setup.prepare_dataset`: TFDS build); the P x K train iterator;
+   `model.num_classes` (-1: from the data) and `train.steps_per_epoch` (-1: the
+   sampler's epoch, or fast-reid's images // batch) resolved into the config that is
+   saved with every checkpoint.
 2. Mesh, train state (`config.init.pretrained` or 'scratch'), the jitted data-parallel
    step (state replicated and donated, batch sharded); the run card printed and
    written to `WORKDIR/run_card.json` (`run_card`).
@@ -19,9 +21,8 @@
    end; evaluation every `eval_every_epochs` and at the end (one
    `fsaf_jax.evaluation.evaluator.Evaluator`, built with its settings checked before
    the first step: `WORKDIR/eval/step_<N>/metrics.json` and the ranked-list figure,
-   `WORKDIR/eval/latest` naming the newest, the metrics to TensorBoard). With
-   `config.eval.compare_baselines`, the end also scores the untrained network and the
-   colour-histogram baseline (`baselines`).
+   `WORKDIR/eval/latest` naming the newest, the metrics to TensorBoard). An `on_step`
+   hook, if given, sees every step's batch before it is trained on.
 5. SIGTERM / SIGINT: a checkpoint at the next step boundary, then a clean return
    (`TrainResult.signal`).
 6. A NaN / inf loss, gradient or parameter norm stops the run with FloatingPointError
@@ -44,7 +45,6 @@ resume check has accepted the run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -57,7 +57,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data_pipelines import errors, input_pipeline
+from data_pipelines import errors, train_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
 from fsaf_jax.core.distributed import maybe_initialize_distributed
@@ -71,7 +71,6 @@ from fsaf_jax.training.train_state import check_initialisation, create_train_sta
 from fsaf_jax.training.train_step import check_finite, make_train_step
 
 TB_SUBDIR = "tb"
-INDICES_SUBDIR = "batch_indices"
 FINITE_KEYS = ("loss", "grad_norm", "param_norm")
 EVAL_SPLITS = ("query", "gallery")
 
@@ -85,16 +84,17 @@ class TrainResult:
     total_steps: `num_epochs * steps_per_epoch`.
     signal: the signal number that stopped the run early, or None.
     eval: the last evaluation's metrics.json content (None if none ran).
-    baselines: the comparison of `baselines.compare_baselines`, or None.
     config: the resolved config (paths, num_classes, steps_per_epoch).
+    evaluator: the run's `Evaluator` (its compiled extractor, its `last` result the
+      last evaluation's), to score more variables the same way.
   """
 
   step: int
   total_steps: int
   signal: int | None = None
   eval: dict[str, Any] | None = None
-  baselines: dict[str, Any] | None = None
   config: ml_collections.ConfigDict | None = None
+  evaluator: Evaluator | None = None
 
 
 EPOCH_LENGTHS = ("sampler", "images")
@@ -209,46 +209,6 @@ def _progress_bar(total: int, initial: int, enabled: bool):
   )
 
 
-class BatchIndexLog:
-  """Appends each step's source record indices to `WORKDIR/batch_indices/process_<i>.jsonl`.
-
-  One JSON line per step: `{"step": s, "index": [...]}` with `s` the state's step
-  after training on the batch and `index` this process's rows. Lines for steps after
-  the last checkpoint are written again when a killed run resumes: the last line of a
-  step is the batch that counted.
-  """
-
-  def __init__(self, workdir: epath.Path, enabled: bool):
-    self._file = None
-    if enabled:
-      directory = workdir / INDICES_SUBDIR
-      directory.mkdir(parents=True, exist_ok=True)
-      name = f"process_{jax.process_index()}.jsonl"
-      self._file = open(os.fspath(directory / name), "a", buffering=1)  # noqa: SIM115
-
-  def write(self, step: int, index: jax.Array) -> None:
-    if self._file is None:
-      return
-    shards = sorted(index.addressable_shards, key=lambda s: s.index[0].start or 0)
-    rows = np.concatenate([np.asarray(s.data) for s in shards]).tolist()
-    self._file.write(json.dumps({"step": step, "index": rows}) + "\n")
-
-  def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-
-
-def read_batch_index_log(workdir: str | os.PathLike, process: int = 0) -> dict[int, list[int]]:
-  """{step: record indices} of `BatchIndexLog`, the last line of each step winning."""
-  path = epath.Path(workdir) / INDICES_SUBDIR / f"process_{process}.jsonl"
-  steps = {}
-  for line in path.read_text().splitlines():
-    if line.strip():
-      record = json.loads(line)
-      steps[int(record["step"])] = record["index"]
-  return steps
-
-
 def _fetch_and_check(
   pending: list[tuple[int, dict[str, jax.Array]]], last_good: Callable[[], int | None]
 ) -> list[dict[str, float]]:
@@ -296,11 +256,22 @@ def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
   return every
 
 
+# `prepare_data(config, workdir) -> config`: runs in the locked work dir before the
+# dataset is built, on every process; returns the config the run goes on with.
+PrepareData = Callable[[ml_collections.ConfigDict, epath.Path], ml_collections.ConfigDict]
+# `on_step(step, batch)`: the global batch (`TrainIterator`'s dict of `jax.Array`s) the
+# state's step `step` trains on, before the step runs (a resumed run sees again the steps
+# after its last checkpoint).
+OnStep = Callable[[int, dict[str, jax.Array]], None]
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str | os.PathLike,
   *,
   config_name: str | None = None,
+  prepare_data: PrepareData | None = None,
+  on_step: OnStep | None = None,
 ) -> TrainResult:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
 
@@ -321,7 +292,9 @@ def train_and_evaluate(
     errors.check_output_dir(workdir, "--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lock.WorkdirLock(workdir, enabled=is_main):
-    return _train_and_evaluate(config, workdir, config_name=config_name)
+    return _train_and_evaluate(
+      config, workdir, config_name=config_name, prepare_data=prepare_data, on_step=on_step
+    )
 
 
 def _train_and_evaluate(
@@ -329,6 +302,8 @@ def _train_and_evaluate(
   workdir: str | os.PathLike,
   *,
   config_name: str | None = None,
+  prepare_data: PrepareData | None = None,
+  on_step: OnStep | None = None,
 ) -> TrainResult:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
 
@@ -337,6 +312,9 @@ def _train_and_evaluate(
     workdir: work directory: `checkpoints/`, `tb/`, `eval/step_<N>/`, `data/` (when
       the data paths are left empty), `config.json`, `train.lock`.
     config_name: the config's name (e.g. 'fsaf_market'), recorded with the metrics.
+    prepare_data: called with (config, workdir) before the dataset is built; its
+      result is the run's config (e.g. the demo writes its synthetic data).
+    on_step: called with (step, batch) before each step trains on `batch` (`OnStep`).
 
   Returns:
     A `TrainResult`.
@@ -354,13 +332,15 @@ def _train_and_evaluate(
   """
   workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
+  if prepare_data is not None:
+    config = prepare_data(config, workdir)
   config = data_setup.prepare_dataset(config, workdir)
   dataset, data_dir = config.input.dataset, config.input.data_dir
   num_train_ids = source_lib.num_train_identities(dataset, data_dir)
   train_source = source_lib.load_source(dataset, "train", data_dir)
-  person_ids, _ = input_pipeline.read_labels(train_source)
+  person_ids, _ = train_pipeline.read_labels(train_source)
   mesh = make_mesh()
-  train_iter = input_pipeline.create_train_iterator(
+  train_iter = train_pipeline.create_train_iterator(
     train_source,
     config,
     mesh,
@@ -414,9 +394,6 @@ def _train_and_evaluate(
   if is_main:
     _print(run_card.format_run_card(card))
     run_card.write_run_card(card, workdir)
-  untrained_variables = None
-  if config.eval.compare_baselines:
-    untrained_variables = jax.device_get(variables)
   ckpt_every = checkpoint_interval(config)
   manager = checkpoint_lib.create_checkpoint_manager(workdir, config.train.keep_checkpoints)
   state = checkpoint_lib.restore_checkpoint(manager, state, train_iter, config)
@@ -451,9 +428,8 @@ def _train_and_evaluate(
     return result
 
   logger = MetricLogger(workdir / TB_SUBDIR, is_main)
-  index_log = BatchIndexLog(workdir, bool(config.train.log_batch_indices))
   bar = _progress_bar(total_steps, start_step, is_main)
-  result = TrainResult(step=start_step, total_steps=total_steps, config=config)
+  result = TrainResult(step=start_step, total_steps=total_steps, config=config, evaluator=evaluator)
   pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet fetched / checked
   window_metrics: list[dict[str, float]] = []  # checked, since the last log line
   step = start_step
@@ -466,7 +442,8 @@ def _train_and_evaluate(
         if (jax.process_count() == 1 or step % log_every == 0) and stop.agreed():
           break
         batch = next(train_iter)
-        index_log.write(step + 1, batch["index"])
+        if on_step is not None:
+          on_step(step + 1, batch)
         state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
@@ -530,7 +507,6 @@ def _train_and_evaluate(
         raise
     finally:
       train_iter.close()
-      index_log.close()
       if not trained:  # an exception is on its way
         saves.close()
         logger.close()
@@ -543,12 +519,6 @@ def _train_and_evaluate(
       save(step)
       saves.finish()
       result.eval = evaluate(step)
-      if config.eval.compare_baselines:
-        from fsaf_jax.training import baselines  # noqa: PLC0415
-
-        result.baselines = baselines.compare_baselines(
-          evaluator, untrained_variables, outdir=workdir if is_main else None
-        )
   finally:
     saves.close()
     logger.close()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import color_histogram_baseline as chb
 from data_pipelines import synthetic
 from data_pipelines import synthetic_render as render
 from data_pipelines.datasets import naming
+from fsaf_jax.demo import color_histogram as chb
 
 SMALL = synthetic.SyntheticConfig(
   num_ids=14,

@@ -1,10 +1,11 @@
 """A tiny end-to-end training run on a tiny synthetic dataset: the training-loop tests.
 
 `config(data_root)` is `configs/tiny.py` on a 20-identity synthetic Market-1501 tree
-(10 train identities x 4 images, 64x32 JPEGs) written and built with the real
-generator and builder into `data_root`: P x K = 4 x 2 (8 images, divisible by the 4
-simulated devices), 2 steps per epoch, 3 epochs, a checkpoint every 2 steps, the batch
-indices logged. `write_config_file` writes the same as a config file for `train.py`.
+(10 train identities x 4 images, 64x32 JPEGs: `SYNTHETIC`) written and built with the
+real generator and builder into `data_root` (`prepare_data`): P x K = 4 x 2 (8 images,
+divisible by the 4 simulated devices), 2 steps per epoch, 3 epochs, a checkpoint every
+2 steps. `write_config_file` writes the same as a config file for `train.py`; the
+batch sequence is audited with `batch_index_log`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import textwrap
 import ml_collections
 
 from configs import tiny
+from data_pipelines import synthetic
 from data_pipelines.pk_sampler import PKSampler
+from fsaf_jax.training import data_setup
 
 NUM_TRAIN_IDS = 10
 P, K = 4, 2
@@ -25,6 +28,16 @@ P, K = 4, 2
 SAMPLER = "uniform"
 STEPS_PER_EPOCH = NUM_TRAIN_IDS // P
 NUM_EPOCHS = 3
+SYNTHETIC = synthetic.SyntheticConfig(
+  num_ids=2 * NUM_TRAIN_IDS,
+  num_train_ids=NUM_TRAIN_IDS,
+  train_images_per_id=4,
+  query_per_id=2,
+  gallery_per_id=3,
+  num_distractors=2,
+  num_junk=1,
+  image_size=(64, 32),
+)
 
 
 def config(data_root: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -39,16 +52,6 @@ def config(data_root: str | pathlib.Path) -> ml_collections.ConfigDict:
   c.input.sampler = SAMPLER
   c.input.num_workers = 0
   c.input.eval_batch_size = 16
-  s = c.input.synthetic
-  s.generate = True
-  s.num_ids = 2 * NUM_TRAIN_IDS
-  s.num_train_ids = NUM_TRAIN_IDS
-  s.train_images_per_id = 4
-  s.query_per_id = 2
-  s.gallery_per_id = 3
-  s.num_distractors = 2
-  s.num_junk = 1
-  s.image_size = (64, 32)
   c.optim.warmup_epochs = 1
   c.optim.milestones = (2,)
   c.train.num_epochs = NUM_EPOCHS
@@ -56,9 +59,16 @@ def config(data_root: str | pathlib.Path) -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 2
   c.train.keep_checkpoints = 10
   c.train.eval_every_epochs = 0
-  c.train.log_batch_indices = True
   c.eval.num_figure_queries = 2
   return c
+
+
+def prepare_data(data_root: str | pathlib.Path) -> None:
+  """Writes `SYNTHETIC` into `data_root/synthetic` and builds it into `data_root/tfds`."""
+  data_root = pathlib.Path(data_root)
+  c = config(data_root)
+  synthetic.generate(c.input.manual_dir, SYNTHETIC)
+  data_setup.prepare_dataset(c, data_root / "unused_workdir")
 
 
 def write_config_file(path: str | pathlib.Path, data_root: str | pathlib.Path) -> pathlib.Path:

@@ -94,5 +94,5 @@ def test_synthetic_into_an_existing_market_folder(tmp_path):
 
 
 def test_color_histogram_baseline_without_data(tmp_path):
-  proc = _run("data_pipelines.color_histogram_baseline", f"--data={tmp_path / 'none'}")
+  proc = _run("fsaf_jax.demo.color_histogram", f"--data={tmp_path / 'none'}")
   _assert_user_error(proc, "No Market-1501 folder", str(tmp_path / "none"))

@@ -1,5 +1,5 @@
 """The synthetic generator never writes into a folder that already holds a dataset, nor
-deletes a dataset it did not write; the training setup's call is refused the same way."""
+deletes a dataset it did not write; the demo's data setup is refused the same way."""
 
 import pathlib
 
@@ -7,7 +7,8 @@ import pytest
 
 from configs import demo
 from data_pipelines import errors, synthetic
-from fsaf_jax.training import data_setup
+from fsaf_jax.demo import run as demo_run
+from fsaf_jax.demo import synthetic_data
 from tests.reference import reid_layouts
 
 SMALL = synthetic.SyntheticConfig(
@@ -87,7 +88,7 @@ def test_output_that_is_a_file(tmp_path):
     synthetic.generate(tmp_path / "f", SMALL)
 
 
-def test_training_setup_does_not_write_a_synthetic_copy_into_a_market_folder(tmp_path):
+def test_demo_setup_does_not_write_a_synthetic_copy_into_a_market_folder(tmp_path):
   # train.py --config=configs/demo.py --config.input.manual_dir=<existing Market folder>
   market = tmp_path / "Market-1501-v15.09.15"
   reid_layouts.write_images(market, MARKET_FILES)
@@ -96,6 +97,12 @@ def test_training_setup_does_not_write_a_synthetic_copy_into_a_market_folder(tmp
   config.input.manual_dir = str(market)
   config.input.data_dir = str(tmp_path / "tfds")
   with pytest.raises(errors.OutputExistsError, match=f"{market} already holds a dataset"):
-    data_setup.ensure_synthetic(config)
+    synthetic_data.ensure_synthetic(config, synthetic_data.synthetic_config(config.demo.synthetic))
   assert _tree(market) == before
   assert not (tmp_path / "tfds").exists()
+  # The same through the demo's run (what train.py runs), before any training.
+  with pytest.raises(errors.OutputExistsError, match=f"{market} already holds a dataset"):
+    demo_run.run_demo(config, tmp_path / "work")
+  assert _tree(market) == before
+  assert not (tmp_path / "tfds").exists()
+  assert not (tmp_path / "work" / "config.json").exists()

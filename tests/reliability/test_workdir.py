@@ -25,6 +25,7 @@ from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.evaluation import evaluator, result_dirs
 from fsaf_jax.training import train_loop, workdir_lock
 from tests.reference import tiny_synthetic_run as run
+from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
 from tests.reliability import checkpoint_damage as damage
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -51,7 +52,9 @@ def env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained")
-  train_loop.train_and_evaluate(run.config(data_root), workdir, config_name="tiny")
+  train_loop.train_and_evaluate(
+    run.config(data_root), workdir, config_name="tiny", on_step=BatchIndexLog(workdir)
+  )
   return workdir
 
 
@@ -237,12 +240,14 @@ def test_resume_skips_a_damaged_checkpoint_and_trains_to_the_end(workdir, data_r
   final = workdir / "checkpoints" / str(TOTAL_STEPS)
   damage.delete(final / "variables")
   with caplog.at_level(logging.WARNING):
-    result = train_loop.train_and_evaluate(run.config(data_root), workdir)
+    result = train_loop.train_and_evaluate(
+      run.config(data_root), workdir, on_step=BatchIndexLog(workdir)
+    )
   assert result.step == TOTAL_STEPS
   assert any(f"damaged checkpoint {TOTAL_STEPS} in" in r.getMessage() for r in caplog.records)
   assert (workdir / integrity.DAMAGED_SUBDIR / str(TOTAL_STEPS)).is_dir()
   assert integrity.verify_manifest(final)  # a new, whole step 6
-  log = train_loop.read_batch_index_log(workdir)
+  log = read_batch_index_log(workdir)
   assert sorted(log) == list(range(1, TOTAL_STEPS + 1))
 
 

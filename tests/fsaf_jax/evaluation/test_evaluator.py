@@ -427,7 +427,6 @@ def test_load_eval_sources_order(data_dir):
     ("rerank_squared", 1, "True or False"),
     ("flip", None, "True or False"),
     ("num_figure_queries", -1, "integer >= 0"),
-    ("compare_baselines", "no", "True or False"),
   ],
 )
 def test_bad_eval_setting_fails_at_construction(data_dir, field, value, allowed):

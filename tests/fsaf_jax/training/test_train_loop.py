@@ -4,6 +4,7 @@ schedule, SIGTERM), the batch sequence, NaN stops, metrics and outputs."""
 
 import json
 import math
+import pathlib
 import signal
 import struct
 
@@ -16,6 +17,7 @@ from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import data_setup, train_loop
 from tests.reference import tiny_synthetic_run as run
+from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
 
 TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
 
@@ -24,9 +26,11 @@ TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
 def straight(data_root, tmp_path_factory):
   """An uninterrupted run: (workdir, result, final host variables, index log)."""
   workdir = tmp_path_factory.mktemp("straight")
-  result = train_loop.train_and_evaluate(run.config(data_root), workdir, config_name="tiny")
+  result = train_loop.train_and_evaluate(
+    run.config(data_root), workdir, config_name="tiny", on_step=BatchIndexLog(workdir)
+  )
   _, variables = checkpoint_restore.restore_variables(workdir)
-  return workdir, result, variables, train_loop.read_batch_index_log(workdir)
+  return workdir, result, variables, read_batch_index_log(workdir)
 
 
 def max_abs_diff(a, b) -> float:
@@ -72,20 +76,19 @@ def test_resolve_config_keeps_explicit_steps_per_epoch():
     _resolve(c)
 
 
-def test_data_paths_default_to_workdir(tmp_path):
+def test_data_paths_default_to_workdir(tmp_path, monkeypatch):
   c = run.config("/nowhere")
   c.input.data_dir = ""
   c.input.manual_dir = ""
   resolved = data_setup.resolve_data_paths(c, tmp_path / "w")
   assert resolved.input.data_dir == str(tmp_path / "w" / "data" / "tfds")
-  assert resolved.input.manual_dir == str(tmp_path / "w" / "data" / "synthetic")
-
-
-def test_synthetic_data_with_other_settings_is_refused(data_root):
-  c = run.config(data_root)
-  c.input.synthetic.num_ids = 30
-  with pytest.raises(ValueError, match="num_ids: on disk 20, config 30"):
-    data_setup.ensure_synthetic(c)
+  assert resolved.input.manual_dir == ""  # the TFDS default; no synthetic data here
+  c.input.data_dir = "rel/tfds"
+  c.input.manual_dir = "~/market"
+  monkeypatch.chdir(tmp_path)
+  resolved = data_setup.resolve_data_paths(c, "w")
+  assert resolved.input.data_dir == str(tmp_path / "rel" / "tfds")
+  assert resolved.input.manual_dir == str(pathlib.Path("~/market").expanduser())
 
 
 # --- An uninterrupted run. ---------------------------------------------------------------
@@ -135,43 +138,40 @@ def test_resume_after_a_shorter_schedule_is_exact(straight, data_root, tmp_path)
   _, _, expected_vars, expected_log = straight
   c = run.config(data_root)
   c.train.num_epochs = 2  # a loop-only field: may differ on resume
-  first = train_loop.train_and_evaluate(c, tmp_path)
+  log = BatchIndexLog(tmp_path)
+  first = train_loop.train_and_evaluate(c, tmp_path, on_step=log)
   assert first.step == 2 * run.STEPS_PER_EPOCH
-  second = train_loop.train_and_evaluate(run.config(data_root), tmp_path)
+  second = train_loop.train_and_evaluate(run.config(data_root), tmp_path, on_step=log)
   assert second.step == TOTAL_STEPS
   _, variables = checkpoint_restore.restore_variables(tmp_path)
   assert max_abs_diff(variables, expected_vars) <= 1e-6
-  assert train_loop.read_batch_index_log(tmp_path) == expected_log
+  assert read_batch_index_log(tmp_path) == expected_log
 
 
-def test_sigterm_saves_at_the_step_boundary_and_resumes_exactly(
-  straight, data_root, tmp_path, monkeypatch
-):
+def test_sigterm_saves_at_the_step_boundary_and_resumes_exactly(straight, data_root, tmp_path):
   _, _, expected_vars, expected_log = straight
   signal_step = 3  # not a checkpoint step (every 2)
-  write = train_loop.BatchIndexLog.write
+  log = BatchIndexLog(tmp_path)
 
-  def write_then_signal(self, step, index):
-    write(self, step, index)
+  def log_then_signal(step, batch):
+    log(step, batch)
     if step == signal_step:
       signal.raise_signal(signal.SIGTERM)  # handled by the loop's StopOnSignal
 
-  monkeypatch.setattr(train_loop.BatchIndexLog, "write", write_then_signal)
-  stopped = train_loop.train_and_evaluate(run.config(data_root), tmp_path)
+  stopped = train_loop.train_and_evaluate(run.config(data_root), tmp_path, on_step=log_then_signal)
   assert stopped.signal == signal.SIGTERM
   assert stopped.step == signal_step
   assert stopped.eval is None  # no evaluation after a stop
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [2, signal_step]
   # Nothing ran past the signal's step.
-  assert max(train_loop.read_batch_index_log(tmp_path)) == signal_step
+  assert max(read_batch_index_log(tmp_path)) == signal_step
 
-  monkeypatch.setattr(train_loop.BatchIndexLog, "write", write)
-  finished = train_loop.train_and_evaluate(run.config(data_root), tmp_path)
+  finished = train_loop.train_and_evaluate(run.config(data_root), tmp_path, on_step=log)
   assert finished.step == TOTAL_STEPS and finished.signal is None
   _, variables = checkpoint_restore.restore_variables(tmp_path)
   assert max_abs_diff(variables, expected_vars) <= 1e-6
-  assert train_loop.read_batch_index_log(tmp_path) == expected_log
+  assert read_batch_index_log(tmp_path) == expected_log
 
 
 def test_incompatible_checkpoint_is_refused(straight, data_root):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import color_histogram_baseline as chb
 from data_pipelines import synthetic
+from fsaf_jax.demo import color_histogram as chb
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def _loop_histogram(image, bins, weights=None):
@@ -151,7 +151,7 @@ def test_baseline_is_poor_on_default_synthetic_data(default_synthetic):
     [
       sys.executable,
       "-m",
-      "data_pipelines.color_histogram_baseline",
+      "fsaf_jax.demo.color_histogram",
       f"--data={default_synthetic}",
     ],
     cwd=REPO,

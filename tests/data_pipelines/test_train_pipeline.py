@@ -1,4 +1,4 @@
-"""Tests of the grain train / eval input pipelines (data_pipelines/input_pipeline.py)."""
+"""Tests of the grain training input pipeline (data_pipelines/train_pipeline.py)."""
 
 import grain
 import jax
@@ -8,7 +8,7 @@ import pytest
 
 from configs.base import get_base_config
 from data_pipelines import augment
-from data_pipelines.input_pipeline import create_eval_batches, create_train_iterator
+from data_pipelines.train_pipeline import ReadTrainRecord, create_train_iterator
 from tests.reference.fake_reid_source import make_source
 
 P, K = 4, 2  # global batch 8: two rows per simulated device
@@ -34,6 +34,20 @@ def _config(**input_overrides):
   config.input.prefetch = 2
   config.input.update(input_overrides)
   return config
+
+
+def host_batch(iterator, source, config, batch: int) -> dict[str, np.ndarray]:
+  """This process's part of global batch number `batch`, on the host, by random access.
+
+  Read position by position from the iterator's sampler (its process's share of the
+  sampler positions, `local_batch_size` per batch) with the pipeline's record transform:
+  no iterator state, no device transfer, so a simulated process's part can be checked.
+  """
+  sampler = iterator.sampler
+  read = ReadTrainRecord(source, sampler, augment.train_transforms(config.input))
+  n = sampler.local_batch_size
+  rows = [read.map(position) for position in range(batch * n, (batch + 1) * n)]
+  return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 
 def _take(iterator, n):
@@ -196,52 +210,10 @@ def test_process_local_batches_concatenate_to_the_global_batch(source, mesh):
     create_train_iterator(source, config, mesh, seed=9, process_index=i, process_count=2)
     for i in range(2)
   ]
-  for batch in range(3):
-    local = [p.host_batch(batch) for p in parts]
-    assert local[0]["index"].shape == (P * K // 2,)
-    for key in ("index", "image", "label"):
-      np.testing.assert_array_equal(
-        np.concatenate([x[key] for x in local]), whole.host_batch(batch)[key]
-      )
-
-
-@pytest.mark.parametrize("num_threads", [1, 3])
-def test_eval_batches_padded_in_order(num_threads):
-  source = make_source([2, 3, 4, 2], image_hw=(16, 8), seed=5)  # 11 records
-  batches = list(create_eval_batches(source, 4, (32, 16), num_threads=num_threads))
-  assert len(batches) == 3
-  for b in batches:
-    assert b["image"].shape == (4, 32, 16, 3) and b["image"].dtype == np.uint8
-    assert b["person_id"].dtype == b["camera_id"].dtype == np.int32
-  mask = np.concatenate([b["mask"] for b in batches])
-  np.testing.assert_array_equal(mask, np.arange(12) < 11)
-  index = np.concatenate([b["index"] for b in batches])
-  np.testing.assert_array_equal(index[:11], np.arange(11))
-  names = np.concatenate([b["file_name"] for b in batches])
-  assert list(names[:11]) == [r["file_name"] for r in source] and names[11] == ""
-  for key in ("person_id", "camera_id"):
-    values = np.concatenate([b[key] for b in batches])
-    np.testing.assert_array_equal(values[:11], [r[key] for r in source])
-    assert values[11] == -1
-  images = np.concatenate([b["image"] for b in batches])
-  for i, record in enumerate(source):
-    np.testing.assert_array_equal(images[i], augment.decode_image(record["image"], (32, 16)))
-  assert not images[11].any()
-
-
-def test_eval_batches_exact_multiple_and_empty():
-  source = make_source([2, 2], image_hw=(16, 8))
-  batches = list(create_eval_batches(source, 2, (16, 8)))
-  assert len(batches) == 2 and all(b["mask"].all() for b in batches)
-  assert list(create_eval_batches([], 2, (16, 8))) == []
-
-
-@pytest.mark.slow  # spawns 2 worker processes (seconds); same grain path as the train test
-def test_eval_batches_through_worker_processes():
-  source = make_source([3, 2, 4], image_hw=(16, 8), seed=8)  # 9 records
-  batches = list(create_eval_batches(source, 4, (16, 8), num_threads=1, num_workers=2))
-  index = np.concatenate([b["index"] for b in batches])
-  np.testing.assert_array_equal(index, [0, 1, 2, 3, 4, 5, 6, 7, 8, -1, -1, -1])
-  images = np.concatenate([b["image"] for b in batches])
-  for i, record in enumerate(source):
-    np.testing.assert_array_equal(images[i], augment.decode_image(record["image"], (16, 8)))
+  with whole:
+    for batch in range(3):
+      local = [host_batch(p, source, config, batch) for p in parts]
+      assert local[0]["index"].shape == (P * K // 2,)
+      delivered = jax.tree.map(np.asarray, next(whole))  # what the single process yields
+      for key in ("index", "image", "label"):
+        np.testing.assert_array_equal(np.concatenate([x[key] for x in local]), delivered[key])

@@ -3,10 +3,9 @@
 `compare_baselines` scores, on the run's query / gallery splits, the network as
 initialised (same architecture and init, no training step) and, when the dataset's
 Market-1501 folder is at hand (the embedded synthetic data), the colour-histogram
-baseline (`data_pipelines.color_histogram_baseline`), with the run's `Evaluator`. It
-prints the metrics table (`report.metrics_table`) of both beside the trained network's
-and writes `WORKDIR/eval/step_<N>/baselines.json` (beside the trained step's
-metrics.json).
+baseline (`fsaf_jax.demo.color_histogram`), with the run's `Evaluator`. It prints the
+metrics table (`report.metrics_table`) of both beside the trained network's and writes
+`WORKDIR/eval/step_<N>/baselines.json` (beside the trained step's metrics.json).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 
 from etils import epath
 
-from data_pipelines import color_histogram_baseline
+from fsaf_jax.demo import color_histogram
 from fsaf_jax.evaluation import report, result_dirs
 from fsaf_jax.evaluation.evaluator import Evaluator
 
@@ -54,13 +53,13 @@ def compare_baselines(
   evaluator.last = trained
   histogram = None
   try:
-    root = color_histogram_baseline.market_root(config.input.manual_dir or ".")
+    root = color_histogram.market_root(config.input.manual_dir or ".")
   except FileNotFoundError:
     logging.info(
       "No Market-1501 folder in %r: no colour-histogram baseline", config.input.manual_dir
     )
   else:
-    histogram = color_histogram_baseline.run_baseline(root)
+    histogram = color_histogram.run_baseline(root)
   rows = {
     f"FSAF trained (step {trained.step})": trained.scores.metrics,
     "FSAF untrained (init only)": untrained,

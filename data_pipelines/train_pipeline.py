@@ -1,12 +1,11 @@
-"""Training and evaluation input pipelines on grain.
+"""The training input pipeline on grain: P x K identity batches, sharded over the mesh.
 
 Written against any random-access source (`__len__`, `__getitem__`) of records
-`{'image': encoded JPEG/PNG bytes, 'person_id': int, 'camera_id': int, 'file_name': str}`,
-e.g. `data_pipelines.datasets.source.load_source(...)`.
+(`data_pipelines.source_records`), e.g. `data_pipelines.datasets.source.load_source(...)`.
 
-Training (`create_train_iterator`): P x K identity batches (`pk_sampler.PKSampler`),
-decoded and augmented (`augment.train_transforms`) in grain, delivered as global
-`jax.Array`s sharded over the mesh axis `'data'` and prefetched onto the devices.
+`create_train_iterator`: P x K identity batches (`pk_sampler.PKSampler`), decoded and
+augmented (`augment.train_transforms`) in grain, delivered as global `jax.Array`s sharded
+over the mesh axis `'data'` and prefetched onto the devices.
 
 The batch is the grain element: the P x K sampler positions are grouped into batches in a
 `MapDataset` *before* the worker processes split the work, so a batch's content is a pure
@@ -31,13 +30,11 @@ restored with a different worker count or process count (the batch number is glo
 the training checkpoints (`fsaf_jax.training.checkpoint`) store it once, as one JSON item,
 so that any process count finds it.
 
-Evaluation (`create_eval_batches`): the source in order, decoded in parallel, as
-fixed-size host NumPy batches with the last one padded and a `mask`.
+The evaluation pipeline is `data_pipelines.eval_pipeline`.
 """
 
 import collections
 import json
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,33 +42,13 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
 
-from data_pipelines import augment, errors, parent_watch
+from data_pipelines import augment, errors, grain_workers, source_records
 from data_pipelines.pk_sampler import PKSampler
 
 _STATE_VERSION = 1
 # Records read per call when collecting the identity labels of a source.
 _LABEL_READ_CHUNK = 1024
-
-
-def ensure_absl_flags_parsed() -> None:
-  """Marks absl flags parsed if the program has not parsed them.
-
-  grain reads its absl flags when it starts worker processes (in the parent and in the
-  workers) and fails with `UnparsedFlagAccessError` otherwise; programs started with
-  `absl.app.run` have parsed them already. Default flag values are used.
-  """
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-
-
-def _worker_init(worker_index: int, worker_count: int) -> None:
-  """Runs first in each grain worker process: flags parsed, and the worker exits when
-  the main process dies, even by SIGKILL (`parent_watch`): no orphaned workers."""
-  del worker_index, worker_count
-  parent_watch.die_with_parent()
-  ensure_absl_flags_parsed()
 
 
 def read_labels(source: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +78,6 @@ def read_labels(source: Any) -> tuple[np.ndarray, np.ndarray]:
   return person_ids, camera_ids
 
 
-def _as_str(x: Any) -> str:
-  return x.decode() if isinstance(x, bytes) else str(x)
-
-
 class ReadTrainRecord(grain.transforms.Map):
   """Sampler position -> decoded, augmented training record.
 
@@ -124,7 +97,7 @@ class ReadTrainRecord(grain.transforms.Map):
     record = self._source[metadata.record_key]
     element = {
       "image": record["image"],
-      "file_name": _as_str(record.get("file_name", "")),
+      "file_name": source_records.file_name(record),
     }
     for transform in self._transforms:
       if isinstance(transform, grain.transforms.RandomMap):
@@ -199,21 +172,14 @@ class TrainIterator(Iterator[dict[str, jax.Array]]):
     """Global batches of one sampler epoch (`PKSampler.batches_per_epoch`)."""
     return self._sampler.batches_per_epoch
 
-  def host_batch(self, batch: int) -> dict[str, np.ndarray]:
-    """This process's part of global batch number `batch`, on the host (no iterator state).
-
-    Computed directly from the dataset (random access); for inspection and tests.
-    """
-    return self._batches[batch]
-
   def _start(self) -> None:
     read = grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=self._num_threads)
     ds = self._batches[self._position :].to_iter_dataset(read)
     if self._num_workers:
-      ensure_absl_flags_parsed()
+      grain_workers.ensure_absl_flags_parsed()
       ds = ds.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=self._num_workers, per_worker_buffer_size=2),
-        worker_init_fn=_worker_init,
+        worker_init_fn=grain_workers.worker_init,
       )
     self._host_iterator = iter(ds)
 
@@ -368,92 +334,3 @@ def create_train_iterator(
     num_threads=num_threads,
     prefetch=int(input_config.prefetch),
   )
-
-
-class ReadEvalRecord(grain.transforms.Map):
-  """Source index -> decoded evaluation record (no augmentation)."""
-
-  def __init__(self, source: Any, image_size: Sequence[int]):
-    self._source = source
-    self._decode = augment.DecodeImage(tuple(image_size))
-
-  def map(self, index: int) -> dict[str, np.ndarray]:
-    record = self._source[index]
-    file_name = _as_str(record.get("file_name", ""))
-    element = self._decode.map({"image": record["image"], "file_name": file_name})
-    return {
-      "image": element["image"],
-      "person_id": np.int32(record["person_id"]),
-      "camera_id": np.int32(record["camera_id"]),
-      "file_name": file_name,
-      "index": np.int64(index),
-    }
-
-
-class PadBatch:
-  """Stacks up to `batch_size` eval records and pads to exactly `batch_size`.
-
-  Padding rows have a zero image, `person_id` / `camera_id` / `index` -1, `file_name`
-  '' and `mask` False.
-  """
-
-  def __init__(self, batch_size: int):
-    self.batch_size = batch_size
-
-  def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    n, pad = len(records), self.batch_size - len(records)
-    image = np.stack([r["image"] for r in records])
-    batch = {
-      "image": np.concatenate([image, np.zeros((pad, *image.shape[1:]), image.dtype)]),
-      "mask": np.arange(self.batch_size) < n,
-      "file_name": np.array([r["file_name"] for r in records] + [""] * pad, dtype=object),
-    }
-    for key, dtype in (("person_id", np.int32), ("camera_id", np.int32), ("index", np.int64)):
-      batch[key] = np.array([r[key] for r in records] + [-1] * pad, dtype)
-    return batch
-
-
-def create_eval_batches(
-  source: Any,
-  batch_size: int,
-  image_size: Sequence[int],
-  *,
-  num_threads: int | None = None,
-  num_workers: int = 0,
-) -> Iterator[dict[str, np.ndarray]]:
-  """Yields the whole source once, in order, as fixed-size padded host batches.
-
-  Args:
-    source: random-access source of query or gallery records.
-    batch_size: records per batch (every batch has this size: no recompiles).
-    image_size: (H, W) the images are resized to.
-    num_threads: decoding threads (default: the CPU count); PIL releases the GIL while
-      decoding and resizing.
-    num_workers: grain worker processes (0: decode in this process with the threads).
-
-  Yields:
-    dicts: `image` uint8 [batch_size, H, W, 3], `person_id` int32, `camera_id` int32,
-    `index` int64 (source index), `file_name` object (str) and `mask` bool, all
-    [batch_size]; the last batch is padded (mask False, ids -1).
-  """
-  if batch_size < 1:
-    raise errors.UserError(f"eval batch_size must be positive, got {batch_size}")
-  if len(source) == 0:
-    return
-  num_threads = num_threads or os.cpu_count() or 1
-  ds = grain.MapDataset.range(len(source)).map(ReadEvalRecord(source, image_size))
-  ds = ds.to_iter_dataset(
-    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
-  )
-  if num_workers:
-    ensure_absl_flags_parsed()
-    ds = ds.mp_prefetch(
-      grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=batch_size),
-      worker_init_fn=_worker_init,
-    )
-  ds = ds.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
-  iterator = iter(ds)
-  try:
-    yield from iterator
-  finally:
-    iterator.close()

@@ -1,6 +1,6 @@
 r"""No-learning baseline: global colour histograms, scored with the Market protocol.
 
-  python -m data_pipelines.color_histogram_baseline --data=DIR [--space=hsv --metric=...]
+  python -m fsaf_jax.demo.color_histogram --data=DIR [--space=hsv --metric=...]
 
 `DIR` is a folder holding `Market-1501-v15.09.15/` (as written by
 `python -m data_pipelines.synthetic`) or that folder itself. Every query and gallery
