@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from fsaf_jax.evaluation.extractor import make_embed_fn
+
 
 def export_embed_fn(
   model: Any,
@@ -47,9 +49,6 @@ def export_embed_fn(
   Returns:
     The `jax.export.Exported`, batch dimension symbolic ('b').
   """
-  # Imported here so that `load_exported` needs neither flax nor the model code.
-  from fsaf_jax.evaluation.extractor import make_embed_fn  # noqa: PLC0415
-
   embed = make_embed_fn(model, flip=flip, dtype=dtype)
   host_vars = jax.device_get({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
   h, w = image_size

@@ -11,55 +11,38 @@ backbone.
 
 Backbones are plug-ins: every module of the package `fsaf_jax.models.backbones` is
 imported on the first look-up, and each registers its builder with
-`@register_backbone('<name>')`. Adding a backbone is therefore one new file in
-`fsaf_jax/models/backbones/` plus a config that sets `config.model.backbone = '<name>'`
-(and whatever fields its builder reads). `register_backbone` / `register_model` may
-also be called from anywhere else (tests, an outside package) before `create_model`.
+`@register_backbone('<name>')` (`fsaf_jax.models.plugin` holds the tables). Adding a
+backbone is therefore one new file in `fsaf_jax/models/backbones/` plus a config that
+sets `config.model.backbone = '<name>'` (and whatever fields its builder reads).
+`register_backbone` / `register_model` may also be called from anywhere else (tests,
+an outside package) before `create_model`.
 """
+
+__all__ = [
+  "DTYPES",
+  "backbone_names",
+  "create_backbone",
+  "create_model",
+  "model_names",
+  "parse_dtype",
+  "register_backbone",
+  "register_model",
+]
 
 import importlib
 import pkgutil
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from fsaf_jax.models import backbones, fsaf
-
-BackboneBuilder = Callable[[ml_collections.ConfigDict, Any], nn.Module]
-ModelBuilder = Callable[[ml_collections.ConfigDict, int, nn.Module], nn.Module]
+from fsaf_jax.models import backbones, plugin
+from fsaf_jax.models.plugin import register_backbone, register_model
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-_BACKBONES: dict[str, BackboneBuilder] = {}
-_MODELS: dict[str, ModelBuilder] = {"fsaf": fsaf.build_fsaf}
 _plugins_loaded = False
-
-
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-  """Decorator: registers a backbone builder under `name` (ValueError if taken)."""
-
-  def register(builder: BackboneBuilder) -> BackboneBuilder:
-    if name in _BACKBONES and _BACKBONES[name] is not builder:
-      raise ValueError(f"a backbone named {name!r} is already registered")
-    _BACKBONES[name] = builder
-    return builder
-
-  return register
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-  """Decorator: registers a model builder under `name` (ValueError if taken)."""
-
-  def register(builder: ModelBuilder) -> ModelBuilder:
-    if name in _MODELS and _MODELS[name] is not builder:
-      raise ValueError(f"a model named {name!r} is already registered")
-    _MODELS[name] = builder
-    return builder
-
-  return register
 
 
 def _load_plugins() -> None:
@@ -74,12 +57,12 @@ def _load_plugins() -> None:
 def backbone_names() -> tuple[str, ...]:
   """The registered backbone names, sorted."""
   _load_plugins()
-  return tuple(sorted(_BACKBONES))
+  return tuple(sorted(plugin.BACKBONES))
 
 
 def model_names() -> tuple[str, ...]:
   """The registered model names, sorted."""
-  return tuple(sorted(_MODELS))
+  return tuple(sorted(plugin.MODELS))
 
 
 def parse_dtype(name: str) -> Any:
@@ -97,9 +80,9 @@ def create_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
   """
   _load_plugins()
   name = model_config.backbone
-  if name not in _BACKBONES:
+  if name not in plugin.BACKBONES:
     raise ValueError(f"model.backbone={name!r}: must be one of {backbone_names()}")
-  return _BACKBONES[name](model_config, parse_dtype(model_config.dtype))
+  return plugin.BACKBONES[name](model_config, parse_dtype(model_config.dtype))
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -122,7 +105,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
       f"model.num_classes={model_config.num_classes} but the dataset has {num_classes} "
       "training identities: set model.num_classes=-1 (take it from the dataset) or fix it"
     )
-  if model_config.name not in _MODELS:
+  if model_config.name not in plugin.MODELS:
     raise ValueError(f"model.name={model_config.name!r}: must be one of {model_names()}")
   backbone = create_backbone(model_config)
-  return _MODELS[model_config.name](model_config, num_classes, backbone)
+  return plugin.MODELS[model_config.name](model_config, num_classes, backbone)

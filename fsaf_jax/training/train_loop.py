@@ -2,22 +2,21 @@
 
 `train_and_evaluate(config, workdir)` is what `python train.py` runs:
 
-1. `jax.distributed` if the environment asks for it; an empty `config.init.pretrained`
-   refused before any data work; the caller's `prepare_data` hook, if any (the demo
-   writes its synthetic data there); the dataset made ready
-   (`data_setup.prepare_dataset`: TFDS build); the P x K train iterator;
-   `model.num_classes` (-1: from the data) and `train.steps_per_epoch` (-1: the
-   sampler's epoch, or fast-reid's images // batch) resolved into the config that is
-   saved with every checkpoint.
-2. Mesh, train state (`config.init.pretrained` or 'scratch'), the jitted data-parallel
-   step (state replicated and donated, batch sharded); the run card printed and
-   written to `WORKDIR/run_card.json` (`run_card`).
+1. Bad loop or initialisation settings refused before anything is written
+   (`setup.check_settings`); `jax.distributed` if the environment asks for it; the
+   work dir locked.
+2. `setup.setup_run`: the caller's `prepare_data` hook, if any (the demo writes its
+   synthetic data there), the dataset made ready, the P x K train iterator, the
+   config resolved from the data (`model.num_classes`, `train.steps_per_epoch`), the
+   `Evaluator` (settings checked before any step), the model, the initial train state
+   and the run card. Then the jitted data-parallel step (state replicated and donated,
+   batch sharded).
 3. Resume: the newest intact checkpoint in `WORKDIR/checkpoints` (train state and iterator
    position: the next batch is the one an uninterrupted run would see), refused if
    its config differs in a field that matters (`checkpoint.RESUMABLE_FIELDS`).
 4. Steps until `num_epochs * steps_per_epoch`: a progress bar (loss, lr, images/s);
-   every `log_every_steps` the averaged metrics to TensorBoard (`WORKDIR/tb`,
-   tensorboardX) and stdout; a checkpoint every `checkpoint_every_steps` and at the
+   every `log_every_steps` the averaged metrics to TensorBoard (`WORKDIR/tb`) and
+   stdout (`writers`); a checkpoint every `checkpoint_every_steps` and at the
    end; evaluation every `eval_every_epochs` and at the end (one
    `fsaf_jax.evaluation.evaluator.Evaluator`, built with its settings checked before
    the first step: `WORKDIR/eval/step_<N>/metrics.json` and the ranked-list figure,
@@ -47,9 +46,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -57,18 +55,16 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data_pipelines import errors, train_pipeline
-from data_pipelines.datasets import source as source_lib
+from data_pipelines import errors
 from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
 from fsaf_jax.core.distributed import maybe_initialize_distributed
-from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation.evaluator import Evaluator
-from fsaf_jax.models import registry
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import data_setup, run_card, workdir_lock
+from fsaf_jax.training import setup, workdir_lock
 from fsaf_jax.training.preemption import StopOnSignal
-from fsaf_jax.training.train_state import check_initialisation, create_train_state, init_variables
+from fsaf_jax.training.setup import check_settings, checkpoint_interval, setup_run
 from fsaf_jax.training.train_step import check_finite, make_train_step
+from fsaf_jax.training.writers import MetricLogger, progress_bar
 
 TB_SUBDIR = "tb"
 FINITE_KEYS = ("loss", "grad_norm", "param_norm")
@@ -95,118 +91,6 @@ class TrainResult:
   eval: dict[str, Any] | None = None
   config: ml_collections.ConfigDict | None = None
   evaluator: Evaluator | None = None
-
-
-EPOCH_LENGTHS = ("sampler", "images")
-
-
-def resolve_config(
-  config: ml_collections.ConfigDict,
-  num_train_ids: int,
-  *,
-  sampler_steps_per_epoch: int,
-  num_train_images: int,
-) -> ml_collections.ConfigDict:
-  """A copy with `model.num_classes` and `train.steps_per_epoch` taken from the data.
-
-  Args:
-    config: the run config (data paths already resolved).
-    num_train_ids: training identities of the dataset.
-    sampler_steps_per_epoch: batches of one epoch of the training sampler
-      (`PKSampler.batches_per_epoch`).
-    num_train_images: images of the training split.
-
-  Returns:
-    The config with `model.num_classes = num_train_ids` and, if it was -1,
-    `train.steps_per_epoch` = the sampler's epoch (`train.epoch_length='sampler'`) or
-    `num_train_images // (P * K)` ('images', fast-reid's).
-
-  Raises:
-    ValueError: `model.num_classes` is positive and differs from `num_train_ids`, an
-      unknown `train.epoch_length`, or a non-positive `train.steps_per_epoch`.
-  """
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.model.num_classes not in (-1, num_train_ids):
-    raise errors.UserError(
-      f"config.model.num_classes={config.model.num_classes} but {config.input.dataset!r} "
-      f"in {config.input.data_dir} has {num_train_ids} training identities: set "
-      "config.model.num_classes=-1 (take it from the data) or fix it"
-    )
-  config.model.num_classes = num_train_ids
-  if config.train.epoch_length not in EPOCH_LENGTHS:
-    raise errors.UserError(
-      f"config.train.epoch_length={config.train.epoch_length!r}: must be one of {EPOCH_LENGTHS}"
-    )
-  if config.train.steps_per_epoch == -1:
-    batch = config.input.num_identities * config.input.num_instances
-    if config.train.epoch_length == "sampler":
-      config.train.steps_per_epoch = int(sampler_steps_per_epoch)
-    else:
-      config.train.steps_per_epoch = num_train_images // batch
-    if config.train.steps_per_epoch <= 0:
-      raise errors.UserError(
-        f"{config.input.dataset!r} gives no full batch of P x K = {batch} per epoch "
-        f"({num_train_images} training images, {num_train_ids} identities)"
-      )
-  elif config.train.steps_per_epoch <= 0:
-    raise errors.UserError(
-      f"config.train.steps_per_epoch must be -1 (from the data, see train.epoch_length) or "
-      f"positive, got {config.train.steps_per_epoch}"
-    )
-  return config
-
-
-class MetricLogger:
-  """Scalars to TensorBoard event files (tensorboardX) and one line to stdout.
-
-  Does nothing on processes other than 0.
-  """
-
-  def __init__(self, logdir: epath.Path, enabled: bool):
-    self._writer = None
-    if enabled:
-      from tensorboardX import SummaryWriter  # noqa: PLC0415 (process 0 only)
-
-      self._writer = SummaryWriter(logdir=os.fspath(logdir))
-
-  def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
-    if self._writer is None:
-      return
-    for name, value in scalars.items():
-      self._writer.add_scalar(f"{prefix}/{name}", value, step)
-    self._writer.flush()
-    text = " ".join(f"{k}={v:.5g}" for k, v in scalars.items())
-    _print(f"[{prefix} step {step}] {text}")
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-
-
-def _print(line: str) -> None:
-  """A line to stdout that does not break the progress bar."""
-  try:
-    import tqdm  # noqa: PLC0415
-
-    tqdm.tqdm.write(line, file=sys.stdout)
-  except ImportError:  # pragma: no cover
-    print(line, flush=True)
-  sys.stdout.flush()
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-  import tqdm  # noqa: PLC0415
-
-  return tqdm.tqdm(
-    total=total,
-    initial=initial,
-    disable=not enabled,
-    unit="step",
-    dynamic_ncols=True,
-    desc="train",
-    file=sys.stderr,
-    mininterval=1.0,
-  )
 
 
 def _fetch_and_check(
@@ -238,27 +122,6 @@ def _fetch_and_check(
   return [m for _, m in host]
 
 
-def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
-  """`config.train.checkpoint_every_steps`, checked: a positive number of steps.
-
-  Raises:
-    errors.UserError: zero or negative (0 does not mean 'never': a checkpoint is also
-      saved at the end and on SIGTERM, so use a large value for few checkpoints).
-  """
-  every = int(config.train.checkpoint_every_steps)
-  if every < 1:
-    raise errors.UserError(
-      f"config.train.checkpoint_every_steps={every}: must be >= 1 (steps between "
-      "checkpoints; one is also saved at the end and on SIGTERM / Ctrl-C)",
-      hint="for few checkpoints use a large value, e.g. "
-      "--config.train.checkpoint_every_steps=100000",
-    )
-  return every
-
-
-# `prepare_data(config, workdir) -> config`: runs in the locked work dir before the
-# dataset is built, on every process; returns the config the run goes on with.
-PrepareData = Callable[[ml_collections.ConfigDict, epath.Path], ml_collections.ConfigDict]
 # `on_step(step, batch)`: the global batch (`TrainIterator`'s dict of `jax.Array`s) the
 # state's step `step` trains on, before the step runs (a resumed run sees again the steps
 # after its last checkpoint).
@@ -270,7 +133,7 @@ def train_and_evaluate(
   workdir: str | os.PathLike,
   *,
   config_name: str | None = None,
-  prepare_data: PrepareData | None = None,
+  prepare_data: setup.PrepareData | None = None,
   on_step: OnStep | None = None,
 ) -> TrainResult:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
@@ -282,9 +145,7 @@ def train_and_evaluate(
     errors.UserError: `workdir` cannot be created or written, or a checkpoint setting
       is out of range (`checkpoint_every_steps`, `keep_checkpoints` < 1).
   """
-  checkpoint_interval(config)  # bad settings refused before anything is written
-  checkpoint_lib.check_keep(config.train.keep_checkpoints)
-  check_initialisation(config.init)  # an empty init.pretrained: before any data work
+  check_settings(config)  # refused before anything is written or any data work
   maybe_initialize_distributed()
   workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
   is_main = jax.process_index() == 0
@@ -302,7 +163,7 @@ def _train_and_evaluate(
   workdir: str | os.PathLike,
   *,
   config_name: str | None = None,
-  prepare_data: PrepareData | None = None,
+  prepare_data: setup.PrepareData | None = None,
   on_step: OnStep | None = None,
 ) -> TrainResult:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
@@ -332,68 +193,20 @@ def _train_and_evaluate(
   """
   workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
-  if prepare_data is not None:
-    config = prepare_data(config, workdir)
-  config = data_setup.prepare_dataset(config, workdir)
-  dataset, data_dir = config.input.dataset, config.input.data_dir
-  num_train_ids = source_lib.num_train_identities(dataset, data_dir)
-  train_source = source_lib.load_source(dataset, "train", data_dir)
-  person_ids, _ = train_pipeline.read_labels(train_source)
-  mesh = make_mesh()
-  train_iter = train_pipeline.create_train_iterator(
-    train_source,
-    config,
-    mesh,
-    seed=int(config.seed),
-    num_train_ids=num_train_ids,
-    person_ids=person_ids,
+  run = setup_run(config, workdir, config_name=config_name, prepare_data=prepare_data)
+  config, mesh, train_iter, model, state, evaluator = (
+    run.config,
+    run.mesh,
+    run.train_iter,
+    run.model,
+    run.state,
+    run.evaluator,
   )
-  config = resolve_config(
-    config,
-    num_train_ids,
-    sampler_steps_per_epoch=train_iter.batches_per_epoch,
-    num_train_images=len(train_source),
+  steps_per_epoch, total_steps, global_batch = (
+    run.steps_per_epoch,
+    run.total_steps,
+    run.global_batch,
   )
-  # Built before any training step: bad eval settings fail here, not at the first eval.
-  evaluator = Evaluator(
-    config, num_classes=num_train_ids, mesh=mesh, data_dir=data_dir, config_name=config_name
-  )
-  steps_per_epoch = int(config.train.steps_per_epoch)
-  total_steps = int(config.train.num_epochs) * steps_per_epoch
-  image_size = tuple(int(s) for s in config.input.image_size)
-  global_batch = config.input.num_identities * config.input.num_instances
-
-  model = registry.create_model(config.model, num_train_ids)
-  rng = jax.random.key(config.seed)
-  variables, pretrained_report = init_variables(config, model, rng, image_size, mesh)
-  state = create_train_state(
-    config,
-    model,
-    rng,
-    num_train_ids,
-    image_size,
-    steps_per_epoch=steps_per_epoch,
-    mesh=mesh,
-    variables=variables,
-  )
-  card = run_card.build_run_card(
-    config,
-    config_name=config_name,
-    split_sizes={
-      "train": len(train_source),
-      **{split: len(source_lib.load_source(dataset, split, data_dir)) for split in EVAL_SPLITS},
-    },
-    num_train_ids=num_train_ids,
-    sampler_mode=train_iter.sampler.mode,
-    sampler_steps_per_epoch=train_iter.batches_per_epoch,
-    schedule=state.lr_schedule,
-    variables=variables,
-    pretrained_report=pretrained_report,
-    mesh=mesh,
-  )
-  if is_main:
-    _print(run_card.format_run_card(card))
-    run_card.write_run_card(card, workdir)
   ckpt_every = checkpoint_interval(config)
   manager = checkpoint_lib.create_checkpoint_manager(workdir, config.train.keep_checkpoints)
   state = checkpoint_lib.restore_checkpoint(manager, state, train_iter, config)
@@ -428,7 +241,7 @@ def _train_and_evaluate(
     return result
 
   logger = MetricLogger(workdir / TB_SUBDIR, is_main)
-  bar = _progress_bar(total_steps, start_step, is_main)
+  bar = progress_bar(total_steps, start_step, is_main)
   result = TrainResult(step=start_step, total_steps=total_steps, config=config, evaluator=evaluator)
   pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet fetched / checked
   window_metrics: list[dict[str, float]] = []  # checked, since the last log line

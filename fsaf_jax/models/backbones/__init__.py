@@ -1,2 +1,2 @@
 """Backbone plug-ins: each module here registers one builder with
-`fsaf_jax.models.registry.register_backbone`; the registry imports them all on first use."""
+`fsaf_jax.models.plugin.register_backbone`; the registry imports them all on first use."""

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fsaf_jax.models.backbone import Backbone
-from fsaf_jax.models.registry import register_backbone
+from fsaf_jax.models.plugin import register_backbone
 
 
 @register_backbone("resnet_ibn_a")

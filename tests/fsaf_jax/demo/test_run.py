@@ -15,7 +15,7 @@ from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.demo import baselines, untrained
 from fsaf_jax.demo import run as demo_run
-from fsaf_jax.training import train_loop
+from fsaf_jax.training import setup
 from tests.reference import tiny_synthetic_run as run
 
 TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
@@ -34,7 +34,7 @@ def demo_run_result(data_root, tmp_path_factory):
   """A tiny demo run: (workdir, DemoResult, the variables training started from)."""
   workdir = tmp_path_factory.mktemp("demo")
   start = {}
-  create_train_state = train_loop.create_train_state
+  create_train_state = setup.create_train_state
 
   def recording(*args, **kwargs):
     state = create_train_state(*args, **kwargs)
@@ -42,7 +42,7 @@ def demo_run_result(data_root, tmp_path_factory):
     return state
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(train_loop, "create_train_state", recording)
+    mp.setattr(setup, "create_train_state", recording)
     result = demo_run.run_demo(tiny_demo_config(data_root), workdir, config_name="tiny_demo")
   return workdir, result, start["variables"]
 

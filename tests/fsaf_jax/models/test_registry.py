@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
-from fsaf_jax.models import registry
+from fsaf_jax.models import plugin, registry
 
 
 class ToyBackbone(nn.Module):
@@ -31,7 +31,7 @@ class ToyBackbone(nn.Module):
 def toy_registered(monkeypatch):
   """Registers 'toy' (reading `config.model.toy_width`) for one test."""
   registry.backbone_names()  # the built-in plug-ins first, so the copy restored holds them
-  monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))
+  monkeypatch.setattr(plugin, "BACKBONES", dict(plugin.BACKBONES))
 
   @registry.register_backbone("toy")
   def build(model_config, dtype):

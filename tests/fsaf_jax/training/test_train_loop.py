@@ -15,7 +15,7 @@ import pytest
 
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
-from fsaf_jax.training import data_setup, train_loop
+from fsaf_jax.training import data_setup, setup, train_loop, writers
 from tests.reference import tiny_synthetic_run as run
 from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
 
@@ -42,7 +42,7 @@ def max_abs_diff(a, b) -> float:
 
 
 def _resolve(c, num_train_ids=10, sampler_steps=5, num_train_images=70):
-  return train_loop.resolve_config(
+  return setup.resolve_config(
     c, num_train_ids, sampler_steps_per_epoch=sampler_steps, num_train_images=num_train_images
   )
 
@@ -226,7 +226,7 @@ def test_huge_learning_rate_stops_at_the_first_step(data_root, tmp_path):
 
 
 def test_metric_logger_writes_event_files(tmp_path, capsys):
-  logger = train_loop.MetricLogger(tmp_path / "tb", enabled=True)
+  logger = writers.MetricLogger(tmp_path / "tb", enabled=True)
   logger.write(5, {"loss": 1.5, "lr": 0.1})
   logger.close()
   assert "[train step 5] loss=1.5 lr=0.1" in capsys.readouterr().out

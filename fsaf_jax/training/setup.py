@@ -1,0 +1,255 @@
+"""Everything a training run does before its first step.
+
+`check_settings(config)` refuses bad loop and initialisation settings before anything
+is written; `setup_run(config, workdir)` then makes the dataset ready, builds the P x K
+train iterator, resolves `model.num_classes` and `train.steps_per_epoch` from the data
+(`resolve_config`), builds the `Evaluator` (its settings checked before any training
+step), the model, the initial train state (`config.init.pretrained` or 'scratch') and
+the run card (printed and written to `WORKDIR/run_card.json` by process 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from data_pipelines import errors, train_pipeline
+from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core.mesh import make_mesh
+from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.models import registry
+from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.training import data_setup, run_card
+from fsaf_jax.training.train_state import (
+  TrainState,
+  check_initialisation,
+  create_train_state,
+  init_variables,
+)
+from fsaf_jax.training.writers import console_line
+
+EVAL_SPLITS = ("query", "gallery")
+
+# `prepare_data(config, workdir) -> config`: runs in the locked work dir before the
+# dataset is built, on every process; returns the config the run goes on with.
+PrepareData = Callable[[ml_collections.ConfigDict, epath.Path], ml_collections.ConfigDict]
+
+
+@dataclasses.dataclass
+class Run:
+  """A training run ready for its first step (before any checkpoint is restored).
+
+  Attributes:
+    config: the resolved config (absolute data paths, `model.num_classes`,
+      `train.steps_per_epoch`).
+    mesh: the device mesh ('data' axis).
+    train_iter: the P x K train iterator (`train_pipeline.TrainIterator`).
+    model: the model (`registry.create_model`).
+    state: the initial train state (replicated over `mesh`).
+    evaluator: the run's `Evaluator`.
+    card: the run card (`run_card.build_run_card`).
+  """
+
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  train_iter: Any
+  model: nn.Module
+  state: TrainState
+  evaluator: Evaluator
+  card: dict[str, Any]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return int(self.config.train.steps_per_epoch)
+
+  @property
+  def total_steps(self) -> int:
+    return int(self.config.train.num_epochs) * self.steps_per_epoch
+
+  @property
+  def global_batch(self) -> int:
+    return int(self.config.input.num_identities * self.config.input.num_instances)
+
+
+EPOCH_LENGTHS = ("sampler", "images")
+
+
+def resolve_config(
+  config: ml_collections.ConfigDict,
+  num_train_ids: int,
+  *,
+  sampler_steps_per_epoch: int,
+  num_train_images: int,
+) -> ml_collections.ConfigDict:
+  """A copy with `model.num_classes` and `train.steps_per_epoch` taken from the data.
+
+  Args:
+    config: the run config (data paths already resolved).
+    num_train_ids: training identities of the dataset.
+    sampler_steps_per_epoch: batches of one epoch of the training sampler
+      (`PKSampler.batches_per_epoch`).
+    num_train_images: images of the training split.
+
+  Returns:
+    The config with `model.num_classes = num_train_ids` and, if it was -1,
+    `train.steps_per_epoch` = the sampler's epoch (`train.epoch_length='sampler'`) or
+    `num_train_images // (P * K)` ('images', fast-reid's).
+
+  Raises:
+    ValueError: `model.num_classes` is positive and differs from `num_train_ids`, an
+      unknown `train.epoch_length`, or a non-positive `train.steps_per_epoch`.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.model.num_classes not in (-1, num_train_ids):
+    raise errors.UserError(
+      f"config.model.num_classes={config.model.num_classes} but {config.input.dataset!r} "
+      f"in {config.input.data_dir} has {num_train_ids} training identities: set "
+      "config.model.num_classes=-1 (take it from the data) or fix it"
+    )
+  config.model.num_classes = num_train_ids
+  if config.train.epoch_length not in EPOCH_LENGTHS:
+    raise errors.UserError(
+      f"config.train.epoch_length={config.train.epoch_length!r}: must be one of {EPOCH_LENGTHS}"
+    )
+  if config.train.steps_per_epoch == -1:
+    batch = config.input.num_identities * config.input.num_instances
+    if config.train.epoch_length == "sampler":
+      config.train.steps_per_epoch = int(sampler_steps_per_epoch)
+    else:
+      config.train.steps_per_epoch = num_train_images // batch
+    if config.train.steps_per_epoch <= 0:
+      raise errors.UserError(
+        f"{config.input.dataset!r} gives no full batch of P x K = {batch} per epoch "
+        f"({num_train_images} training images, {num_train_ids} identities)"
+      )
+  elif config.train.steps_per_epoch <= 0:
+    raise errors.UserError(
+      f"config.train.steps_per_epoch must be -1 (from the data, see train.epoch_length) or "
+      f"positive, got {config.train.steps_per_epoch}"
+    )
+  return config
+
+
+def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
+  """`config.train.checkpoint_every_steps`, checked: a positive number of steps.
+
+  Raises:
+    errors.UserError: zero or negative (0 does not mean 'never': a checkpoint is also
+      saved at the end and on SIGTERM, so use a large value for few checkpoints).
+  """
+  every = int(config.train.checkpoint_every_steps)
+  if every < 1:
+    raise errors.UserError(
+      f"config.train.checkpoint_every_steps={every}: must be >= 1 (steps between "
+      "checkpoints; one is also saved at the end and on SIGTERM / Ctrl-C)",
+      hint="for few checkpoints use a large value, e.g. "
+      "--config.train.checkpoint_every_steps=100000",
+    )
+  return every
+
+
+def check_settings(config: ml_collections.ConfigDict) -> None:
+  """Refuses bad checkpoint and initialisation settings before anything is written.
+
+  Raises:
+    errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, or an empty
+      `init.pretrained` (the message names the IBN-Net release and the convert command).
+  """
+  checkpoint_interval(config)
+  checkpoint_lib.check_keep(config.train.keep_checkpoints)
+  check_initialisation(config.init)
+
+
+def setup_run(
+  config: ml_collections.ConfigDict,
+  workdir: epath.Path,
+  *,
+  config_name: str | None = None,
+  prepare_data: PrepareData | None = None,
+) -> Run:
+  """Makes the data ready and builds what the first training step needs (module doc).
+
+  Args:
+    config: the run config (`configs/base.py` schema).
+    workdir: the (locked) work directory.
+    config_name: the config's name, recorded in the run card and the metrics.
+    prepare_data: called with (config, workdir) before the dataset is built; its
+      result is the run's config (e.g. the demo writes its synthetic data).
+
+  Returns:
+    A `Run`.
+
+  Raises:
+    errors.UserError: inconsistent settings (num_classes, epoch length, P x K vs
+      devices or identities, eval settings).
+    FileNotFoundError: the dataset cannot be found or built.
+  """
+  is_main = jax.process_index() == 0
+  if prepare_data is not None:
+    config = prepare_data(config, workdir)
+  config = data_setup.prepare_dataset(config, workdir)
+  dataset, data_dir = config.input.dataset, config.input.data_dir
+  num_train_ids = source_lib.num_train_identities(dataset, data_dir)
+  train_source = source_lib.load_source(dataset, "train", data_dir)
+  person_ids, _ = train_pipeline.read_labels(train_source)
+  mesh = make_mesh()
+  train_iter = train_pipeline.create_train_iterator(
+    train_source,
+    config,
+    mesh,
+    seed=int(config.seed),
+    num_train_ids=num_train_ids,
+    person_ids=person_ids,
+  )
+  config = resolve_config(
+    config,
+    num_train_ids,
+    sampler_steps_per_epoch=train_iter.batches_per_epoch,
+    num_train_images=len(train_source),
+  )
+  # Built before any training step: bad eval settings fail here, not at the first eval.
+  evaluator = Evaluator(
+    config, num_classes=num_train_ids, mesh=mesh, data_dir=data_dir, config_name=config_name
+  )
+  steps_per_epoch = int(config.train.steps_per_epoch)
+  image_size = tuple(int(s) for s in config.input.image_size)
+
+  model = registry.create_model(config.model, num_train_ids)
+  rng = jax.random.key(config.seed)
+  variables, pretrained_report = init_variables(config, model, rng, image_size, mesh)
+  state = create_train_state(
+    config,
+    model,
+    rng,
+    num_train_ids,
+    image_size,
+    steps_per_epoch=steps_per_epoch,
+    mesh=mesh,
+    variables=variables,
+  )
+  card = run_card.build_run_card(
+    config,
+    config_name=config_name,
+    split_sizes={
+      "train": len(train_source),
+      **{split: len(source_lib.load_source(dataset, split, data_dir)) for split in EVAL_SPLITS},
+    },
+    num_train_ids=num_train_ids,
+    sampler_mode=train_iter.sampler.mode,
+    sampler_steps_per_epoch=train_iter.batches_per_epoch,
+    schedule=state.lr_schedule,
+    variables=variables,
+    pretrained_report=pretrained_report,
+    mesh=mesh,
+  )
+  if is_main:
+    console_line(run_card.format_run_card(card))
+    run_card.write_run_card(card, workdir)
+  return Run(config, mesh, train_iter, model, state, evaluator, card)
