@@ -20,25 +20,23 @@ BACKBONES: dict[str, BackboneBuilder] = {}
 MODELS: dict[str, ModelBuilder] = {"fsaf": fsaf.build_fsaf}
 
 
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-  """Decorator: registers a backbone builder under `name` (ValueError if taken)."""
+def _registrar(table: dict[str, Any], kind: str, name: str) -> Callable[[Any], Any]:
+  """Decorator registering a builder in `table` under `name` (ValueError if taken)."""
 
-  def register(builder: BackboneBuilder) -> BackboneBuilder:
-    if name in BACKBONES and BACKBONES[name] is not builder:
-      raise ValueError(f"a backbone named {name!r} is already registered")
-    BACKBONES[name] = builder
+  def register(builder):
+    if name in table and table[name] is not builder:
+      raise ValueError(f"a {kind} named {name!r} is already registered")
+    table[name] = builder
     return builder
 
   return register
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+  """Decorator: registers a backbone builder under `name` (ValueError if taken)."""
+  return _registrar(BACKBONES, "backbone", name)
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
   """Decorator: registers a model builder under `name` (ValueError if taken)."""
-
-  def register(builder: ModelBuilder) -> ModelBuilder:
-    if name in MODELS and MODELS[name] is not builder:
-      raise ValueError(f"a model named {name!r} is already registered")
-    MODELS[name] = builder
-    return builder
-
-  return register
+  return _registrar(MODELS, "model", name)

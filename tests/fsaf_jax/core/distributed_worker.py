@@ -8,23 +8,18 @@ batch_stats and metrics (replicated, so every process can read them) to
 OUT_DIR/p<process index>.npz.
 """
 
-import os
 import pathlib
 import sys
 
 
 def main(out_dir: str, devices_per_process: int, cache_dir: str) -> None:
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
-  os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))  # repo root
+  from tests.reference import worker_start  # noqa: PLC0415
 
+  worker_start.join(devices_per_process, cache_dir)
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-  from fsaf_jax.core.distributed import maybe_initialize_distributed  # noqa: PLC0415
   from fsaf_jax.core.mesh import make_mesh  # noqa: PLC0415
   from fsaf_jax.training.train_step import make_train_step  # noqa: PLC0415
   from tests.reference import tiny_train_run as ref  # noqa: PLC0415
@@ -33,11 +28,6 @@ def main(out_dir: str, devices_per_process: int, cache_dir: str) -> None:
     global_batch,
     process_batch_slice,
   )
-
-  assert maybe_initialize_distributed(), "expected the JAX_* environment to ask for it"
-  num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-  assert jax.process_count() == num_processes, jax.process_count()
-  assert jax.device_count() == num_processes * devices_per_process, jax.devices()
 
   mesh = make_mesh()
   state = ref.initial_state(mesh)

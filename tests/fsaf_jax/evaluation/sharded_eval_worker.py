@@ -8,29 +8,22 @@ both metrics, and saves each result's CMC, mAP and mINP, and which gallery rows 
 process's devices held, to OUT_DIR/p<process index>.npz.
 """
 
-import os
 import pathlib
 import sys
 
 
 def main(out_dir: str, devices_per_process: int, cache_dir: str) -> None:
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
-  os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))  # repo root
+  from tests.reference import worker_start  # noqa: PLC0415
 
+  worker_start.join(devices_per_process, cache_dir)
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
   from jax.sharding import Mesh  # noqa: PLC0415
 
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-  from fsaf_jax.core.distributed import maybe_initialize_distributed  # noqa: PLC0415
   from fsaf_jax.evaluation import metrics  # noqa: PLC0415
   from tests.reference import reid_problems  # noqa: PLC0415
 
-  assert maybe_initialize_distributed(), "expected the JAX_* environment to ask for it"
-  assert jax.device_count() == jax.process_count() * devices_per_process
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   p = reid_problems.make_problem(4, num_gallery=2001)
   out = {}
