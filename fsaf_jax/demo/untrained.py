@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from fsaf_jax.models import fsaf
+from fsaf_jax.models import registry
 from fsaf_jax.training.train_state import init_variables
 
 
@@ -33,7 +33,7 @@ def initial_variables(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str
     raise ValueError(
       f"config.model.num_classes={num_classes}: pass the resolved config (TrainResult.config)"
     )
-  model = fsaf.create_model(config.model, num_classes)
+  model = registry.create_model(config.model, num_classes)
   rng = jax.random.key(config.seed)
   image_size = tuple(int(s) for s in config.input.image_size)
   variables, _ = init_variables(config, model, rng, image_size, mesh)

@@ -134,13 +134,7 @@ def score_features(
     return Scores(metrics, None, None, timing)
   start = time.perf_counter()
   reranked = rerank_lib.re_ranking_features(
-    features.query_feats,
-    features.gallery_feats,
-    metric=settings.metric,
-    k1=settings.rerank_k1,
-    k2=settings.rerank_k2,
-    lambda_value=settings.rerank_lambda,
-    squared=settings.rerank_squared,
+    features.query_feats, features.gallery_feats, **settings.rerank_options()
   )
   with warnings.catch_warnings():  # the skipped-queries warning was given once already
     warnings.simplefilter("ignore")

@@ -118,6 +118,16 @@ class EvalSettings:
       batch_size=_integer(batch_size, "config.input.eval_batch_size", minimum=1),
     )
 
+  def rerank_options(self) -> dict[str, Any]:
+    """The keyword arguments of `rerank.re_ranking_features` these settings give."""
+    return {
+      "metric": self.metric,
+      "k1": self.rerank_k1,
+      "k2": self.rerank_k2,
+      "lambda_value": self.rerank_lambda,
+      "squared": self.rerank_squared,
+    }
+
   def as_json(self) -> dict[str, Any]:
     """The settings recorded in metrics.json (`eval`): distance, flip and re-ranking."""
     return {

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from fsaf_jax.losses.registry import register_loss
@@ -36,12 +35,6 @@ def smoothed_cross_entropy(
 
 
 @register_loss("ce")
-def ce_term(
-  outputs: Mapping[str, jax.Array],
-  labels: jax.Array,
-  loss_config: ml_collections.ConfigDict,
-  params: None = None,
-) -> jax.Array:
+def ce_term(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config) -> jax.Array:
   """`smoothed_cross_entropy` of `outputs['logits']` [B, num_classes]; scalar float32."""
-  del params
   return smoothed_cross_entropy(outputs["logits"], labels, loss_config.label_smoothing)

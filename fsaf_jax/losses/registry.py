@@ -2,11 +2,12 @@
 `config.loss.<name>_weight` is non-zero.
 
 A term is registered with `@register_loss('<name>')` on its function
-`fn(outputs, labels, loss_config, params) -> scalar` (the unweighted term; `outputs` is
-the model's dict, `params` the term's own trained parameters or None). A term with
-parameters (the centre loss's centres) also gives `init(rng, num_classes, feature_dim,
-loss_config) -> pytree` and `optimizer(config) -> optax.GradientTransformation` (the
-train state trains them beside the model's parameters, `fsaf_jax.training.train_state`).
+`fn(outputs, labels, loss_config) -> scalar` (the unweighted term; `outputs` is the
+model's dict). A term with trained parameters of its own (the centre loss's centres)
+takes them as a fourth argument, `fn(outputs, labels, loss_config, params)`, and also
+gives `init(rng, num_classes, feature_dim, loss_config) -> pytree` and
+`optimizer(config) -> optax.GradientTransformation` (the train state trains them beside
+the model's parameters, `fsaf_jax.training.train_state`).
 
 Every module of the package `fsaf_jax.losses` is imported on the first look-up, so
 adding a loss is one new file in `fsaf_jax/losses/` (its registered function) plus a

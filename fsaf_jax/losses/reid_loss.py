@@ -47,15 +47,15 @@ def reid_loss(
   parts = {}
   total = jnp.zeros((), jnp.float32)
   for term, weight in active_terms(loss_config):
-    params = None
-    if term.init is not None:
-      if term.name not in loss_params:
-        raise ValueError(
-          f"config.loss.{term.name}_weight={weight} but no parameters of the "
-          f"{term.name!r} loss were given (create the train state with the same loss config)"
-        )
-      params = loss_params[term.name]
-    parts[term.name] = term.fn(outputs, labels, loss_config, params)
+    if term.init is None:
+      parts[term.name] = term.fn(outputs, labels, loss_config)
+    elif term.name not in loss_params:
+      raise ValueError(
+        f"config.loss.{term.name}_weight={weight} but no parameters of the "
+        f"{term.name!r} loss were given (create the train state with the same loss config)"
+      )
+    else:
+      parts[term.name] = term.fn(outputs, labels, loss_config, loss_params[term.name])
     total += weight * parts[term.name]
   return total, parts
 

@@ -27,7 +27,6 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from fsaf_jax.losses.registry import register_loss
 
@@ -139,13 +138,7 @@ def batch_hard_triplet_loss(
 
 
 @register_loss("triplet")
-def triplet_term(
-  outputs: Mapping[str, jax.Array],
-  labels: jax.Array,
-  loss_config: ml_collections.ConfigDict,
-  params: None = None,
-) -> jax.Array:
+def triplet_term(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config) -> jax.Array:
   """The 'triplet' loss (`config.loss.triplet_weight`): `batch_hard_triplet_loss` of the
   pre-BNNeck `outputs['feat']` [B, C] with margin `config.loss.triplet_margin`."""
-  del params
   return batch_hard_triplet_loss(outputs["feat"], labels, loss_config.triplet_margin)

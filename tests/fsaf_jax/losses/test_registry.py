@@ -33,7 +33,7 @@ def test_builtin_names():
 
 def test_a_registered_term_joins_the_sum(fresh_registry):
   @registry.register_loss("feat_norm")
-  def feat_norm(outputs, labels, loss_config, params):
+  def feat_norm(outputs, labels, loss_config):
     return jnp.mean(jnp.sum(outputs["feat"] ** 2, -1)) * loss_config.feat_norm_scale
 
   cfg = get_base_config().loss
