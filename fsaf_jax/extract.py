@@ -25,7 +25,7 @@ Output .npz: `feats` float32 [N, C] (L2-normalised, flip-averaged when
 (Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP; camid 0-based), else -1 (Market's
 junk images keep their pid -1 and a real camid). `--export=FILE` also writes
 the `jax.export` extractor (symbolic batch, weights inside): load it with
-`fsaf_jax.evaluation.export.load_exported(FILE)`.
+`fsaf_jax.evaluation.exported.load_exported(FILE)`.
 """
 
 from __future__ import annotations

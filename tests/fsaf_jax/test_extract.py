@@ -12,7 +12,7 @@ import pytest
 
 from configs import tiny
 from fsaf_jax import extract
-from fsaf_jax.evaluation import export as export_lib
+from fsaf_jax.evaluation import exported as exported_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import registry
 
@@ -97,7 +97,7 @@ def test_extract_folder(folder, tmp_path):
   h, w = config.input.image_size
   first = PIL.Image.open(folder / names[0]).convert("RGB").resize((w, h), PIL.Image.BILINEAR)
   np.testing.assert_allclose(
-    export_lib.load_exported(export)(np.asarray(first)[None])[0], feats[0], atol=1e-5
+    exported_lib.load_exported(export)(np.asarray(first)[None])[0], feats[0], atol=1e-5
   )
 
 

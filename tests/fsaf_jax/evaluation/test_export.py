@@ -14,6 +14,7 @@ import pytest
 
 from configs import tiny
 from fsaf_jax.evaluation import export as export_lib
+from fsaf_jax.evaluation import exported as exported_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import registry
 
@@ -49,7 +50,7 @@ def test_exported_matches_jitted_extractor_for_two_batch_sizes(setup, tmp_path, 
   path = tmp_path / "extractor.jaxexport"
   exported = export_lib.export_extractor(model, variables, path, image_size=image_size, flip=flip)
   assert not isinstance(exported.in_avals[0].shape[0], int)  # symbolic batch
-  loaded = export_lib.load_exported(path)
+  loaded = exported_lib.load_exported(path)
   assert loaded.image_size == image_size
   for n in (3, 5):
     images = _images(n, image_size, seed=n)
@@ -74,7 +75,7 @@ def test_reloads_without_flax_or_model_code(setup, tmp_path):
   script = textwrap.dedent(f"""
       import sys
       import numpy as np
-      from fsaf_jax.evaluation.export import load_exported
+      from fsaf_jax.evaluation.exported import load_exported
       feats = load_exported({str(path)!r})(np.load({str(tmp_path / "images.npy")!r}))
       np.save({str(tmp_path / "feats.npy")!r}, feats)
       loaded = sorted(m for m in sys.modules if m == "flax" or m.startswith("fsaf_jax.models"))
@@ -88,18 +89,18 @@ def test_reloads_without_flax_or_model_code(setup, tmp_path):
 def test_load_errors(setup, tmp_path):
   _, _, (h, w) = setup
   with pytest.raises(FileNotFoundError, match="missing.bin"):
-    export_lib.load_exported(tmp_path / "missing.bin")
+    exported_lib.load_exported(tmp_path / "missing.bin")
   junk = tmp_path / "junk.bin"
   junk.write_bytes(b"not a jax export")
   with pytest.raises(ValueError, match="junk.bin"):
-    export_lib.load_exported(junk)
+    exported_lib.load_exported(junk)
 
 
 def test_call_with_wrong_image_size_names_the_file(setup, tmp_path):
   model, variables, image_size = setup
   path = tmp_path / "e.jaxexport"
   export_lib.export_extractor(model, variables, path, image_size=image_size)
-  loaded = export_lib.load_exported(path)
+  loaded = exported_lib.load_exported(path)
   h, w = image_size
   with pytest.raises(ValueError, match="e.jaxexport"):
     loaded(np.zeros((1, h, w + 2, 3), np.uint8))
