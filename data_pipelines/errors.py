@@ -221,6 +221,18 @@ def _check_can_create_in(path: str, what: str, flag: str) -> None:
     )
 
 
+def _local_output(path: str | os.PathLike[str], flag: str, what: str) -> str | None:
+  """`path` with `~` expanded, or None for a remote `scheme://` path (not checked).
+
+  Raises:
+    UserError: `path` is empty.
+  """
+  path = os.path.expanduser(os.fspath(path))
+  if not path:
+    raise UserError(f"{flag} is empty: give the output {what}")
+  return None if _is_remote(path) else path
+
+
 def check_output_file(path: str | os.PathLike[str], flag: str) -> None:
   """Checks, creating nothing, that the file `path` can be written.
 
@@ -232,10 +244,8 @@ def check_output_file(path: str | os.PathLike[str], flag: str) -> None:
     UserError: `path` is a directory, or an existing file that is not writable, or its
       folder does not exist and cannot be created / is not writable.
   """
-  path = os.path.expanduser(os.fspath(path))
-  if not path:
-    raise UserError(f"{flag} is empty: give the output file")
-  if _is_remote(path):
+  path = _local_output(path, flag, "file")
+  if path is None:
     return
   if os.path.isdir(path):
     raise UserError(f"{flag}={path} is a directory; expected a file path (a file name in it)")
@@ -257,10 +267,8 @@ def check_output_dir(path: str | os.PathLike[str], flag: str) -> None:
     UserError: `path` is a file, or a directory that is not writable, or cannot be
       created.
   """
-  path = os.path.expanduser(os.fspath(path))
-  if not path:
-    raise UserError(f"{flag} is empty: give the output directory")
-  if _is_remote(path):
+  path = _local_output(path, flag, "directory")
+  if path is None:
     return
   if os.path.lexists(path):
     if not os.path.isdir(path):

@@ -138,40 +138,11 @@ def train_and_evaluate(
 ) -> TrainResult:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
 
-  The work dir is locked for the run (`workdir_lock`); see `_train_and_evaluate`.
-
-  Raises:
-    workdir_lock.WorkdirLockedError: another run owns `workdir` (its pid is named).
-    errors.UserError: `workdir` cannot be created or written, or a checkpoint setting
-      is out of range (`checkpoint_every_steps`, `keep_checkpoints` < 1).
-  """
-  check_settings(config)  # refused before anything is written or any data work
-  maybe_initialize_distributed()
-  workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
-  is_main = jax.process_index() == 0
-  if is_main:
-    errors.check_output_dir(workdir, "--workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock.WorkdirLock(workdir, enabled=is_main):
-    return _train_and_evaluate(
-      config, workdir, config_name=config_name, prepare_data=prepare_data, on_step=on_step
-    )
-
-
-def _train_and_evaluate(
-  config: ml_collections.ConfigDict,
-  workdir: str | os.PathLike,
-  *,
-  config_name: str | None = None,
-  prepare_data: setup.PrepareData | None = None,
-  on_step: OnStep | None = None,
-) -> TrainResult:
-  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates.
-
   Args:
     config: the run config (`configs/base.py` schema).
-    workdir: work directory: `checkpoints/`, `tb/`, `eval/step_<N>/`, `data/` (when
-      the data paths are left empty), `config.json`, `train.lock`.
+    workdir: work directory, locked for the run (`workdir_lock`): `checkpoints/`,
+      `tb/`, `eval/step_<N>/`, `data/` (when the data paths are left empty),
+      `config.json`, `run_card.json`, `train.lock`.
     config_name: the config's name (e.g. 'fsaf_market'), recorded with the metrics.
     prepare_data: called with (config, workdir) before the dataset is built; its
       result is the run's config (e.g. the demo writes its synthetic data).
@@ -181,19 +152,47 @@ def _train_and_evaluate(
     A `TrainResult`.
 
   Raises:
-    checkpoint_restore.IncompatibleCheckpointError: `workdir` holds a checkpoint of another
-      config.
+    workdir_lock.WorkdirLockedError: another run owns `workdir` (its pid is named).
+    errors.UserError: `workdir` cannot be created or written, or a setting is out of
+      range or inconsistent (checkpoint interval, P x K vs devices, eval settings, ...).
+    What `_train` raises (an incompatible or damaged checkpoint, a NaN, a failed save).
+  """
+  check_settings(config)  # refused before anything is written or any data work
+  maybe_initialize_distributed()
+  workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
+  is_main = jax.process_index() == 0
+  if is_main:
+    errors.check_output_dir(workdir, "--workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir, enabled=is_main):
+    run = setup_run(config, workdir, config_name=config_name, prepare_data=prepare_data)
+    return _train(run, workdir, on_step)
+
+
+def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> TrainResult:
+  """Resumes `run` from `workdir`'s newest intact checkpoint (if any), trains and
+  evaluates (module doc, steps 3-6).
+
+  Args:
+    run: from `setup.setup_run`.
+    workdir: the locked work directory: `checkpoints/`, `tb/`, `eval/step_<N>/`,
+      `config.json`.
+    on_step: called with (step, batch) before each step trains on `batch` (`OnStep`).
+
+  Returns:
+    A `TrainResult`.
+
+  Raises:
+    checkpoint_restore.IncompatibleCheckpointError: `workdir` holds a checkpoint of
+      another config.
     FloatingPointError: a non-finite loss / gradient / parameter norm (first bad
       step named, and the newest checkpoint that restores with finite values).
     checkpoint_integrity.CheckpointSaveError: a checkpoint could not be written (the
       partial one is removed).
     checkpoint_integrity.DamagedCheckpointError: every checkpoint in `workdir` is
       damaged.
-    ValueError: inconsistent config (num_classes, P x K vs devices, ...).
   """
-  workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
-  run = setup_run(config, workdir, config_name=config_name, prepare_data=prepare_data)
   config, mesh, train_iter, model, state, evaluator = (
     run.config,
     run.mesh,
