@@ -241,7 +241,7 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
 
   workdir = tmp_path / "two_processes"
   port = _free_port()
-  procs = []
+  procs, logs = [], []
   for process_id in range(2):
     env = subprocess_env(simulated_devices=False)
     env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count=2".strip()
@@ -250,19 +250,22 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
       JAX_NUM_PROCESSES="2",
       JAX_PROCESS_ID=str(process_id),
     )
-    procs.append(
-      subprocess.Popen(
-        train_command(config_file, workdir, EPOCH_FLAG, eps_flag, log_batches=True),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    # Into files: a process blocked on a full pipe would stall the other at a barrier.
+    logs.append(tmp_path / f"process_{process_id}.log")
+    with open(logs[-1], "w") as log:
+      procs.append(
+        subprocess.Popen(
+          train_command(config_file, workdir, EPOCH_FLAG, eps_flag, log_batches=True),
+          cwd=ROOT,
+          env=env,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
       )
-    )
-  outputs = [proc.communicate(timeout=900)[0] for proc in procs]
-  for proc, output in zip(procs, outputs, strict=True):
-    assert proc.returncode == 0, output[-4000:]
+  for proc in procs:
+    proc.wait(timeout=900)
+  for proc, log in zip(procs, logs, strict=True):
+    assert proc.returncode == 0, log.read_text()[-4000:]
 
   # Read back in this single process (4 devices): a checkpoint written by 2 processes.
   _, variables = checkpoint_restore.restore_variables(workdir, step=2)

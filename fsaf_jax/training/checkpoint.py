@@ -44,8 +44,8 @@ from data_pipelines.errors import UserError
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core.checkpoint_restore import (
   CHECKPOINT_DIR,
+  ITEM_NAMES,
   IncompatibleCheckpointError,
-  item_handlers,
   step_dirs,
 )
 from fsaf_jax.core.config_json import config_differences, config_to_json, field_in
@@ -140,7 +140,7 @@ def create_checkpoint_manager(
   )
   # Every item's handler, so that restoring some items does not warn about the others.
   return ocp.CheckpointManager(
-    epath.Path(workdir) / CHECKPOINT_DIR, item_handlers=item_handlers(), options=options
+    epath.Path(workdir) / CHECKPOINT_DIR, item_names=ITEM_NAMES, options=options
   )
 
 

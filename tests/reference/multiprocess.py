@@ -10,6 +10,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -112,7 +113,7 @@ def launch_processes(
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  procs = []
+  procs, files = [], []
   for pid in range(num_processes):
     env = dict(os.environ)
     env.update(
@@ -122,24 +123,30 @@ def launch_processes(
       PYTHONPATH=str(REPO),
     )
     env.pop("FSAF_DISTRIBUTED", None)
+    # Output into files, not pipes: a process blocked on a full pipe that is not read yet
+    # would stall the others at their next barrier.
+    files.append(tempfile.TemporaryFile("w+"))
     procs.append(
       subprocess.Popen(
         [sys.executable, os.fspath(worker), *map(str, args)],
         env=env,
         cwd=REPO,
-        stdout=subprocess.PIPE,
+        stdout=files[-1],
         stderr=subprocess.STDOUT,
-        text=True,
       )
     )
+  try:
+    for p in procs:
+      p.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    for q in procs:
+      q.kill()
+    raise
   logs = []
-  for p in procs:
-    try:
-      logs.append(p.communicate(timeout=timeout)[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
+  for f in files:
+    f.seek(0)
+    logs.append(f.read())
+    f.close()
   for pid, (p, log) in enumerate(zip(procs, logs, strict=True)):
     assert p.returncode == 0, f"process {pid} failed ({p.returncode}):\n{log[-5000:]}"
   return logs
