@@ -166,6 +166,7 @@ def test_nan_loss_stops_with_a_message(config_file, tmp_path):
   assert checkpoint_steps(tmp_path) == []
 
 
+@pytest.mark.slow  # a whole train.py run; its eval.py twin (tests/test_eval.py) is default
 def test_plain_run_prints_only_our_lines(config_file, tmp_path):
   """One epoch (a checkpoint, the final evaluation): the run card, progress, table and
   log lines of the project, nothing of orbax, tensorflow_datasets, jax, absl..."""
