@@ -209,16 +209,20 @@ def _read_only_mount(path: str) -> bool:
     return False
 
 
+def _check_writable_dir(directory: str, flag: str, subject: str) -> None:
+  """Raises UserError `'<subject> is not writable'` unless files can be made in `directory`."""
+  if not os.access(directory, os.W_OK | os.X_OK) or _read_only_mount(directory):
+    raise UserError(f"{subject} is not writable", hint=f"choose a writable place for {flag}")
+
+
 def _check_can_create_in(path: str, what: str, flag: str) -> None:
   """Raises UserError unless the missing `path` can be created (its folders included)."""
   ancestor = _nearest_existing(path)
   if not os.path.isdir(ancestor):
     raise UserError(f"{flag}={path}: cannot create the {what}: {ancestor} is not a directory")
-  if not os.access(ancestor, os.W_OK | os.X_OK) or _read_only_mount(ancestor):
-    raise UserError(
-      f"{flag}={path}: cannot create the {what}: directory {ancestor} is not writable",
-      hint=f"choose a writable place for {flag}",
-    )
+  _check_writable_dir(
+    ancestor, flag, f"{flag}={path}: cannot create the {what}: directory {ancestor}"
+  )
 
 
 def _local_output(path: str | os.PathLike[str], flag: str, what: str) -> str | None:
@@ -273,10 +277,6 @@ def check_output_dir(path: str | os.PathLike[str], flag: str) -> None:
   if os.path.lexists(path):
     if not os.path.isdir(path):
       raise UserError(f"{flag}={path} is a file; expected a directory")
-    if not os.access(path, os.W_OK | os.X_OK) or _read_only_mount(path):
-      raise UserError(
-        f"{flag}={path}: the directory is not writable",
-        hint=f"choose a writable place for {flag}",
-      )
+    _check_writable_dir(path, flag, f"{flag}={path}: the directory")
     return
   _check_can_create_in(path, "directory", flag)

@@ -391,9 +391,7 @@ def evaluate(
   """
   q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
   inputs.distance_matrix_shape("distmat", distmat, q_pids.shape[0], g_pids.shape[0])
-  max_rank = _check_max_rank(max_rank, g_pids.shape[0])
-  counts, table = _count_positives(q_pids, g_pids, q_camids, g_camids)
-  _check_int32(q_pids, g_pids)
+  max_rank, counts, table = _positives_and_max_rank(q_pids, g_pids, q_camids, g_camids, max_rank)
   gp = jnp.asarray(g_pids, jnp.int32)
   on_device = isinstance(distmat, jax.Array)
   if not on_device:
@@ -411,6 +409,18 @@ def evaluate(
 
   chunks = _run_chunks(run_chunk, counts, table, g_pids.shape[0], query_chunk)
   return _finish(*chunks, counts, max_rank, "distmat")
+
+
+def _positives_and_max_rank(
+  q_pids, g_pids, q_camids, g_camids, max_rank: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+  """The protocol's set-up shared by the `evaluate*` functions: the checked CMC length
+  (cut at the gallery size), the per-query positive counts and table
+  (`_count_positives`); ids must fit in int32."""
+  max_rank = _check_max_rank(max_rank, g_pids.shape[0])
+  counts, table = _count_positives(q_pids, g_pids, q_camids, g_camids)
+  _check_int32(q_pids, g_pids)
+  return max_rank, counts, table
 
 
 def _checked_feature_inputs(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids):
@@ -466,9 +476,7 @@ def evaluate_features(
   q_feats, g_feats, q_pids, g_pids, q_camids, g_camids = _checked_feature_inputs(
     q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
   )
-  max_rank = _check_max_rank(max_rank, g_pids.shape[0])
-  counts, table = _count_positives(q_pids, g_pids, q_camids, g_camids)
-  _check_int32(q_pids, g_pids)
+  max_rank, counts, table = _positives_and_max_rank(q_pids, g_pids, q_camids, g_camids, max_rank)
   gp = jnp.asarray(g_pids, jnp.int32)
   # Prepared once, by their own compiled function (see `distance`).
   q_prep = distance_lib.prepare(jnp.asarray(q_feats), metric)
@@ -580,9 +588,7 @@ def evaluate_features_sharded(
     q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
   )
   n = g_pids.shape[0]
-  max_rank = _check_max_rank(max_rank, n)
-  counts, table = _count_positives(q_pids, g_pids, q_camids, g_camids)
-  _check_int32(q_pids, g_pids)
+  max_rank, counts, table = _positives_and_max_rank(q_pids, g_pids, q_camids, g_camids, max_rank)
   shards = mesh.shape[axis]
   pad = -n % shards
   # Global arrays from the host copies (every process holds the same features and

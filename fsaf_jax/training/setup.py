@@ -35,8 +35,6 @@ from fsaf_jax.training.train_state import (
 )
 from fsaf_jax.training.writers import console_line
 
-EVAL_SPLITS = ("query", "gallery")
-
 # `prepare_data(config, workdir) -> config`: runs in the locked work dir before the
 # dataset is built, on every process; returns the config the run goes on with.
 PrepareData = Callable[[ml_collections.ConfigDict, epath.Path], ml_collections.ConfigDict]
@@ -239,7 +237,8 @@ def setup_run(
     config_name=config_name,
     split_sizes={
       "train": len(train_source),
-      **{split: len(source_lib.load_source(dataset, split, data_dir)) for split in EVAL_SPLITS},
+      "query": len(evaluator.query_source),
+      "gallery": len(evaluator.gallery_source),
     },
     num_train_ids=num_train_ids,
     sampler_mode=train_iter.sampler.mode,

@@ -68,7 +68,6 @@ from fsaf_jax.training.writers import MetricLogger, progress_bar
 
 TB_SUBDIR = "tb"
 FINITE_KEYS = ("loss", "grad_norm", "param_norm")
-EVAL_SPLITS = ("query", "gallery")
 
 
 @dataclasses.dataclass

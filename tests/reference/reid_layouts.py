@@ -16,6 +16,18 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
+# A Market-1501 folder in miniature: its top folder and six images in its three splits
+# (two training identities, one test identity seen by three cameras).
+MARKET_TOP = "Market-1501-v15.09.15"
+MARKET_FILES = (
+  "bounding_box_train/0002_c1s1_000451_03.jpg",
+  "bounding_box_train/0002_c2s1_000551_01.jpg",
+  "bounding_box_train/0007_c3s3_012345_02.jpg",
+  "query/0003_c1s1_000200_00.jpg",
+  "bounding_box_test/0003_c2s1_000300_01.jpg",
+  "bounding_box_test/0003_c3s1_000310_01.jpg",
+)
+
 
 def encode_image(seed: int, fmt: str, size: tuple[int, int] = (16, 8)) -> bytes:
   """A random RGB image of `size` (H, W) encoded as 'JPEG' or 'PNG'."""

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from data_pipelines.errors import UserError
@@ -26,6 +25,7 @@ from fsaf_jax.evaluation import evaluator, result_dirs
 from fsaf_jax.training import train_loop, workdir_lock
 from tests.reference import tiny_synthetic_run as run
 from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
+from tests.reference.poisoned_step import poison_loss_at
 from tests.reliability import checkpoint_damage as damage
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -254,29 +254,17 @@ def test_resume_skips_a_damaged_checkpoint_and_trains_to_the_end(workdir, data_r
 def test_nan_stop_names_the_newest_checkpoint_that_restores(data_root, tmp_path, monkeypatch):
   """Checkpoint 4 is damaged (its weights deleted) before the loss turns NaN at step 6:
   the message names step 2, not 4."""
-  make_train_step = train_loop.make_train_step
   bad_step = 6
 
-  def make_poisoned_step(*args, **kwargs):
-    step_fn = make_train_step(*args, **kwargs)
-    calls = {"n": 0}
+  def delete_the_weights_of_checkpoint_4():
+    four = tmp_path / "checkpoints" / "4"
+    deadline = time.monotonic() + 60
+    while not four.is_dir():  # finalised (renamed into place) by now or very soon
+      assert time.monotonic() < deadline
+      time.sleep(0.01)
+    shutil.rmtree(four / "variables")
 
-    def poisoned(state, batch):
-      state, metrics = step_fn(state, batch)
-      calls["n"] += 1
-      if calls["n"] == bad_step:
-        four = tmp_path / "checkpoints" / "4"
-        deadline = time.monotonic() + 60
-        while not four.is_dir():  # finalised (renamed into place) by now or very soon
-          assert time.monotonic() < deadline
-          time.sleep(0.01)
-        shutil.rmtree(four / "variables")
-        metrics = dict(metrics, loss=metrics["loss"] * np.nan)
-      return state, metrics
-
-    return poisoned
-
-  monkeypatch.setattr(train_loop, "make_train_step", make_poisoned_step)
+  poison_loss_at(monkeypatch, bad_step, before=delete_the_weights_of_checkpoint_4)
   c = run.config(data_root)
   c.train.num_epochs = 5
   with pytest.raises(FloatingPointError) as e:

@@ -7,15 +7,8 @@ from data_pipelines import errors
 from data_pipelines.datasets import image_check, source
 from tests.reference import reid_layouts
 
-TOP = "Market-1501-v15.09.15"
-FILES = [
-  "bounding_box_train/0002_c1s1_000451_03.jpg",
-  "bounding_box_train/0002_c2s1_000551_01.jpg",
-  "bounding_box_train/0007_c3s3_012345_02.jpg",
-  "query/0003_c1s1_000200_00.jpg",
-  "bounding_box_test/0003_c2s1_000300_01.jpg",
-  "bounding_box_test/0003_c3s1_000310_01.jpg",
-]
+TOP = reid_layouts.MARKET_TOP
+FILES = list(reid_layouts.MARKET_FILES)
 
 
 def _manual(tmp_path, files=FILES):

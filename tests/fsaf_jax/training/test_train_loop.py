@@ -18,6 +18,7 @@ from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import data_setup, setup, train_loop, writers
 from tests.reference import tiny_synthetic_run as run
 from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
+from tests.reference.poisoned_step import poison_loss_at
 
 TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
 
@@ -191,23 +192,8 @@ def test_incompatible_checkpoint_is_refused(straight, data_root):
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
   data_root, tmp_path, monkeypatch
 ):
-  make_train_step = train_loop.make_train_step
   bad_step = 4  # checkpoints at 2 (good) and 4 (must not be written)
-
-  def make_poisoned_step(*args, **kwargs):
-    step_fn = make_train_step(*args, **kwargs)
-    calls = {"n": 0}
-
-    def poisoned(state, batch):
-      state, metrics = step_fn(state, batch)
-      calls["n"] += 1
-      if calls["n"] == bad_step:
-        metrics = dict(metrics, loss=metrics["loss"] * np.nan)
-      return state, metrics
-
-    return poisoned
-
-  monkeypatch.setattr(train_loop, "make_train_step", make_poisoned_step)
+  poison_loss_at(monkeypatch, bad_step)
   with pytest.raises(
     FloatingPointError,
     match=rf"loss is nan at step {bad_step}.*last checkpoint, step 2, holds the last good state",
