@@ -4,6 +4,7 @@ r"""Evaluation (metrics, re-ranking) timed beside the implementations users run.
   python benchmarks/evaluation.py        # tens of minutes on a 2-core CPU; a large peak (the peer)
   python benchmarks/evaluation.py --skip=rerank_full,msmt     # the quick sections only
   python benchmarks/evaluation.py --skip=metrics,rerank,msmt --sharded=50000,1000000,256,64
+  python benchmarks/evaluation.py --skip=metrics,rerank,msmt --sharded_rerank=1684,7956,2048
 
 The peers are fast-reid's (PyPI `fastreid==1.4.0`, see `benchmarks/peers.py`): its
 Cython `evaluate_rank` (`rank_cy.evaluate_cy`) for the metrics and its NumPy
@@ -32,6 +33,11 @@ the peer that ran:
 * With `--sharded=Q,G,D`: `metrics.evaluate_features_sharded` with the gallery split
   over 4 simulated CPU devices, in a fresh process: time, peak RSS, and the per-device
   share of the gallery and of a query chunk's distances.
+* With `--sharded_rerank=Q,G,D`: `rerank_sharded.re_ranking_features_sharded` with the
+  images split over 4 simulated CPU devices, beside `rerank.re_ranking_features` on one
+  device, in a fresh process: times, the largest difference of their results, peak RSS,
+  and XLA's per-device memory (arguments + temporaries) of the neighbour-search kernel
+  compiled for 1 and for 4 devices.
 
 Inputs (`synthetic_features`): identity centres plus heavy-tailed per-image noise (a
 realistic spread of easy and hard queries), 18% distractors (pid 0) in the gallery,
@@ -70,6 +76,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from benchmarks import peers  # noqa: E402
 from benchmarks.harness import Runner, interleave, machine_lines  # noqa: E402
+from data_pipelines import logs  # noqa: E402
 from fsaf_jax.core import host_allocator  # noqa: E402
 
 MARKET = {"num_query": 3368, "num_gallery": 15913, "num_ids": 750, "num_cams": 6}
@@ -88,6 +95,12 @@ _SHARDED = flags.DEFINE_string(
   None,
   "Also run evaluate_features_sharded on 4 simulated devices at QUERIES,GALLERY,DIM"
   "[,QUERY_CHUNK] (e.g. 50000,1000000,256,64; opt-in: minutes on a CPU).",
+)
+_SHARDED_RERANK = flags.DEFINE_string(
+  "sharded_rerank",
+  None,
+  "Also run re_ranking_features_sharded on 4 simulated devices at QUERIES,GALLERY,DIM "
+  "(e.g. 1684,7956,2048, half Market; opt-in).",
 )
 _HOST_ALLOCATOR = flags.DEFINE_bool(
   "host_allocator",
@@ -461,7 +474,74 @@ def sharded_section(spec: str) -> list[str]:
   ]
 
 
+def sharded_rerank_section(spec: str) -> list[str]:
+  nq, ng, dim = (int(x) for x in spec.split(","))
+  r = _child(f"sharded_rerank:{nq},{ng},{dim}", devices=4)
+  mib = lambda b: b / 2**20
+  return [
+    f"Sharded re-ranking, re_ranking_features_sharded: {nq:,} x {ng:,}, {dim}-d, cosine, "
+    f"images split over {r['devices']} simulated CPU devices (one process), first calls "
+    "(compilation included): "
+    f"{r['sharded_s']:.1f} s (one device, re_ranking_features: {r['single_s']:.1f} s), "
+    f"max |difference| {r['max_diff']:.1e}, peak RSS {r['peak_gib']:.2f} GiB",
+    f"  neighbour-search kernel per device (XLA memory analysis, {r['row_chunk']} rows "
+    f"per call): 1 device {mib(r['one_args']):.1f} MiB arguments + "
+    f"{mib(r['one_temp']):.1f} MiB temporaries; 4 devices {mib(r['four_args']):.1f} + "
+    f"{mib(r['four_temp']):.1f} MiB",
+  ]
+
+
+def _rank_kernel_memory(mesh, num_all: int, dim: int, rows: int):
+  import jax
+  import jax.numpy as jnp
+
+  from fsaf_jax.evaluation import rerank_sharded
+
+  images = rerank_sharded._ShardedImages(mesh, "data", "cosine", 0, True)
+  split = jax.ShapeDtypeStruct((num_all + (-num_all % mesh.size), dim), jnp.float32)
+  args = (
+    jax.ShapeDtypeStruct((rows, dim), jnp.float32, sharding=images.rep),
+    jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=images.rep),
+    jax.ShapeDtypeStruct(split.shape, jnp.float32, sharding=images.split),
+    jax.ShapeDtypeStruct(split.shape[:1], jnp.float32, sharding=images.split),
+  )
+  return images.rank_block(21, num_all).lower(*args).compile().memory_analysis()
+
+
 def run_child(kind: str) -> dict:
+  if kind.startswith("sharded_rerank:"):
+    import jax
+    from jax.sharding import Mesh
+
+    from fsaf_jax.evaluation import rerank, rerank_sharded
+
+    nq, ng, dim = (int(x) for x in kind.split(":")[1].split(","))
+    data = synthetic_features(nq, ng, max(10, ng // 20), 6, dim=dim)
+    qf, gf = data["query_feats"], data["gallery_feats"]
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    start = time.perf_counter()
+    single = rerank.re_ranking_features(qf, gf, squared=True)
+    single_s = time.perf_counter() - start
+    start = time.perf_counter()
+    sharded = rerank_sharded.re_ranking_features_sharded(qf, gf, mesh, squared=True)
+    sharded_s = time.perf_counter() - start
+    row_chunk = rerank.DEFAULT_ROW_CHUNK
+    one = _rank_kernel_memory(
+      Mesh(np.asarray(jax.devices()[:1]), ("data",)), nq + ng, dim, row_chunk
+    )
+    four = _rank_kernel_memory(mesh, nq + ng, dim, row_chunk)
+    return {
+      "devices": mesh.size,
+      "single_s": single_s,
+      "sharded_s": sharded_s,
+      "max_diff": float(np.abs(single - sharded).max()),
+      "peak_gib": _peak_rss_gib(),
+      "row_chunk": row_chunk,
+      "one_args": one.argument_size_in_bytes,
+      "one_temp": one.temp_size_in_bytes,
+      "four_args": four.argument_size_in_bytes,
+      "four_temp": four.temp_size_in_bytes,
+    }
   if kind.startswith("sharded:"):
     import jax
     from jax.sharding import Mesh
@@ -548,6 +628,7 @@ def run(
   skip=(),
   ref_fraction: float = 0.5,
   sharded: str | None = None,
+  sharded_rerank: str | None = None,
   emit: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
   """All sections; returns the lines (also used by benchmarks/run.py), and passes each
@@ -571,6 +652,8 @@ def run(
     add(msmt_section() + [""])
   if sharded:
     add(sharded_section(sharded))
+  if sharded_rerank:
+    add(sharded_rerank_section(sharded_rerank))
   return lines
 
 
@@ -602,6 +685,7 @@ def main(argv):
     set(_SKIP.value),
     _REF_FRACTION.value,
     _SHARDED.value,
+    _SHARDED_RERANK.value,
     emit=lambda section: print("\n".join(section), flush=True),
   )
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -609,4 +693,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

@@ -31,6 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from configs import fsaf_market  # noqa: E402
+from data_pipelines import logs  # noqa: E402
 from data_pipelines.eval_pipeline import create_eval_batches  # noqa: E402
 from data_pipelines.train_pipeline import create_train_iterator  # noqa: E402
 
@@ -183,4 +184,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

@@ -27,6 +27,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from absl import app, flags  # noqa: E402
 
+from data_pipelines import logs  # noqa: E402
+
 _CONFIG = flags.DEFINE_enum("config", "baseline", ["baseline", "fsaf"], "Model config.")
 _WHAT = flags.DEFINE_enum("what", "train", ["train", "extract"], "Which step to profile.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -218,4 +220,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  logs.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

@@ -128,9 +128,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.max_rank = 50
   config.eval.query_chunk = 1024  # queries scored per chunk (bounds memory)
   # Split the gallery over the mesh's devices to score it (metrics.evaluate_features_
-  # sharded): device memory per device falls with their number, for galleries larger
-  # than one device holds. Same figures as one device up to rounding (exact ties may
-  # flip). Re-ranking is not sharded.
+  # sharded), and all images for re-ranking (rerank_sharded): device memory per device
+  # falls with their number, for galleries larger than one device holds. Same figures
+  # as one device up to rounding (exact ties may flip).
   config.eval.shard_gallery = False
   config.eval.rerank = False
   config.eval.rerank_k1 = 20

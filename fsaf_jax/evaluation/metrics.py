@@ -50,7 +50,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsaf_jax.evaluation import distance as distance_lib
-from fsaf_jax.evaluation import inputs
+from fsaf_jax.evaluation import inputs, mesh_arrays
 
 DEFAULT_QUERY_CHUNK = 256
 _MIN_POSITIVE_BUCKET = 8
@@ -251,13 +251,6 @@ def _check_max_rank(max_rank: int, num_gallery: int) -> int:
   return min(int(max_rank), num_gallery)
 
 
-def _host(x: jax.Array | np.ndarray) -> np.ndarray:
-  """`x` on the host; a replicated array of a multi-process mesh from this process's copy."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(x.addressable_data(0))
-  return np.asarray(x)
-
-
 def _run_chunks(
   run_chunk: Callable[[np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]],
   counts: np.ndarray,
@@ -286,8 +279,8 @@ def _run_chunks(
     nonlocal all_finite
     idx, (ranks, finite) = pending.pop(0)
     chunk_ids.append(idx)
-    chunk_ranks.append(_host(ranks)[: idx.shape[0]])
-    all_finite &= bool(_host(finite))
+    chunk_ranks.append(mesh_arrays.to_host(ranks)[: idx.shape[0]])
+    all_finite &= bool(mesh_arrays.to_host(finite))
 
   for start in range(0, order.shape[0], chunk):
     idx = order[start : start + chunk]
@@ -539,11 +532,6 @@ def _sharded_ranks_fn(mesh: Mesh, axis: str, metric: str, num_gallery: int, num_
   )
 
 
-def _global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A global array of `sharding` from the full host value (the same on every process)."""
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
 def evaluate_features_sharded(
   q_feats,
   g_feats,
@@ -600,9 +588,10 @@ def evaluate_features_sharded(
   g_pids_padded = np.concatenate([g_pids, np.full(pad, -1, g_pids.dtype)]).astype(np.int32)
   gal = NamedSharding(mesh, PartitionSpec(axis))
   rep = NamedSharding(mesh, PartitionSpec())
-  q_prep = distance_lib.prepare(_global_array(np.asarray(q_feats, np.float32), rep), metric)
-  g_prep = distance_lib.prepare(_global_array(g_feats_padded, gal), metric)
-  gp = _global_array(g_pids_padded, gal)
+  q_host = np.asarray(q_feats, np.float32)
+  q_prep = distance_lib.prepare(mesh_arrays.global_array(q_host, rep), metric)
+  g_prep = distance_lib.prepare(mesh_arrays.global_array(g_feats_padded, gal), metric)
+  gp = mesh_arrays.global_array(g_pids_padded, gal)
   scorers = {}
 
   def run_chunk(idx, pos):
@@ -610,8 +599,8 @@ def evaluate_features_sharded(
     if p not in scorers:
       scorers[p] = _sharded_ranks_fn(mesh, axis, metric, n, p)
     q_rows = _take_prepared_rows(q_prep, idx.astype(np.int32))
-    pos_dev = _global_array(pos, rep)
-    q = _global_array(q_pids[idx].astype(np.int32), rep)
+    pos_dev = mesh_arrays.global_array(pos, rep)
+    q = mesh_arrays.global_array(q_pids[idx].astype(np.int32), rep)
     return scorers[p](q_rows.feats, q_rows.sq_norms, g_prep.feats, g_prep.sq_norms, gp, pos_dev, q)
 
   chunks = _run_chunks(run_chunk, counts, table, n, query_chunk)

@@ -43,7 +43,7 @@ measured peaks of both in docs/performance.md, from `benchmarks/evaluation.py`):
    by `segment_sum`, in blocks of query rows with a bounded pair count.
 
 `re_ranking` checks its inputs and runs one function per stage: `_initial_ranking`
-(1), `_k_reciprocal_encoding` (2-3), `_local_query_expansion` (4) and
+(1), `_k_reciprocal_encoding` (2-3), `local_query_expansion` (4) and
 `_jaccard_and_blend` (5).
 """
 
@@ -129,7 +129,7 @@ def _initial_rank(
   return jax.lax.top_k(neg, k)[1].astype(jnp.int32), row_max, ok
 
 
-def _row_starts(num: int, size: int) -> list[int]:
+def row_starts(num: int, size: int) -> list[int]:
   """Starts of blocks of `size` rows covering 0..num-1; the last one shifted back to fit."""
   return sorted({min(s, num - size) for s in range(0, num, size)})
 
@@ -217,7 +217,26 @@ def _weights(q_q, q_g, g_g, row_max, idx, symmetric: bool, squared: bool = False
     x < nq,
     jnp.where(i < nq, q_q_ix, q_g[qx, gi]),
     jnp.where(i < nq, q_g[qi, gx], g_g_ix),
-  ).astype(jnp.float32)
+  )
+  return weights_from_distances(d, idx, row_max, num_all, squared)
+
+
+def weights_from_distances(
+  d: jax.Array, idx: jax.Array, row_max: jax.Array, num_all: int, squared: bool
+) -> jax.Array:
+  """Row-normalised V entries exp(-d / row max) (traceable).
+
+  Args:
+    d: [r, W] distances D^T[i, idx[i, j]] as given (any value at padding).
+    idx: int32 [r, W] expansion sets (padding = `num_all`).
+    row_max: float32 [r] the rows' maxima (D's column maxima).
+    num_all: A, the padding index.
+    squared: square `d` first (see `re_ranking`).
+
+  Returns:
+    float32 [r, W], 0 at padding, each row summing to 1.
+  """
+  d = d.astype(jnp.float32)
   if squared:
     d = d * d
   valid = idx < num_all
@@ -259,7 +278,7 @@ def _query_expansion(
 
 
 @functools.partial(jax.jit, static_argnames=("num_all", "nnz"))
-def _inverted_index(
+def inverted_index(
   g_idx: jax.Array, g_val: jax.Array, num_all: int, nnz: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Column-grouped (CSC) form of the gallery rows of V.
@@ -293,7 +312,7 @@ def _inverted_index(
 
 
 @functools.partial(jax.jit, static_argnames=("budget", "lambda_value", "squared"))
-def _final_rows(
+def final_rows(
   q_idx: jax.Array,
   q_val: jax.Array,
   col_count: jax.Array,
@@ -312,7 +331,7 @@ def _final_rows(
   Args:
     q_idx, q_val: [r, W] sparse rows of V of those queries (padding index = A; rows
       that are all padding give a Jaccard distance of 1).
-    col_count, col_start, inv_rows, inv_vals: `_inverted_index` of the gallery rows.
+    col_count, col_start, inv_rows, inv_vals: `inverted_index` of the gallery rows.
     q_g: [Q, G] original query-gallery distances; row_max: [A] column maxima of D.
     start: first query row of the block.
     budget: static number of (query entry, gallery entry) pairs processed; >= the
@@ -407,10 +426,7 @@ def re_ranking(
       f"q_g_dist must be a non-empty [num_query, num_gallery] matrix, got shape {shape}."
     )
   nq, ng = shape
-  if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
-    raise inputs.EvaluationInputError(
-      f"Need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1; got k1={k1}, k2={k2}, lambda={lambda_value}."
-    )
+  check_parameters(k1, k2, lambda_value)
   q_g = _as_block("q_g_dist", q_g_dist, (nq, ng))
   q_q = _as_block("q_q_dist", q_q_dist, (nq, nq))
   g_g = _as_block("g_g_dist", g_g_dist, (ng, ng))
@@ -432,7 +448,7 @@ def re_ranking(
     squared=squared,
   )
   if k2 != 1:
-    v_idx, v_val = _local_query_expansion(rank[:, :k2], v_idx, v_val, row_chunk=row_chunk)
+    v_idx, v_val = local_query_expansion(rank[:, :k2], v_idx, v_val, row_chunk=row_chunk)
   return _jaccard_and_blend(
     v_idx,
     v_val,
@@ -472,18 +488,32 @@ def _initial_ranking(
   pending = []
   for offset, num, gallery in ((0, nq, False), (nq, ng, True)):
     size = max(1, min(int(row_chunk), num))
-    for s in _row_starts(num, size):
+    for s in row_starts(num, size):
       out = _initial_rank(q_q, q_g, g_g, s, k1_top, size, gallery, symmetric, squared)
       pending.append((offset + s, size, out))
   for s, size, (top, mx, good) in pending:
     rank[s : s + size], row_max[s : s + size], ok[s : s + size] = top, mx, good
+  check_initial_ranking(ok)
+  return jnp.asarray(rank), jnp.asarray(row_max)
+
+
+def check_parameters(k1: int, k2: int, lambda_value: float) -> None:
+  """Raises EvaluationInputError unless k1 >= 1, k2 >= 1 and 0 <= lambda_value <= 1."""
+  if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
+    raise inputs.EvaluationInputError(
+      f"Need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1; got k1={k1}, k2={k2}, lambda={lambda_value}."
+    )
+
+
+def check_initial_ranking(ok: np.ndarray) -> None:
+  """Raises EvaluationInputError naming the first image whose distances are non-finite
+  or none > 0 (`ok`: bool [A], per image, queries first)."""
   if not ok.all():
     bad = int(np.argmin(ok))
     raise inputs.EvaluationInputError(
-      f"Re-ranking: image {bad} of the {num_all} query+gallery images (queries first) has "
+      f"Re-ranking: image {bad} of the {ok.shape[0]} query+gallery images (queries first) has "
       "non-finite distances or none > 0 (its column of [[q_q, q_g], [q_g^T, g_g]])."
     )
-  return jnp.asarray(rank), jnp.asarray(row_max)
 
 
 def _k_reciprocal_encoding(
@@ -509,12 +539,27 @@ def _k_reciprocal_encoding(
     [A, W] row-normalised Gaussian weights).
   """
   q_q, q_g, g_g = blocks
+  v_idx = expansion_set_table(rank, k1_half=k1_half, row_chunk=row_chunk)
+  return v_idx, _weights(q_q, q_g, g_g, row_max, v_idx, symmetric, squared)
+
+
+def expansion_set_table(rank: jax.Array, *, k1_half: int, row_chunk: int) -> jax.Array:
+  """Stage 2: every image's de-duplicated k-reciprocal expansion set.
+
+  Args:
+    rank: int32 [A, k1 + 1] the stable initial ranking (`_initial_ranking`).
+    k1_half: size of the half sets (round(k1 / 2) + 1, at most A).
+    row_chunk: rows expanded per device call.
+
+  Returns:
+    int32 [A, W] each row's set in increasing order, padded with A (W: the largest set).
+  """
   num_all = rank.shape[0]
   recip = _reciprocal(rank)
   half = _reciprocal(rank[:, :k1_half])
   min_overlap = jnp.asarray(_min_overlap_table(k1_half))
   size = max(1, min(int(row_chunk), num_all))
-  starts = _row_starts(num_all, size)
+  starts = row_starts(num_all, size)
   sets = [
     _expansion_sets(
       jnp.arange(s, s + size, dtype=jnp.int32), rank, recip, half, min_overlap, num_all
@@ -525,11 +570,10 @@ def _k_reciprocal_encoding(
   v_idx = np.empty((num_all, width), np.int32)
   for s, (idx, _) in zip(starts, sets, strict=True):
     v_idx[s : s + size] = np.asarray(idx[:, :width])
-  v_idx = jnp.asarray(v_idx)
-  return v_idx, _weights(q_q, q_g, g_g, row_max, v_idx, symmetric, squared)
+  return jnp.asarray(v_idx)
 
 
-def _local_query_expansion(
+def local_query_expansion(
   neighbours: jax.Array, v_idx: jax.Array, v_val: jax.Array, *, row_chunk: int
 ) -> tuple[jax.Array, jax.Array]:
   """Stage 4: each row of V replaced by the mean of the V rows of its k2 nearest.
@@ -544,7 +588,7 @@ def _local_query_expansion(
   """
   num_all = v_idx.shape[0]
   size = max(1, min(int(row_chunk), num_all))
-  starts = _row_starts(num_all, size)
+  starts = row_starts(num_all, size)
   merged = [
     _query_expansion(jnp.arange(s, s + size, dtype=jnp.int32), neighbours, v_idx, v_val, num_all)
     for s in starts
@@ -587,16 +631,69 @@ def _jaccard_and_blend(
   num_all = nq + ng
   g_idx, g_val = v_idx[nq:], v_val[nq:]
   nnz = max(1, int(jnp.sum(g_idx < num_all)))
-  col_count, col_start, inv_rows, inv_vals = _inverted_index(g_idx, g_val, num_all, nnz)
-  q_idx, q_val = np.asarray(v_idx[:nq]), np.asarray(v_val[:nq])
-  pairs_per_row = np.append(np.asarray(col_count), 0).astype(np.int64)[q_idx].sum(axis=1)
+  col_count, col_start, inv_rows, inv_vals = inverted_index(g_idx, g_val, num_all, nnz)
+
+  def run_block(q_idx, q_val, first, budget):
+    return final_rows(
+      q_idx,
+      q_val,
+      col_count,
+      col_start,
+      inv_rows,
+      inv_vals,
+      q_g,
+      row_max,
+      first,
+      budget,
+      lambda_value,
+      squared,
+    )
+
+  return jaccard_in_blocks(
+    np.asarray(v_idx[:nq]),
+    np.asarray(v_val[:nq]),
+    np.asarray(col_count),
+    ng,
+    query_rows=query_rows,
+    run_block=run_block,
+  )
+
+
+def jaccard_in_blocks(
+  q_idx: np.ndarray,
+  q_val: np.ndarray,
+  col_count: np.ndarray,
+  num_gallery: int,
+  *,
+  query_rows: int,
+  run_block,
+) -> np.ndarray:
+  """Stage 5's blocking: query rows in fixed-size windows of at most `query_rows` rows
+  and a power-of-two budget of (query entry, gallery entry) pairs, one device call each
+  (the next one dispatched before the previous one is copied back).
+
+  Args:
+    q_idx, q_val: [Q, W] sparse query rows of V (padding index = A).
+    col_count: int [A] gallery entries per column of V (or an upper bound of them).
+    num_gallery: G.
+    query_rows: rows per window (`re_ranking`).
+    run_block: `(q_idx [b, W], q_val [b, W], first, budget) -> [b, G]` the final
+      distances of the window's rows first..first+b-1, where rows outside the block
+      are given as padding (their output is ignored).
+
+  Returns:
+    float32 np.ndarray [Q, G].
+  """
+  nq = q_idx.shape[0]
+  num_all = col_count.shape[0]
+  pairs_per_row = np.append(col_count, 0).astype(np.int64)[q_idx].sum(axis=1)
   # Power-of-two pair budget: the whole problem if small, else _PAIR_BUDGET (or the
   # largest single row, if bigger).
   budget = _round_up_pow2(
     max(int(pairs_per_row.max(initial=1)), min(int(pairs_per_row.sum()), _PAIR_BUDGET), 1)
   )
   block = max(1, min(int(query_rows), nq))
-  final = np.empty((nq, ng), np.float32)
+  final = np.empty((nq, num_gallery), np.float32)
   pending = []
   start = 0
   while start < nq:  # blocks of <= `block` queries and <= `budget` pairs
@@ -606,21 +703,7 @@ def _jaccard_and_blend(
     keep = (np.arange(first, first + block) >= start) & (np.arange(first, first + block) < stop)
     qi = np.where(keep[:, None], q_idx[first : first + block], num_all)
     qv = np.where(keep[:, None], q_val[first : first + block], 0.0).astype(np.float32)
-    out = _final_rows(
-      qi,
-      qv,
-      col_count,
-      col_start,
-      inv_rows,
-      inv_vals,
-      q_g,
-      row_max,
-      first,
-      budget,
-      float(lambda_value),
-      squared,
-    )
-    pending.append((start, stop, first, out))
+    pending.append((start, stop, first, run_block(qi, qv, first, budget)))
     if len(pending) > 1:
       s0, e0, f0, o0 = pending.pop(0)
       final[s0:e0] = np.asarray(o0)[s0 - f0 : e0 - f0]

@@ -7,7 +7,9 @@
 `score_features`: the Market-1501 protocol (`metrics.evaluate_features`: the
 `settings.metric` distance, chunked over queries, CMC cut at `settings.max_rank`), and
 again after k-reciprocal re-ranking (`rerank.re_ranking_features`) when
-`settings.rerank`.
+`settings.rerank`. With `settings.shard_gallery`, both run with the images split over
+the mesh's 'data' axis (`metrics.evaluate_features_sharded`,
+`rerank_sharded.re_ranking_features_sharded`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from jax.sharding import Mesh
 from fsaf_jax.core.mesh import DATA_AXIS, make_mesh
 from fsaf_jax.evaluation import metrics as metrics_lib
 from fsaf_jax.evaluation import rerank as rerank_lib
+from fsaf_jax.evaluation import rerank_sharded
 from fsaf_jax.evaluation.settings import EvalSettings
 
 RERANK_PREFIX = "rerank/"
@@ -117,13 +120,9 @@ def score_features(
     metric=settings.metric, max_rank=settings.max_rank, query_chunk=settings.query_chunk
   )
   if settings.shard_gallery:
+    mesh = make_mesh() if mesh is None else mesh
     metrics = metrics_lib.evaluate_features_sharded(
-      features.query_feats,
-      features.gallery_feats,
-      *ids,
-      make_mesh() if mesh is None else mesh,
-      axis=DATA_AXIS,
-      **options,
+      features.query_feats, features.gallery_feats, *ids, mesh, axis=DATA_AXIS, **options
     )
   else:
     metrics = metrics_lib.evaluate_features(
@@ -133,9 +132,18 @@ def score_features(
   if not settings.rerank:
     return Scores(metrics, None, None, timing)
   start = time.perf_counter()
-  reranked = rerank_lib.re_ranking_features(
-    features.query_feats, features.gallery_feats, **settings.rerank_options()
-  )
+  if settings.shard_gallery:
+    reranked = rerank_sharded.re_ranking_features_sharded(
+      features.query_feats,
+      features.gallery_feats,
+      mesh,
+      axis=DATA_AXIS,
+      **settings.rerank_options(),
+    )
+  else:
+    reranked = rerank_lib.re_ranking_features(
+      features.query_feats, features.gallery_feats, **settings.rerank_options()
+    )
   with warnings.catch_warnings():  # the skipped-queries warning was given once already
     warnings.simplefilter("ignore")
     metrics_rerank = metrics_lib.evaluate(

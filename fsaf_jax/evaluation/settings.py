@@ -45,7 +45,7 @@ class EvalSettings:
     metric: feature distance, one of `distance.METRICS`.
     max_rank: CMC length (>= 1; cut at the gallery size by the metrics).
     query_chunk: queries scored per device call (>= 1).
-    shard_gallery: split the gallery over the mesh's devices to score it.
+    shard_gallery: split the gallery (re-ranking: all images) over the mesh's devices.
     rerank: also score after k-reciprocal re-ranking.
     rerank_k1, rerank_k2: re-ranking neighbourhood sizes (>= 1).
     rerank_lambda: weight of the original distance, in [0, 1].

@@ -268,7 +268,7 @@ def test_sharded_gallery_over_two_processes_equals_one_process(tmp_path, num_dev
   from jax.sharding import Mesh
 
   cache_dir = jax.config.jax_compilation_cache_dir or str(tmp_path / "cache")
-  multiprocess.launch_processes(SHARDED_WORKER, [tmp_path, 2, cache_dir], 2)
+  multiprocess.launch_processes(SHARDED_WORKER, [tmp_path, 2, cache_dir, "metrics"], 2)
   results = [dict(np.load(tmp_path / f"p{pid}.npz")) for pid in range(2)]
   p = reid_problems.make_problem(4, num_gallery=2001)
   mesh4 = Mesh(np.asarray(jax.devices()), ("data",))
