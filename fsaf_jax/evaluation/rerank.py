@@ -45,11 +45,16 @@ measured peaks of both in docs/performance.md, from `benchmarks/evaluation.py`):
 `re_ranking` checks its inputs and runs one function per stage: `_initial_ranking`
 (1), `_k_reciprocal_encoding` (2-3), `local_query_expansion` (4) and
 `_jaccard_and_blend` (5).
+`rerank_sharded.re_ranking_features_sharded` runs the same stages with the images
+split over a device mesh; it shares stages 2 and 4 and the per-row kernels of 3 and 5
+(`expansion_set_table`, `local_query_expansion`, `weights_from_distances`,
+`inverted_index`, `final_rows`, `jaccard_in_blocks`).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -277,10 +282,25 @@ def _query_expansion(
   return out_idx, out_val, jnp.sum(out_idx < num_all, axis=1, dtype=jnp.int32)
 
 
+class InvertedIndex(NamedTuple):
+  """Column-grouped (CSC) form of the gallery rows of V (`inverted_index`).
+
+  Attributes:
+    col_count: int32 [A] entries per column.
+    col_start: int32 [A] first slot of each column.
+    rows: int32 [nnz] gallery-local row of each slot, grouped by column, in increasing
+      row order within a column.
+    vals: float32 [nnz] the entries.
+  """
+
+  col_count: jax.Array
+  col_start: jax.Array
+  rows: jax.Array
+  vals: jax.Array
+
+
 @functools.partial(jax.jit, static_argnames=("num_all", "nnz"))
-def inverted_index(
-  g_idx: jax.Array, g_val: jax.Array, num_all: int, nnz: int
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def inverted_index(g_idx: jax.Array, g_val: jax.Array, num_all: int, nnz: int) -> InvertedIndex:
   """Column-grouped (CSC) form of the gallery rows of V.
 
   Args:
@@ -289,8 +309,7 @@ def inverted_index(
     nnz: number of valid entries.
 
   Returns:
-    col_count [A], col_start [A], rows [nnz] (gallery-local, grouped by column, in
-    increasing row order within a column), values [nnz].
+    `InvertedIndex` with nnz slots.
   """
   valid = g_idx < num_all
   col_count = jax.ops.segment_sum(
@@ -308,17 +327,14 @@ def inverted_index(
   g_rows = jnp.broadcast_to(jnp.arange(g_idx.shape[0], dtype=jnp.int32)[:, None], g_idx.shape)
   rows = jnp.zeros(nnz, jnp.int32).at[slot.reshape(-1)].set(g_rows.reshape(-1), mode="drop")
   vals = jnp.zeros(nnz, jnp.float32).at[slot.reshape(-1)].set(g_val.reshape(-1), mode="drop")
-  return col_count, col_start, rows, vals
+  return InvertedIndex(col_count, col_start, rows, vals)
 
 
 @functools.partial(jax.jit, static_argnames=("budget", "lambda_value", "squared"))
 def final_rows(
   q_idx: jax.Array,
   q_val: jax.Array,
-  col_count: jax.Array,
-  col_start: jax.Array,
-  inv_rows: jax.Array,
-  inv_vals: jax.Array,
+  index: InvertedIndex,
   q_g: jax.Array,
   row_max: jax.Array,
   start: jax.Array,
@@ -331,7 +347,7 @@ def final_rows(
   Args:
     q_idx, q_val: [r, W] sparse rows of V of those queries (padding index = A; rows
       that are all padding give a Jaccard distance of 1).
-    col_count, col_start, inv_rows, inv_vals: `inverted_index` of the gallery rows.
+    index: `inverted_index` of the gallery rows.
     q_g: [Q, G] original query-gallery distances; row_max: [A] column maxima of D.
     start: first query row of the block.
     budget: static number of (query entry, gallery entry) pairs processed; >= the
@@ -342,6 +358,7 @@ def final_rows(
   Returns:
     float32 [r, G]: jaccard * (1 - lambda) + original / column max * lambda.
   """
+  col_count, col_start, inv_rows, inv_vals = index
   r, width = q_idx.shape
   num_gallery = q_g.shape[1]
   num_all = col_count.shape[0]
@@ -631,28 +648,15 @@ def _jaccard_and_blend(
   num_all = nq + ng
   g_idx, g_val = v_idx[nq:], v_val[nq:]
   nnz = max(1, int(jnp.sum(g_idx < num_all)))
-  col_count, col_start, inv_rows, inv_vals = inverted_index(g_idx, g_val, num_all, nnz)
+  index = inverted_index(g_idx, g_val, num_all, nnz)
 
   def run_block(q_idx, q_val, first, budget):
-    return final_rows(
-      q_idx,
-      q_val,
-      col_count,
-      col_start,
-      inv_rows,
-      inv_vals,
-      q_g,
-      row_max,
-      first,
-      budget,
-      lambda_value,
-      squared,
-    )
+    return final_rows(q_idx, q_val, index, q_g, row_max, first, budget, lambda_value, squared)
 
   return jaccard_in_blocks(
     np.asarray(v_idx[:nq]),
     np.asarray(v_val[:nq]),
-    np.asarray(col_count),
+    np.asarray(index.col_count),
     ng,
     query_rows=query_rows,
     run_block=run_block,

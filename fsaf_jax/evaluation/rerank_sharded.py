@@ -134,23 +134,12 @@ class _ShardedImages:
 
     def build(num_all: int, nnz: int, budget: int, lambda_value: float):
       def shard(r_feats, r_sq, g_feats, g_sq, g_idx, g_val, q_idx, q_val, row_max):
-        col_count, col_start, inv_rows, inv_vals = rerank.inverted_index(g_idx, g_val, num_all, nnz)
+        index = rerank.inverted_index(g_idx, g_val, num_all, nnz)
         q_g = distance_lib.distance_from_prepared(
           distance_lib.Prepared(r_feats, r_sq), distance_lib.Prepared(g_feats, g_sq), self.metric
         )
         out = rerank.final_rows(
-          q_idx,
-          q_val,
-          col_count,
-          col_start,
-          inv_rows,
-          inv_vals,
-          q_g,
-          row_max,
-          0,
-          budget,
-          lambda_value,
-          self.squared,
+          q_idx, q_val, index, q_g, row_max, 0, budget, lambda_value, self.squared
         )
         return jax.lax.all_gather(out, axis, axis=1, tiled=True)
 
