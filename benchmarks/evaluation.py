@@ -497,7 +497,7 @@ def _rank_kernel_memory(mesh, num_all: int, dim: int, rows: int):
 
   from fsaf_jax.evaluation import rerank_sharded
 
-  images = rerank_sharded._ShardedImages(mesh, "data", "cosine", 0, True)
+  images = rerank_sharded._ShardedImages(mesh, "data", "cosine", True)
   split = jax.ShapeDtypeStruct((num_all + (-num_all % mesh.size), dim), jnp.float32)
   args = (
     jax.ShapeDtypeStruct((rows, dim), jnp.float32, sharding=images.rep),

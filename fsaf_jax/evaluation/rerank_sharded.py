@@ -52,9 +52,8 @@ class _ShardedImages:
   """The prepared features of all A images, split along `axis`, and the compiled
   per-block kernels of stages 1, 3 and 5."""
 
-  def __init__(self, mesh: Mesh, axis: str, metric: str, num_query: int, squared: bool):
+  def __init__(self, mesh: Mesh, axis: str, metric: str, squared: bool):
     self.mesh, self.axis, self.metric, self.squared = mesh, axis, metric, squared
-    self.num_query = num_query
     self.rep = NamedSharding(mesh, PartitionSpec())
     self.split = NamedSharding(mesh, PartitionSpec(axis))
 
@@ -198,7 +197,7 @@ def re_ranking_features_sharded(
   k1_half = min(int(np.around(k1 / 2.0)) + 1, num_all)
   k2 = min(k2, num_all)
   shards = mesh.shape[axis]
-  images = _ShardedImages(mesh, axis, metric, nq, squared)
+  images = _ShardedImages(mesh, axis, metric, squared)
   everything = np.concatenate([q_feats, g_feats])
   x = images.prepare(_padded(everything, shards), images.split)
   size = max(1, min(int(row_chunk), num_all))

@@ -104,7 +104,7 @@ def test_fewer_images_per_device_than_neighbours():
 
 def _compiled_bytes(mesh, num_all, dim, rows):
   """Per-device argument and temporary bytes of the stage-1 and stage-5 kernels."""
-  images = rerank_sharded._ShardedImages(mesh, "data", "cosine", 0, False)
+  images = rerank_sharded._ShardedImages(mesh, "data", "cosine", False)
   split = jax.ShapeDtypeStruct((num_all, dim), jnp.float32, sharding=images.split)
   norms = jax.ShapeDtypeStruct((num_all,), jnp.float32, sharding=images.split)
   block = jax.ShapeDtypeStruct((rows, dim), jnp.float32, sharding=images.rep)
