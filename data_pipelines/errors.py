@@ -12,7 +12,8 @@ prints such an error as
 on stderr and exits with status `EXIT_USER_ERROR` (2). `run` sends command-line
 mistakes the same way: absl flag errors, `app.UsageError`, an unknown field or section
 in a `--config.a.b=v` override (with a "did you mean" from the config's own fields), a
-config file that does not exist. Any other exception is a bug or an environment
+config file that does not exist. Ctrl-C (KeyboardInterrupt) ends with one
+'Interrupted' line and status 130. Any other exception is a bug or an environment
 failure and keeps its traceback. `check_output_file` / `check_output_dir` check output
 paths before any work starts, creating nothing.
 
@@ -39,6 +40,7 @@ from typing import Any
 from absl import app, flags
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + 2  # as a shell reports a process ended by SIGINT
 
 
 class UserError(ValueError):
@@ -84,7 +86,8 @@ def exit_with(error: BaseException) -> None:
 
 
 def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-  """Decorator: `UserError` / `app.UsageError` raised by `main` -> ERROR line, exit 2."""
+  """Decorator: `UserError` / `app.UsageError` raised by `main` -> ERROR line, exit 2;
+  `KeyboardInterrupt` (Ctrl-C) -> one 'Interrupted' line, exit 130, no traceback."""
 
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> Any:
@@ -94,6 +97,9 @@ def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
       exit_with(e)
     except app.UsageError as e:
       exit_with(UserError(str(e), hint="run with --helpshort to see the usage and flags"))
+    except KeyboardInterrupt:  # Ctrl-C (twice for train.py): the user's own stop
+      print("Interrupted (Ctrl-C).", file=sys.stderr, flush=True)
+      sys.exit(EXIT_INTERRUPTED)
 
   return wrapped
 

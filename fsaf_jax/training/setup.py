@@ -5,7 +5,9 @@ is written; `setup_run(config, workdir)` then makes the dataset ready, builds th
 train iterator, resolves `model.num_classes` and `train.steps_per_epoch` from the data
 (`resolve_config`), builds the `Evaluator` (its settings checked before any training
 step), the model, the initial train state (`config.init.pretrained` or 'scratch') and
-the run card (printed and written to `WORKDIR/run_card.json` by process 0).
+the run card (printed by process 0; the training loop writes it to
+`WORKDIR/run_card.json` once a resume is accepted, so a refused run leaves the work
+dir's card as it was).
 """
 
 from __future__ import annotations
@@ -248,7 +250,6 @@ def setup_run(
     pretrained_report=pretrained_report,
     mesh=mesh,
   )
-  if is_main:
+  if is_main:  # written to WORKDIR/run_card.json once the run is accepted (`train_loop`)
     console_line(run_card.format_run_card(card))
-    run_card.write_run_card(card, workdir)
   return Run(config, mesh, train_iter, model, state, evaluator, card)
