@@ -45,6 +45,16 @@ def test_usage_error_takes_the_same_path(capsys):
   assert err[0] == "ERROR: expected one argument" and err[1].startswith("hint: ")
 
 
+def test_ctrl_c_is_one_line_exit_130(capsys):
+  def main(argv):
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as exit_info:
+    errors.user_errors(main)(["prog"])
+  assert exit_info.value.code == errors.EXIT_INTERRUPTED == 130
+  assert capsys.readouterr().err == "Interrupted (Ctrl-C).\n"
+
+
 def test_subclasses_of_user_error_are_caught_and_bugs_are_not(capsys):
   class MyError(errors.UserError, FileNotFoundError):
     pass
