@@ -171,6 +171,34 @@ def test_zero_checkpoint_settings_are_refused_before_anything_is_written(
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("size", [(64,), (0, 32), (64, -32), (64.5, 32)])
+def test_bad_image_sizes_are_refused_before_anything_is_written(data_root, tmp_path, size):
+  c = run.config(data_root)
+  c.input.image_size = size
+  with pytest.raises(UserError, match=r"config.input.image_size=.*two positive integers"):
+    train_loop.train_and_evaluate(c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+  "section, field, value, message",
+  [
+    ("train", "num_epochs", 0, "num_epochs=0: must be >= 1"),
+    ("train", "num_epochs", -1, "num_epochs=-1: must be >= 1"),
+    ("input", "num_workers", -1, "num_workers=-1: must be >= 0"),
+    ("input", "num_instances", 1, "num_instances=1: the triplet loss needs K >= 2"),
+  ],
+)
+def test_loop_and_loader_settings_are_refused_before_anything_is_written(
+  data_root, tmp_path, section, field, value, message
+):
+  c = run.config(data_root)
+  c[section][field] = value
+  with pytest.raises(UserError, match=message):
+    train_loop.train_and_evaluate(c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
 def test_refused_resume_keeps_config_json(workdir, data_root):
   before = damage.tree_dir_snapshot(workdir)
   c = run.config(data_root)
