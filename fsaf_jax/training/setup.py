@@ -172,8 +172,9 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
 
 
 def check_loop_and_loader(config: ml_collections.ConfigDict) -> None:
-  """Raises errors.UserError for `train.num_epochs` < 1, `input.num_workers` < 0, or
-  K (`input.num_instances`) < 2 with a triplet loss (no positive pair to mine)."""
+  """Raises errors.UserError for `train.num_epochs` < 1, `input.num_workers` < 0,
+  K (`input.num_instances`) < 2 with a triplet loss (no positive pair to mine), or
+  `loss.label_smoothing` outside [0, 1)."""
   if int(config.train.num_epochs) < 1:
     raise errors.UserError(f"config.train.num_epochs={config.train.num_epochs}: must be >= 1")
   if int(config.input.num_workers) < 0:
@@ -186,6 +187,11 @@ def check_loop_and_loader(config: ml_collections.ConfigDict) -> None:
       f"config.input.num_instances={config.input.num_instances}: the triplet loss needs "
       "K >= 2 images per identity in a batch (a positive pair)",
       hint="set --config.input.num_instances=4 (the recipe's K), or --config.loss.triplet_weight=0",
+    )
+  if not 0.0 <= float(config.loss.label_smoothing) < 1.0:
+    raise errors.UserError(
+      f"config.loss.label_smoothing={config.loss.label_smoothing}: must be in [0, 1) "
+      "(the recipe's 0.1)"
     )
 
 

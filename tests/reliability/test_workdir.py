@@ -187,6 +187,7 @@ def test_bad_image_sizes_are_refused_before_anything_is_written(data_root, tmp_p
     ("train", "num_epochs", -1, "num_epochs=-1: must be >= 1"),
     ("input", "num_workers", -1, "num_workers=-1: must be >= 0"),
     ("input", "num_instances", 1, "num_instances=1: the triplet loss needs K >= 2"),
+    ("loss", "label_smoothing", 1.5, r"label_smoothing=1.5: must be in \[0, 1\)"),
   ],
 )
 def test_loop_and_loader_settings_are_refused_before_anything_is_written(
