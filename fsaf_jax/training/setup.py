@@ -172,11 +172,22 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
 
 
 def check_loop_and_loader(config: ml_collections.ConfigDict) -> None:
-  """Raises errors.UserError for `train.num_epochs` < 1, `input.num_workers` < 0,
+  """Raises errors.UserError for `train.num_epochs` < 1, `train.eval_every_epochs` < 0
+  (a negative interval would evaluate every epoch), `train.log_every_steps` < 1,
+  `input.num_workers` < 0,
   K (`input.num_instances`) < 2 with a triplet loss (no positive pair to mine), or
   `loss.label_smoothing` outside [0, 1)."""
   if int(config.train.num_epochs) < 1:
     raise errors.UserError(f"config.train.num_epochs={config.train.num_epochs}: must be >= 1")
+  if int(config.train.eval_every_epochs) < 0:
+    raise errors.UserError(
+      f"config.train.eval_every_epochs={config.train.eval_every_epochs}: must be >= 0 "
+      "(0: evaluate only at the end)"
+    )
+  if int(config.train.log_every_steps) < 1:
+    raise errors.UserError(
+      f"config.train.log_every_steps={config.train.log_every_steps}: must be >= 1"
+    )
   if int(config.input.num_workers) < 0:
     raise errors.UserError(
       f"config.input.num_workers={config.input.num_workers}: must be >= 0 (0 decodes in "

@@ -186,6 +186,8 @@ def test_bad_image_sizes_are_refused_before_anything_is_written(data_root, tmp_p
     ("train", "num_epochs", 0, "num_epochs=0: must be >= 1"),
     ("train", "num_epochs", -1, "num_epochs=-1: must be >= 1"),
     ("input", "num_workers", -1, "num_workers=-1: must be >= 0"),
+    ("train", "eval_every_epochs", -1, "eval_every_epochs=-1: must be >= 0"),
+    ("train", "log_every_steps", 0, "log_every_steps=0: must be >= 1"),
     ("input", "num_instances", 1, "num_instances=1: the triplet loss needs K >= 2"),
     ("loss", "label_smoothing", 1.5, r"label_smoothing=1.5: must be in \[0, 1\)"),
   ],
