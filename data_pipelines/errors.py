@@ -104,8 +104,9 @@ def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
   return wrapped
 
 
-def _missing_config_file(argv: Sequence[str]) -> str | None:
-  """`--flag=PATH` of a config-file flag (ml_collections) whose PATH is not a file."""
+def _config_file_args(argv: Sequence[str]) -> list[tuple[str, str]]:
+  """(`--flag=PATH[:param]`, PATH) of each config-file flag (ml_collections) in argv."""
+  found = []
   for arg in argv[1:]:
     if not arg.startswith("--") or "=" not in arg:
       continue
@@ -114,8 +115,36 @@ def _missing_config_file(argv: Sequence[str]) -> str | None:
       continue
     if type(flags.FLAGS[name].parser).__name__ != "ConfigFileFlagParser":
       continue
-    if not os.path.isfile(value.split(":", 1)[0]):
+    found.append((arg, value.split(":", 1)[0]))
+  return found
+
+
+def _missing_config_file(argv: Sequence[str]) -> str | None:
+  """`--flag=PATH` of a config-file flag (ml_collections) whose PATH is not a file."""
+  for arg, path in _config_file_args(argv):
+    if not os.path.isfile(path):
       return arg
+  return None
+
+
+def _config_file_error(argv: Sequence[str], error: BaseException) -> UserError | None:
+  """The one-line error for a config file that is not a Python `get_config()` module
+  (another kind of file, a syntax error, no `get_config`), or None."""
+  files = _config_file_args(argv)
+  if not files:
+    return None
+  arg, path = files[-1]
+  if not path.endswith(".py"):
+    return UserError(
+      f"{arg}: not a Python config file (a .py file defining get_config())",
+      hint="pass one of configs/*.py, or a .py file of yours returning the config",
+    )
+  if isinstance(error, SyntaxError):
+    where = f"{error.filename}, line {error.lineno}" if error.filename else arg
+    text = (error.text or "").strip()
+    return UserError(f"{arg}: syntax error in {where}: {error.msg}{': ' + text if text else ''}")
+  if isinstance(error, AttributeError) and "get_config" in str(error):
+    return UserError(f"{arg}: the config file defines no get_config() function")
   return None
 
 
@@ -152,9 +181,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing with a command-line mistake printed as one ERROR line (exit 2).
 
   Mistakes: absl flag errors; an unknown config field or section in a `--config.a.b=v`
-  override (with a "did you mean"); a config file that does not exist. Anything else
-  raised while parsing (e.g. an exception inside a config file's `get_config`) keeps
-  its traceback.
+  override (with a "did you mean"); a config file that does not exist, is not a .py
+  file, has a syntax error (file and line named) or defines no `get_config`. Anything
+  else raised while parsing (e.g. an exception inside a config file's `get_config`)
+  keeps its traceback.
   """
   missing_file = _missing_config_file(argv)
   if missing_file:
@@ -162,7 +192,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
   overrides = [a for a in argv[1:] if a.startswith("--") and "." in a.split("=", 1)[0]]
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError) as e:
+  except SyntaxError as e:
+    config_error = _config_file_error(argv, e)
+    if config_error is None:
+      raise
+    exit_with(config_error)
+  except (flags.Error, KeyError, AttributeError, NameError) as e:
+    config_error = _config_file_error(argv, e)
+    if config_error is not None:
+      exit_with(config_error)
     for override in overrides:
       if override[2:].split(".", 1)[0] not in flags.FLAGS:
         continue

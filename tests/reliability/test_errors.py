@@ -150,6 +150,25 @@ def test_command_line_mistakes_are_one_line_exit_2(args, expected):
   assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_config_files_that_are_not_config_modules_are_one_line_exit_2(tmp_path):
+  syntax = tmp_path / "bad.py"
+  syntax.write_text("def get_config(:\n  return 1\n")
+  no_function = tmp_path / "empty.py"
+  no_function.write_text("x = 1\n")
+  json_file = tmp_path / "config.json"
+  json_file.write_text('{"flip": false}\n')
+  cases = [
+    (syntax, f"ERROR: --config={syntax}: syntax error in {syntax}, line 1: invalid syntax"),
+    (no_function, f"ERROR: --config={no_function}: the config file defines no get_config()"),
+    (json_file, f"ERROR: --config={json_file}: not a Python config file"),
+  ]
+  for path, expected in cases:
+    proc = _run_program(f"--config={path}", "--out=x")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[0].startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_correct_command_line_runs():
   proc = _run_program("--config=configs/tiny.py", "--out=x", "--config.optim.base_lr=0.5")
   assert proc.returncode == 0, proc.stderr
