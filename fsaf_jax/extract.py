@@ -302,6 +302,12 @@ def extract_folder(
   check_arguments(
     config, images=images, out=out, workdir=workdir, export=export, random_weights=random_weights
   )
+  if batch_size is not None and int(batch_size) < 1:
+    raise errors.UserError(f"--batch_size={batch_size}: must be >= 1")
+  if batch_size is None and int(config.input.eval_batch_size) < 1:
+    raise errors.UserError(
+      f"config.input.eval_batch_size={config.input.eval_batch_size}: must be >= 1"
+    )
   image_size = tuple(config.input.image_size)
   root = pathlib.Path(images)
   paths = list_images(root)
@@ -319,7 +325,7 @@ def extract_folder(
 
   mesh = data_mesh()
   local = jax.local_device_count()
-  batch_size = int(batch_size or config.input.eval_batch_size)
+  batch_size = int(config.input.eval_batch_size if batch_size is None else batch_size)
   batch_size = min(batch_size, -(-len(paths) // local) * local)  # no all-padding compute
   batch_size = -(-batch_size // local) * local  # a multiple of the local devices
   extractor = extractor_lib.make_extractor(
