@@ -317,6 +317,21 @@ def test_eval_latest_pointer_that_is_a_folder_is_refused_before_the_evaluation(
   assert latest.is_dir() and not (workdir / "eval" / "step_2").exists()
 
 
+def test_extract_with_another_network_config_exits_2_naming_the_fields(workdir, tmp_path):
+  result, errors = run_user_error(
+    "-m",
+    "fsaf_jax.extract",
+    "--config=configs/demo.py",
+    f"--workdir={workdir}",
+    f"--images={workdir}",
+    f"--out={tmp_path / 'f.npz'}",
+  )
+  assert errors == [errors[0]] and "trained with another network" in errors[0]
+  assert "model.widths: checkpoint" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "f.npz").exists()
+
+
 # --- Resume and the NaN stop over damaged checkpoints. -----------------------------------
 
 
