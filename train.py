@@ -6,7 +6,7 @@ r"""Trains a ReID model, resuming from the work directory, and evaluates it.
 Runs `fsaf_jax.training.train_loop.train_and_evaluate` (a config with a `demo` section,
 configs/demo.py, runs through `fsaf_jax.demo.run.run_demo`: synthetic data, training,
 then the comparison with the untrained network and the colour-histogram baseline):
-resumes if WORKDIR holds a checkpoint, saves on SIGTERM / Ctrl-C (then exits with
+resumes if WORKDIR holds a checkpoint, saves on SIGTERM / Ctrl-C / SIGHUP (then exits with
 128 + the signal number; run the same command to continue), evaluates every
 `eval_every_epochs` and at the end.
 Multi-host: set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (or
