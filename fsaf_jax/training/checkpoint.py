@@ -98,12 +98,12 @@ def check_compatible(
   """
   diffs = resume_differences(saved, current)
   if diffs:
-    raise _incompatible(f"the checkpoint {where}", diffs)
+    raise _incompatible(f"the checkpoint {where} was", diffs)
 
 
-def _incompatible(what: str, diffs: list[str]) -> IncompatibleCheckpointError:
+def _incompatible(what_was: str, diffs: list[str]) -> IncompatibleCheckpointError:
   return IncompatibleCheckpointError(
-    f"{what} was written with a different config; these fields "
+    f"{what_was} written with a different config; these fields "
     "change the saved state or the batch sequence and must match to resume:\n  "
     + "\n  ".join(diffs)
     + "\nUse the checkpoint's values (--config.<field>=...), or another --workdir to "
@@ -137,7 +137,7 @@ def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
     ignore=lambda f: field_in(f, RESUMABLE_FIELDS) or field_in(f, RESOLVED_FIELDS),
   )
   if diffs:
-    raise _incompatible(f"the checkpoints in {workdir / CHECKPOINT_DIR}", diffs)
+    raise _incompatible(f"the checkpoints in {workdir / CHECKPOINT_DIR} were", diffs)
 
 
 # --- The manager. -------------------------------------------------------------------------
