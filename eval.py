@@ -29,6 +29,7 @@ from fsaf_jax.core import host_allocator
 from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.evaluation import evaluator
+from fsaf_jax.evaluation.result_dirs import ResultsWriteError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -63,6 +64,8 @@ def main(argv: Sequence[str]) -> None:
   except IncompatibleCheckpointError as e:  # several lines: one per differing field
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.EXIT_USER_ERROR)
+  except ResultsWriteError as e:  # disk full, ...: one line, exit 1
+    sys.exit(f"ERROR: {errors.one_line(str(e))}")
   except FileNotFoundError as e:
     raise errors.UserError(str(e)) from None
 

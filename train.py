@@ -6,7 +6,7 @@ r"""Trains a ReID model, resuming from the work directory, and evaluates it.
 Runs `fsaf_jax.training.train_loop.train_and_evaluate` (a config with a `demo` section,
 configs/demo.py, runs through `fsaf_jax.demo.run.run_demo`: synthetic data, training,
 then the comparison with the untrained network and the colour-histogram baseline):
-resumes if WORKDIR holds a checkpoint, saves on SIGTERM / Ctrl-C (then exits with
+resumes if WORKDIR holds a checkpoint, saves on SIGTERM / Ctrl-C / SIGHUP (then exits with
 128 + the signal number; run the same command to continue), evaluates every
 `eval_every_epochs` and at the end.
 Multi-host: set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (or
@@ -14,8 +14,8 @@ FSAF_DISTRIBUTED=auto) and run the same command on every host.
 
 A user mistake (an incompatible checkpoint, a work dir another run holds, every
 checkpoint damaged, a bad setting) prints one `ERROR:` line (and a `hint:` line) and
-exits with 2; a NaN stop or a failed checkpoint save prints one `ERROR:` line and exits
-with 1.
+exits with 2; a NaN stop, a failed checkpoint save or a failed write of the results (disk
+full) prints one `ERROR:` line and exits with 1.
 """
 
 import os
@@ -31,6 +31,7 @@ from fsaf_jax.core import host_allocator
 from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
 from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
 from fsaf_jax.demo import run as demo_run
+from fsaf_jax.evaluation.result_dirs import ResultsWriteError
 from fsaf_jax.training import train_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -62,7 +63,7 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   except IncompatibleCheckpointError as e:  # several lines: one per differing field
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.EXIT_USER_ERROR)
-  except (FloatingPointError, CheckpointSaveError) as e:
+  except (FloatingPointError, CheckpointSaveError, ResultsWriteError) as e:
     sys.exit(f"ERROR: {errors.one_line(str(e))}")
   if result.signal is not None:
     logging.info("Exiting after signal %d at step %d", result.signal, result.step)

@@ -12,7 +12,8 @@ prints such an error as
 on stderr and exits with status `EXIT_USER_ERROR` (2). `run` sends command-line
 mistakes the same way: absl flag errors, `app.UsageError`, an unknown field or section
 in a `--config.a.b=v` override (with a "did you mean" from the config's own fields), a
-config file that does not exist. Any other exception is a bug or an environment
+config file that does not exist. Ctrl-C (KeyboardInterrupt) ends with one
+'Interrupted' line and status 130. Any other exception is a bug or an environment
 failure and keeps its traceback. `check_output_file` / `check_output_dir` check output
 paths before any work starts, creating nothing.
 
@@ -39,6 +40,7 @@ from typing import Any
 from absl import app, flags
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + 2  # as a shell reports a process ended by SIGINT
 
 
 class UserError(ValueError):
@@ -84,7 +86,8 @@ def exit_with(error: BaseException) -> None:
 
 
 def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-  """Decorator: `UserError` / `app.UsageError` raised by `main` -> ERROR line, exit 2."""
+  """Decorator: `UserError` / `app.UsageError` raised by `main` -> ERROR line, exit 2;
+  `KeyboardInterrupt` (Ctrl-C) -> one 'Interrupted' line, exit 130, no traceback."""
 
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> Any:
@@ -94,12 +97,16 @@ def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
       exit_with(e)
     except app.UsageError as e:
       exit_with(UserError(str(e), hint="run with --helpshort to see the usage and flags"))
+    except KeyboardInterrupt:  # Ctrl-C (twice for train.py): the user's own stop
+      print("Interrupted (Ctrl-C).", file=sys.stderr, flush=True)
+      sys.exit(EXIT_INTERRUPTED)
 
   return wrapped
 
 
-def _missing_config_file(argv: Sequence[str]) -> str | None:
-  """`--flag=PATH` of a config-file flag (ml_collections) whose PATH is not a file."""
+def _config_file_args(argv: Sequence[str]) -> list[tuple[str, str]]:
+  """(`--flag=PATH[:param]`, PATH) of each config-file flag (ml_collections) in argv."""
+  found = []
   for arg in argv[1:]:
     if not arg.startswith("--") or "=" not in arg:
       continue
@@ -108,8 +115,36 @@ def _missing_config_file(argv: Sequence[str]) -> str | None:
       continue
     if type(flags.FLAGS[name].parser).__name__ != "ConfigFileFlagParser":
       continue
-    if not os.path.isfile(value.split(":", 1)[0]):
+    found.append((arg, value.split(":", 1)[0]))
+  return found
+
+
+def _missing_config_file(argv: Sequence[str]) -> str | None:
+  """`--flag=PATH` of a config-file flag (ml_collections) whose PATH is not a file."""
+  for arg, path in _config_file_args(argv):
+    if not os.path.isfile(path):
       return arg
+  return None
+
+
+def _config_file_error(argv: Sequence[str], error: BaseException) -> UserError | None:
+  """The one-line error for a config file that is not a Python `get_config()` module
+  (another kind of file, a syntax error, no `get_config`), or None."""
+  files = _config_file_args(argv)
+  if not files:
+    return None
+  arg, path = files[-1]
+  if not path.endswith(".py"):
+    return UserError(
+      f"{arg}: not a Python config file (a .py file defining get_config())",
+      hint="pass one of configs/*.py, or a .py file of yours returning the config",
+    )
+  if isinstance(error, SyntaxError):
+    where = f"{error.filename}, line {error.lineno}" if error.filename else arg
+    text = (error.text or "").strip()
+    return UserError(f"{arg}: syntax error in {where}: {error.msg}{': ' + text if text else ''}")
+  if isinstance(error, AttributeError) and "get_config" in str(error):
+    return UserError(f"{arg}: the config file defines no get_config() function")
   return None
 
 
@@ -146,9 +181,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing with a command-line mistake printed as one ERROR line (exit 2).
 
   Mistakes: absl flag errors; an unknown config field or section in a `--config.a.b=v`
-  override (with a "did you mean"); a config file that does not exist. Anything else
-  raised while parsing (e.g. an exception inside a config file's `get_config`) keeps
-  its traceback.
+  override (with a "did you mean"); a config file that does not exist, is not a .py
+  file, has a syntax error (file and line named) or defines no `get_config`. Anything
+  else raised while parsing (e.g. an exception inside a config file's `get_config`)
+  keeps its traceback.
   """
   missing_file = _missing_config_file(argv)
   if missing_file:
@@ -156,7 +192,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
   overrides = [a for a in argv[1:] if a.startswith("--") and "." in a.split("=", 1)[0]]
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError) as e:
+  except SyntaxError as e:
+    config_error = _config_file_error(argv, e)
+    if config_error is None:
+      raise
+    exit_with(config_error)
+  except (flags.Error, KeyError, AttributeError, NameError) as e:
+    config_error = _config_file_error(argv, e)
+    if config_error is not None:
+      exit_with(config_error)
     for override in overrides:
       if override[2:].split(".", 1)[0] not in flags.FLAGS:
         continue

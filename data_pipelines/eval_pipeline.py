@@ -92,6 +92,7 @@ def create_eval_batches(
   )
   if num_workers:
     grain_workers.ensure_absl_flags_parsed()
+    grain_workers.start_resource_tracker()
     ds = ds.mp_prefetch(
       grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=batch_size),
       worker_init_fn=grain_workers.worker_init,

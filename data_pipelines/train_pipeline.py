@@ -177,6 +177,7 @@ class TrainIterator(Iterator[dict[str, jax.Array]]):
     ds = self._batches[self._position :].to_iter_dataset(read)
     if self._num_workers:
       grain_workers.ensure_absl_flags_parsed()
+      grain_workers.start_resource_tracker()
       ds = ds.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=self._num_workers, per_worker_buffer_size=2),
         worker_init_fn=grain_workers.worker_init,

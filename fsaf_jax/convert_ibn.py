@@ -450,11 +450,15 @@ def convert_file(
     The `Conversion` (its `report()` is what the CLI prints).
 
   Raises:
-    UserError: `dst` cannot be written (checked first); ConversionError (see
+    UserError: `dst` cannot be written or is `src` (checked first); ConversionError (see
       `load_torch_checkpoint`, `convert_state_dict`).
   """
   src = os.fspath(src)
   errors.check_output_file(dst, "DST")
+  if os.path.abspath(os.path.expanduser(os.fspath(dst))) == os.path.abspath(
+    os.path.expanduser(src)
+  ) or (os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst)):
+    raise errors.UserError(f"DST={os.fspath(dst)} is SRC: the conversion would replace the source")
   state_dict = load_torch_checkpoint(src)
   if config is None:
     entries, layout = model_entries()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pathlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -302,6 +303,12 @@ def extract_folder(
   check_arguments(
     config, images=images, out=out, workdir=workdir, export=export, random_weights=random_weights
   )
+  if batch_size is not None and int(batch_size) < 1:
+    raise errors.UserError(f"--batch_size={batch_size}: must be >= 1")
+  if batch_size is None and int(config.input.eval_batch_size) < 1:
+    raise errors.UserError(
+      f"config.input.eval_batch_size={config.input.eval_batch_size}: must be >= 1"
+    )
   image_size = tuple(config.input.image_size)
   root = pathlib.Path(images)
   paths = list_images(root)
@@ -319,7 +326,7 @@ def extract_folder(
 
   mesh = data_mesh()
   local = jax.local_device_count()
-  batch_size = int(batch_size or config.input.eval_batch_size)
+  batch_size = int(config.input.eval_batch_size if batch_size is None else batch_size)
   batch_size = min(batch_size, -(-len(paths) // local) * local)  # no all-padding compute
   batch_size = -(-batch_size // local) * local  # a multiple of the local devices
   extractor = extractor_lib.make_extractor(
@@ -381,16 +388,20 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
-  extract_folder(
-    _CONFIG.value,
-    images=_IMAGES.value,
-    out=_OUT.value,
-    workdir=_WORKDIR.value,
-    export=_EXPORT.value,
-    batch_size=_BATCH_SIZE.value,
-    random_weights=_RANDOM_WEIGHTS.value,
-    skip_corrupt=_SKIP_CORRUPT.value,
-  )
+  try:
+    extract_folder(
+      _CONFIG.value,
+      images=_IMAGES.value,
+      out=_OUT.value,
+      workdir=_WORKDIR.value,
+      export=_EXPORT.value,
+      batch_size=_BATCH_SIZE.value,
+      random_weights=_RANDOM_WEIGHTS.value,
+      skip_corrupt=_SKIP_CORRUPT.value,
+    )
+  except checkpoint_restore.IncompatibleCheckpointError as e:  # one line per differing field
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

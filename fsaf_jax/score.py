@@ -241,6 +241,20 @@ def as_features(arrays: Mapping[str, np.ndarray]) -> scoring.EvalFeatures:
   return scoring.EvalFeatures(*(arrays[k] for k in REQUIRED_KEYS))
 
 
+def check_json_is_not_an_input(json_path: str, inputs: Sequence[str]) -> None:
+  """Raises UserError if `--json` names one of the input feature files (it would be
+  replaced by the metrics)."""
+  target = os.path.abspath(os.path.expanduser(json_path))
+  for given in inputs:
+    path = os.path.abspath(os.path.expanduser(given))
+    if path == target or (
+      os.path.exists(path) and os.path.exists(target) and os.path.samefile(path, target)
+    ):
+      raise errors.UserError(
+        f"--json={json_path} is the input {given}: the metrics would replace the features"
+      )
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) not in (2, 3):
     raise app.UsageError(
@@ -251,6 +265,7 @@ def main(argv: Sequence[str]) -> None:
   path = argv[1] if len(argv) == 2 else f"{argv[1]} + {argv[2]}"
   if _JSON.value:
     errors.check_output_file(_JSON.value, "--json")
+    check_json_is_not_an_input(_JSON.value, argv[1:])
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     arrays = load_features(argv[1]) if len(argv) == 2 else load_query_gallery(*argv[1:])

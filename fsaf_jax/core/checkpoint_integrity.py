@@ -396,6 +396,13 @@ class SaveMonitor:
     try:
       self._manager.wait_until_finished()
       self._manager.check_for_errors()
+    except KeyboardInterrupt:
+      # Ctrl-C twice (abort without saving): the save in flight is left to orbax, which
+      # completes it when the manager is closed (or a new run removes its temporary
+      # folder); removing it here would fail orbax's finalize thread with a traceback.
+      self._pending.clear()
+      self._catcher.errors.clear()
+      raise
     except Exception as e:  # noqa: BLE001 (any failure of the save is reported as one)
       self._catcher.errors.append(e)
     pending, self._pending = self._pending, []

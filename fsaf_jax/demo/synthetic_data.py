@@ -23,7 +23,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from data_pipelines import synthetic, synthetic_render
+from data_pipelines import errors, synthetic, synthetic_render
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.training import data_setup
 
@@ -68,13 +68,13 @@ def ensure_synthetic(config: ml_collections.ConfigDict, wanted: synthetic.Synthe
     True if the data was generated now, False if it was already there.
 
   Raises:
-    ValueError: `input.dataset` is not 'market1501', `manual_dir` holds a synthetic
+    errors.UserError: `input.dataset` is not 'market1501', `manual_dir` holds a synthetic
       dataset generated with other settings (the message names them), or `data_dir`
       holds a built dataset the synthetic data is missing for.
     errors.OutputExistsError: `manual_dir` holds a dataset it did not write.
   """
   if config.input.dataset != SYNTHETIC_DATASET:
-    raise ValueError(
+    raise errors.UserError(
       f"the demo writes a Market-1501-layout dataset, but "
       f"config.input.dataset={config.input.dataset!r}: set it to {SYNTHETIC_DATASET!r}"
     )
@@ -83,7 +83,7 @@ def ensure_synthetic(config: ml_collections.ConfigDict, wanted: synthetic.Synthe
   meta_path = out / synthetic.META_FILE
   if root.is_dir() and any(root.iterdir()):
     if not meta_path.exists():
-      raise ValueError(
+      raise errors.UserError(
         f"{root} exists but was not written by data_pipelines.synthetic (no "
         f"{meta_path}); set config.input.manual_dir to another folder or remove it"
       )
@@ -93,7 +93,7 @@ def ensure_synthetic(config: ml_collections.ConfigDict, wanted: synthetic.Synthe
       f"{k}: on disk {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v
     ]
     if diffs:
-      raise ValueError(
+      raise errors.UserError(
         f"the synthetic dataset in {out} was generated with other settings:\n  "
         + "\n  ".join(diffs)
         + f"\nRemove {out} and {config.input.data_dir} to regenerate, or restore the "
@@ -101,7 +101,7 @@ def ensure_synthetic(config: ml_collections.ConfigDict, wanted: synthetic.Synthe
       )
     return False
   if source_lib.get_builder(SYNTHETIC_DATASET, config.input.data_dir).is_prepared():
-    raise ValueError(
+    raise errors.UserError(
       f"{config.input.data_dir} already holds a built {SYNTHETIC_DATASET!r} dataset, but "
       f"the synthetic data it would come from is not in {out}: remove the built "
       f"dataset ({config.input.data_dir}/{SYNTHETIC_DATASET}) or use another "

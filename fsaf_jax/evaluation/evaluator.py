@@ -353,29 +353,30 @@ class Evaluator:
 
     if outdir is not None and jax.process_index() == 0:
       eval_dir = result_dirs.step_dir(outdir, result.step)
-      eval_dir.mkdir(parents=True, exist_ok=True)
-      if write_figure and settings.num_figure_queries > 0:
-        start_fig = time.perf_counter()
-        figure_path = eval_dir / FIGURE_FILE
-        drawn = figure_lib.write_ranked_list_figure(
-          figure_path,
-          features,
-          self.query_source,
-          self.gallery_source,
-          metric=settings.metric,
-          num_queries=settings.num_figure_queries,
-          reranked=scores.reranked,
-          title=self.title(result) + (" (re-ranked)" if scores.reranked is not None else ""),
-        )
-        timing["figure_s"] = time.perf_counter() - start_fig
-        if drawn:
-          extra["figure_path"] = os.fspath(figure_path)
-      metrics_path = eval_dir / METRICS_FILE
-      extra["metrics_path"] = os.fspath(metrics_path)
-      timing["total_s"] = time.perf_counter() - result.started
-      report_lib.write_metrics_json(metrics_path, scored, extra)
-      result_dirs.update_latest(outdir, result.step)
-      logging.info("Wrote %s", metrics_path)
+      with result_dirs.reporting_write_errors(eval_dir):
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        if write_figure and settings.num_figure_queries > 0:
+          start_fig = time.perf_counter()
+          figure_path = eval_dir / FIGURE_FILE
+          drawn = figure_lib.write_ranked_list_figure(
+            figure_path,
+            features,
+            self.query_source,
+            self.gallery_source,
+            metric=settings.metric,
+            num_queries=settings.num_figure_queries,
+            reranked=scores.reranked,
+            title=self.title(result) + (" (re-ranked)" if scores.reranked is not None else ""),
+          )
+          timing["figure_s"] = time.perf_counter() - start_fig
+          if drawn:
+            extra["figure_path"] = os.fspath(figure_path)
+        metrics_path = eval_dir / METRICS_FILE
+        extra["metrics_path"] = os.fspath(metrics_path)
+        timing["total_s"] = time.perf_counter() - result.started
+        report_lib.write_metrics_json(metrics_path, scored, extra)
+        result_dirs.update_latest(outdir, result.step)
+        logging.info("Wrote %s", metrics_path)
     else:
       timing["total_s"] = time.perf_counter() - result.started
     return report_lib.metrics_json(scored, extra)
@@ -457,6 +458,8 @@ def evaluate_checkpoint(
     checkpoint.IncompatibleCheckpointError: the network / input size differ.
     checkpoint_integrity.DamagedCheckpointError: the checkpoint `checkpoint` names is
       damaged (or every checkpoint of the work dir is).
+    errors.UserError: the results cannot be written there (`result_dirs.check_writable`;
+      checked before the evaluation).
   """
   if workdir is None and checkpoint is None:
     raise ValueError("pass --workdir (latest checkpoint) or --checkpoint=PATH")
@@ -468,9 +471,18 @@ def evaluate_checkpoint(
   step, saved, variables = checkpoint_restore.restore_for_inference(path)
   where = os.fspath(directory / str(step))
   config = checkpoint_restore.inference_config(config, saved, where)
-  logging.info("Evaluating %s (step %s) on %s", where, step, config.input.dataset)
+  flag = (
+    "--outdir" if outdir is not None else "--workdir" if workdir is not None else "--checkpoint"
+  )
   if outdir is None:
     outdir = workdir if workdir is not None else owner
+  try:
+    result_dirs.check_writable(outdir, step, flag)
+  except errors.UserError as e:
+    if flag != "--outdir":
+      e.hint = "pass --outdir=<a writable folder> for the results"
+    raise
+  logging.info("Evaluating %s (step %s) on %s", where, step, config.input.dataset)
   return evaluate_model(
     config,
     variables,

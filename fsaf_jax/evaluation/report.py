@@ -19,6 +19,7 @@ from typing import Any
 
 from etils import epath
 
+from fsaf_jax.evaluation import result_dirs
 from fsaf_jax.evaluation.metrics import METRIC_NAMES, RankMetrics
 
 TABLE_RANKS = (1, 5, 10)
@@ -85,12 +86,11 @@ def write_metrics_json(
   results: Mapping[str, RankMetrics],
   extra: Mapping[str, Any] | None = None,
 ) -> epath.Path:
-  """Writes `metrics_json(results, extra)` to `path` (local or e.g. gs://), creating parents.
+  """Writes `metrics_json(results, extra)` to `path` (local or e.g. gs://), creating
+  parents; whole or not at all (`result_dirs.write_whole`).
 
   Returns:
     The path written.
   """
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(metrics_json(results, extra), indent=2) + "\n")
-  return path
+  text = json.dumps(metrics_json(results, extra), indent=2) + "\n"
+  return result_dirs.write_whole(path, text.encode())

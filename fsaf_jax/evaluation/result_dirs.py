@@ -13,15 +13,56 @@ and never become `latest`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 
 from etils import epath
+
+from data_pipelines import errors
+from fsaf_jax.core.checkpoint_integrity import free_space
 
 EVAL_SUBDIR = "eval"
 LATEST_FILE = "latest"
 UNKNOWN_STEP_DIR = "step_unknown"
 _STEP_DIR = re.compile(r"step_(\d+)")
+
+
+class ResultsWriteError(OSError):
+  """Results could not be written (disk full, ...): one line naming the folder, the
+  cause and the free space there."""
+
+
+@contextlib.contextmanager
+def reporting_write_errors(folder: str | os.PathLike) -> Iterator[None]:
+  """Turns an OSError raised inside the block into one `ResultsWriteError` line."""
+  try:
+    yield
+  except ResultsWriteError:
+    raise
+  except OSError as e:
+    cause = " ".join(f"{type(e).__name__}: {e.strerror or e}".split())
+    raise ResultsWriteError(
+      f"writing the evaluation results to {os.fspath(folder)} failed: {cause}; "
+      f"{free_space(folder)} there"
+    ) from e
+
+
+def write_whole(path: str | os.PathLike, data: bytes) -> epath.Path:
+  """Writes `data` to `path` (parents created) through a temporary file renamed over
+  it: `path` keeps its old content if the write fails (e.g. disk full). Returns `path`."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+  try:
+    tmp.write_bytes(data)
+    tmp.replace(path)
+  except BaseException:
+    if tmp.exists():
+      tmp.unlink()
+    raise
+  return path
 
 
 def step_dir_name(step: int | None) -> str:
@@ -32,6 +73,36 @@ def step_dir_name(step: int | None) -> str:
 def step_dir(outdir: str | os.PathLike, step: int | None) -> epath.Path:
   """`OUTDIR/eval/step_<N>` (not created)."""
   return epath.Path(outdir) / EVAL_SUBDIR / step_dir_name(step)
+
+
+def check_writable(outdir: str | os.PathLike, step: int | None, flag: str) -> None:
+  """Checks, creating nothing, that `step`'s results can be written under `outdir`.
+
+  Args:
+    outdir: the output dir (`OUTDIR/eval/...` is written).
+    step: the step to be evaluated (None: `step_unknown`).
+    flag: how the user gave `outdir` (e.g. '--workdir'), for the message.
+
+  Raises:
+    errors.UserError: `outdir` or `OUTDIR/eval` cannot be created or written,
+      `OUTDIR/eval/step_<N>` is not a folder, or `OUTDIR/eval/latest` is a folder.
+  """
+  errors.check_output_dir(outdir, flag)
+  root = epath.Path(outdir) / EVAL_SUBDIR
+  if root.exists():
+    errors.check_output_dir(os.fspath(root), flag)
+  folder = step_dir(outdir, step)
+  if folder.exists() and not folder.is_dir():
+    raise errors.UserError(
+      f"{folder} is a file: the results of step {step} go into a folder of that name",
+      hint="move that file away",
+    )
+  latest = root / LATEST_FILE
+  if latest.is_dir():
+    raise errors.UserError(
+      f"{latest} is a folder: it must be the one-line file naming the newest results folder",
+      hint="move that folder away",
+    )
 
 
 def latest_step(outdir: str | os.PathLike) -> int | None:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines.errors import UserError
 from fsaf_jax.models.conv1x1 import Conv1x1
 
 
@@ -89,7 +90,7 @@ class MHSA(nn.Module):
       raise ValueError(f"MHSA strides must be 1 or 2, got {self.strides}")
     n, height, width, _ = x.shape
     if self.strides == 2 and (height % 2 or width % 2):
-      raise ValueError(
+      raise UserError(
         f"a stride-2 MHSA block needs an even feature map, got {height}x{width}: "
         "choose an input size divisible by the network's total stride"
       )

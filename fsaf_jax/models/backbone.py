@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from data_pipelines.errors import UserError
 from fsaf_jax.models.bottleneck import Bottleneck, conv_kernel_init
 from fsaf_jax.models.eca import ECA
 from fsaf_jax.models.max_pool import max_pool_fn
@@ -54,34 +55,34 @@ class Backbone(nn.Module):
     """Raises ValueError naming the `config.model` field and value of any unsupported
     setting (the one place the settings are checked)."""
     if len(self.stage_sizes) != 4 or any(int(n) < 1 for n in self.stage_sizes):
-      raise ValueError(
+      raise UserError(
         f"model.stage_sizes={tuple(self.stage_sizes)!r}: need 4 positive block counts "
         "(Conv2_x..Conv5_x)"
       )
     if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
-      raise ValueError(f"model.widths={tuple(self.widths)!r}: need 4 positive bottleneck widths")
+      raise UserError(f"model.widths={tuple(self.widths)!r}: need 4 positive bottleneck widths")
     if self.stem_width < 1:
-      raise ValueError(f"model.stem_width={self.stem_width!r}: must be positive")
+      raise UserError(f"model.stem_width={self.stem_width!r}: must be positive")
     for field, stages in (("ibn_stages", self.ibn_stages), ("mhsa_stages", self.mhsa_stages)):
       bad = [s for s in stages if s not in STAGES]
       if bad:
-        raise ValueError(
+        raise UserError(
           f"model.{field}={tuple(stages)!r}: stage(s) {bad} do not exist; "
           f"choose among {STAGES} (Conv2_x..Conv5_x)"
         )
     if self.num_heads < 1:
-      raise ValueError(f"model.num_heads={self.num_heads!r}: must be positive")
+      raise UserError(f"model.num_heads={self.num_heads!r}: must be positive")
     for stage in self.mhsa_stages:
       width = self.widths[STAGES.index(stage)]
       if width % self.num_heads:
-        raise ValueError(
+        raise UserError(
           f"model.num_heads={self.num_heads} does not divide the Conv{stage}_x width {width} "
           f"(model.widths={tuple(self.widths)!r}) of an MHSA stage"
         )
     if self.last_stride not in (1, 2):
-      raise ValueError(f"model.last_stride={self.last_stride!r}: must be 1 or 2")
+      raise UserError(f"model.last_stride={self.last_stride!r}: must be 1 or 2")
     if self.eca_placement not in ECA_PLACEMENTS:
-      raise ValueError(
+      raise UserError(
         f"model.eca_placement={self.eca_placement!r}: must be one of {ECA_PLACEMENTS}"
       )
     super().__post_init__()

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from data_pipelines.errors import UserError
 from fsaf_jax.models.fusion import FUSIONS, fuse_features
 from fsaf_jax.models.head import BNNeckHead
 
@@ -45,7 +46,7 @@ class FSAF(nn.Module):
   def __post_init__(self):
     """Raises ValueError naming `model.fusion` if unsupported; resolves `dtype`."""
     if self.fusion not in FUSIONS:
-      raise ValueError(f"model.fusion={self.fusion!r}: must be one of {FUSIONS}")
+      raise UserError(f"model.fusion={self.fusion!r}: must be one of {FUSIONS}")
     backbone_dtype = getattr(self.backbone, "dtype", jnp.float32)
     # Dataclass fields are read-only once built; this is still construction.
     if self.dtype is None:

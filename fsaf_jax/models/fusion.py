@@ -7,6 +7,7 @@ Conv5_x along channels (512 + 1024 + 2048 = 3584 for ResNet-50).
 
 import jax.numpy as jnp
 
+from data_pipelines.errors import UserError
 from fsaf_jax.models.max_pool import max_pool_fn
 
 FUSIONS = ("concat", "none")
@@ -19,7 +20,7 @@ def pool_factor(name: str, feature: jnp.ndarray, target: jnp.ndarray) -> tuple[i
   """
   (h, w), (th, tw) = feature.shape[1:3], target.shape[1:3]
   if h % th or w % tw:
-    raise ValueError(
+    raise UserError(
       f"model.fusion='concat' cannot pool {name} ({h}x{w}) onto Conv5_x ({th}x{tw}): "
       "the sizes do not divide; choose an input size divisible by the total stride "
       "or set model.fusion='none'"

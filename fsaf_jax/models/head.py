@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from data_pipelines.errors import UserError
 from fsaf_jax.models.pooling import POOLINGS, gem_pool, global_avg_pool
 
 
@@ -34,11 +35,11 @@ class BNNeckHead(nn.Module):
   def __post_init__(self):
     """Raises ValueError naming the `config.model` field of an unsupported setting."""
     if self.num_classes < 1:
-      raise ValueError(f"model.num_classes={self.num_classes!r}: must be positive")
+      raise UserError(f"model.num_classes={self.num_classes!r}: must be positive")
     if self.pooling not in POOLINGS:
-      raise ValueError(f"model.pooling={self.pooling!r}: must be one of {POOLINGS}")
+      raise UserError(f"model.pooling={self.pooling!r}: must be one of {POOLINGS}")
     if self.pooling == "gem" and self.gem_p <= 0:
-      raise ValueError(f"model.gem_p={self.gem_p!r}: the GeM exponent must be positive")
+      raise UserError(f"model.gem_p={self.gem_p!r}: the GeM exponent must be positive")
     super().__post_init__()
 
   @nn.compact

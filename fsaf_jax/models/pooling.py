@@ -2,6 +2,8 @@
 
 import jax.numpy as jnp
 
+from data_pipelines.errors import UserError
+
 POOLINGS = ("avg", "gem")
 
 
@@ -22,6 +24,6 @@ def gem_pool(x: jnp.ndarray, p: float = 3.0, eps: float = 1e-6) -> jnp.ndarray:
     [N, C] float32.
   """
   if p <= 0:
-    raise ValueError(f"model.gem_p={p!r}: the GeM exponent must be positive")
+    raise UserError(f"model.gem_p={p!r}: the GeM exponent must be positive")
   x = jnp.maximum(x.astype(jnp.float32), eps)
   return jnp.mean(x**p, axis=(1, 2)) ** (1.0 / p)

@@ -179,6 +179,11 @@ def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
       f"pretrained file {os.fspath(path)!r} does not exist: create it with "
       "`python -m fsaf_jax.convert_ibn SRC.pth DST` and pass DST"
     )
+  if path.is_dir():
+    raise PretrainedError(
+      f"pretrained file {os.fspath(path)!r} is a directory: pass the file written by "
+      "`python -m fsaf_jax.convert_ibn SRC.pth DST`"
+    )
   data = path.read_bytes()
   not_ours = (
     f"{os.fspath(path)!r} is not a fsaf_jax pretrained file (written by "

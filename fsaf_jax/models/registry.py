@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from data_pipelines.errors import UserError
 from fsaf_jax.models import backbones, plugin
 from fsaf_jax.models.plugin import register_backbone, register_model
 
@@ -66,9 +67,10 @@ def model_names() -> tuple[str, ...]:
 
 
 def parse_dtype(name: str) -> Any:
-  """'float32' | 'bfloat16' -> the jnp dtype; ValueError naming `model.dtype` otherwise."""
+  """'float32' | 'bfloat16' -> the jnp dtype; UserError (a ValueError) naming `model.dtype`
+  otherwise."""
   if name not in DTYPES:
-    raise ValueError(f"model.dtype={name!r}: must be one of {tuple(DTYPES)}")
+    raise UserError(f"model.dtype={name!r}: must be one of {tuple(DTYPES)}")
   return DTYPES[name]
 
 
@@ -81,7 +83,7 @@ def create_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
   _load_plugins()
   name = model_config.backbone
   if name not in plugin.BACKBONES:
-    raise ValueError(f"model.backbone={name!r}: must be one of {backbone_names()}")
+    raise UserError(f"model.backbone={name!r}: must be one of {backbone_names()}")
   return plugin.BACKBONES[name](model_config, parse_dtype(model_config.dtype))
 
 
@@ -98,14 +100,14 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     `model.init` gives `{'params', 'batch_stats'}`.
 
   Raises:
-    ValueError: a field has an unsupported value (the message names it).
+    UserError (a ValueError): a field has an unsupported value (the message names it).
   """
   if model_config.num_classes not in (-1, num_classes):
-    raise ValueError(
+    raise UserError(
       f"model.num_classes={model_config.num_classes} but the dataset has {num_classes} "
       "training identities: set model.num_classes=-1 (take it from the dataset) or fix it"
     )
   if model_config.name not in plugin.MODELS:
-    raise ValueError(f"model.name={model_config.name!r}: must be one of {model_names()}")
+    raise UserError(f"model.name={model_config.name!r}: must be one of {model_names()}")
   backbone = create_backbone(model_config)
   return plugin.MODELS[model_config.name](model_config, num_classes, backbone)

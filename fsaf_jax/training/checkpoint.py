@@ -72,6 +72,9 @@ RESUMABLE_FIELDS = (
   "eval.",
 )
 
+# Fields `setup.resolve_config` fills in from the data (unknown before it is ready).
+RESOLVED_FIELDS = ("model.num_classes", "train.steps_per_epoch")
+
 
 def resume_differences(
   saved: ml_collections.ConfigDict | Mapping[str, Any], current: ml_collections.ConfigDict
@@ -95,13 +98,46 @@ def check_compatible(
   """
   diffs = resume_differences(saved, current)
   if diffs:
-    raise IncompatibleCheckpointError(
-      f"the checkpoint {where} was written with a different config; these fields "
-      "change the saved state or the batch sequence and must match to resume:\n  "
-      + "\n  ".join(diffs)
-      + "\nUse the checkpoint's values (--config.<field>=...), or another --workdir to "
-      "start a new run. Fields that may differ: " + ", ".join(RESUMABLE_FIELDS)
-    )
+    raise _incompatible(f"the checkpoint {where} was", diffs)
+
+
+def _incompatible(what_was: str, diffs: list[str]) -> IncompatibleCheckpointError:
+  return IncompatibleCheckpointError(
+    f"{what_was} written with a different config; these fields "
+    "change the saved state or the batch sequence and must match to resume:\n  "
+    + "\n  ".join(diffs)
+    + "\nUse the checkpoint's values (--config.<field>=...), or another --workdir to "
+    "start a new run. Fields that may differ: " + ", ".join(RESUMABLE_FIELDS)
+  )
+
+
+def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """Refuses a run on a work dir holding checkpoints of another config, before any data
+  work (the demo would write and build its dataset, a full run would build its own).
+
+  Compares `config` with `WORKDIR/config.json` (the config of the run that wrote the
+  checkpoints beside it) outside `RESUMABLE_FIELDS` and the fields filled in from the
+  data (`RESOLVED_FIELDS`, compared at resume by `check_compatible`). Nothing is
+  checked without a checkpoint step or a readable config.json.
+
+  Raises:
+    IncompatibleCheckpointError: naming every differing field.
+  """
+  workdir = epath.Path(workdir)
+  path = workdir / "config.json"
+  if not path.exists() or not step_dirs(workdir / CHECKPOINT_DIR):
+    return
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return  # the checkpoint's own config is checked at resume
+  diffs = config_differences(
+    saved,
+    config,
+    ignore=lambda f: field_in(f, RESUMABLE_FIELDS) or field_in(f, RESOLVED_FIELDS),
+  )
+  if diffs:
+    raise _incompatible(f"the checkpoints in {workdir / CHECKPOINT_DIR} were", diffs)
 
 
 # --- The manager. -------------------------------------------------------------------------

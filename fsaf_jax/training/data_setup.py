@@ -53,6 +53,10 @@ def prepare_dataset(
 
   Returns:
     A copy of `config` with absolute `input.data_dir` / `input.manual_dir`.
+
+  Raises:
+    errors.OutputExistsError: `data_dir` holds the dataset built from another copy
+      than the one in `manual_dir` (`source.build`).
   """
   config = resolve_data_paths(config, workdir)
   if jax.process_index() == 0:
@@ -61,6 +65,10 @@ def prepare_dataset(
       logging.info(
         "Building the TFDS dataset %s into %s", config.input.dataset, config.input.data_dir
       )
+    if not builder.is_prepared() or config.input.manual_dir:
+      # A build already there is checked against manual_dir: training on a build made
+      # from another copy of the dataset than the one named is refused, as the build
+      # command refuses it.
       source_lib.build(config.input.dataset, config.input.data_dir, config.input.manual_dir or None)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("fsaf_jax.prepare_dataset")

@@ -1,8 +1,8 @@
-"""Stop requests from SIGTERM / SIGINT, acted on at the next step boundary.
+"""Stop requests from SIGTERM / SIGINT / SIGHUP, acted on at the next step boundary.
 
-A preempted job (SIGTERM from a scheduler, Ctrl-C) should not die mid-step: the
-handler only records the signal, the training loop sees `stop.requested` between
-steps, saves a checkpoint and returns. A second SIGINT raises KeyboardInterrupt at
+A preempted job (SIGTERM from a scheduler, Ctrl-C, a closed terminal) should not die
+mid-step: the handler only records the signal, the training loop sees `stop.requested`
+between steps, saves a checkpoint and returns. A second SIGINT raises KeyboardInterrupt at
 once (for a loop that is stuck).
 
 Multi-process: the signal may reach the processes at different steps, but all must
@@ -21,7 +21,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP: the terminal running the job was closed (not on Windows).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT) + (
+  (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+)
 
 
 class StopOnSignal:

@@ -5,7 +5,9 @@ is written; `setup_run(config, workdir)` then makes the dataset ready, builds th
 train iterator, resolves `model.num_classes` and `train.steps_per_epoch` from the data
 (`resolve_config`), builds the `Evaluator` (its settings checked before any training
 step), the model, the initial train state (`config.init.pretrained` or 'scratch') and
-the run card (printed and written to `WORKDIR/run_card.json` by process 0).
+the run card (printed by process 0; the training loop writes it to
+`WORKDIR/run_card.json` once a resume is accepted, so a refused run leaves the work
+dir's card as it was).
 """
 
 from __future__ import annotations
@@ -157,12 +159,65 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   """Refuses bad checkpoint and initialisation settings before anything is written.
 
   Raises:
-    errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, or an empty
+    errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, an
+      `input.image_size` that is not two positive integers, a loop or loader setting
+      out of range (`check_loop_and_loader`), or an empty
       `init.pretrained` (the message names the IBN-Net release and the convert command).
   """
   checkpoint_interval(config)
   checkpoint_lib.check_keep(config.train.keep_checkpoints)
+  check_image_size(config.input.image_size)
+  check_loop_and_loader(config)
   check_initialisation(config.init)
+
+
+def check_loop_and_loader(config: ml_collections.ConfigDict) -> None:
+  """Raises errors.UserError for `train.num_epochs` < 1, `train.eval_every_epochs` < 0
+  (a negative interval would evaluate every epoch), `train.log_every_steps` < 1,
+  `input.num_workers` < 0,
+  K (`input.num_instances`) < 2 with a triplet loss (no positive pair to mine), or
+  `loss.label_smoothing` outside [0, 1)."""
+  if int(config.train.num_epochs) < 1:
+    raise errors.UserError(f"config.train.num_epochs={config.train.num_epochs}: must be >= 1")
+  if int(config.train.eval_every_epochs) < 0:
+    raise errors.UserError(
+      f"config.train.eval_every_epochs={config.train.eval_every_epochs}: must be >= 0 "
+      "(0: evaluate only at the end)"
+    )
+  if int(config.train.log_every_steps) < 1:
+    raise errors.UserError(
+      f"config.train.log_every_steps={config.train.log_every_steps}: must be >= 1"
+    )
+  if int(config.input.num_workers) < 0:
+    raise errors.UserError(
+      f"config.input.num_workers={config.input.num_workers}: must be >= 0 (0 decodes in "
+      "the training process)"
+    )
+  if float(config.loss.triplet_weight) > 0 and int(config.input.num_instances) < 2:
+    raise errors.UserError(
+      f"config.input.num_instances={config.input.num_instances}: the triplet loss needs "
+      "K >= 2 images per identity in a batch (a positive pair)",
+      hint="set --config.input.num_instances=4 (the recipe's K), or --config.loss.triplet_weight=0",
+    )
+  if not 0.0 <= float(config.loss.label_smoothing) < 1.0:
+    raise errors.UserError(
+      f"config.loss.label_smoothing={config.loss.label_smoothing}: must be in [0, 1) "
+      "(the recipe's 0.1)"
+    )
+
+
+def check_image_size(image_size: Any) -> None:
+  """Raises errors.UserError unless `image_size` (config.input.image_size) is (H, W),
+  two positive integers."""
+  try:
+    ok = len(image_size) == 2 and all(int(s) == s and s >= 1 for s in image_size)
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise errors.UserError(
+      f"config.input.image_size={image_size!r}: must be (height, width), two positive integers",
+      hint="e.g. --config.input.image_size='(256, 128)'",
+    )
 
 
 def setup_run(
@@ -248,7 +303,6 @@ def setup_run(
     pretrained_report=pretrained_report,
     mesh=mesh,
   )
-  if is_main:
+  if is_main:  # written to WORKDIR/run_card.json once the run is accepted (`train_loop`)
     console_line(run_card.format_run_card(card))
-    run_card.write_run_card(card, workdir)
   return Run(config, mesh, train_iter, model, state, evaluator, card)

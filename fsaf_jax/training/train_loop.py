@@ -60,7 +60,7 @@ from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.evaluation.evaluator import Evaluator
 from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training import setup, workdir_lock
+from fsaf_jax.training import run_card, setup, workdir_lock
 from fsaf_jax.training.preemption import StopOnSignal
 from fsaf_jax.training.setup import check_settings, checkpoint_interval, setup_run
 from fsaf_jax.training.train_step import check_finite, make_train_step
@@ -152,6 +152,8 @@ def train_and_evaluate(
 
   Raises:
     workdir_lock.WorkdirLockedError: another run owns `workdir` (its pid is named).
+    checkpoint_restore.IncompatibleCheckpointError: `workdir` holds checkpoints of
+      another config (`checkpoint.check_workdir_config`: before any data work).
     errors.UserError: `workdir` cannot be created or written, or a setting is out of
       range or inconsistent (checkpoint interval, P x K vs devices, eval settings, ...).
     What `_train` raises (an incompatible or damaged checkpoint, a NaN, a failed save).
@@ -164,6 +166,7 @@ def train_and_evaluate(
     errors.check_output_dir(workdir, "--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lock.WorkdirLock(workdir, enabled=is_main):
+    checkpoint_lib.check_workdir_config(workdir, config)  # before any data work
     run = setup_run(config, workdir, config_name=config_name, prepare_data=prepare_data)
     return _train(run, workdir, on_step)
 
@@ -210,6 +213,7 @@ def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> Train
   state = checkpoint_lib.restore_checkpoint(manager, state, train_iter, config)
   if is_main:  # the run is accepted: config.json describes the checkpoints beside it
     (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+    run_card.write_run_card(run.card, workdir)
   saves = checkpoint_integrity.SaveMonitor(manager)
   start_step = int(state.step)
   if start_step:

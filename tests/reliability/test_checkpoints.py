@@ -10,6 +10,7 @@ inference on step 4 by name must raise one `DamagedCheckpointError` line naming 
 
 import logging
 import shutil
+import sys
 import time
 
 import jax
@@ -251,3 +252,47 @@ def test_poll_reports_the_failure_without_waiting_for_the_next_save(tmp_path, mo
 def test_free_space_is_reported(tmp_path):
   assert integrity.free_space(tmp_path).endswith(" free")
   assert integrity.free_space(tmp_path / "not" / "yet") == integrity.free_space(tmp_path)
+
+
+def test_ctrl_c_while_waiting_for_a_save_leaves_it_to_orbax(tmp_path, monkeypatch):
+  """A second Ctrl-C interrupts the wait for the save in flight; orbax logs the
+  interruption (as it does: an ERROR record with the exception). The save is neither
+  reported as failed nor removed under orbax's feet: it completes when the manager closes."""
+  real_wait = ocp.CheckpointManager.wait_until_finished
+  interrupt = {"next_wait": False}
+
+  def interrupted_wait(self):
+    if interrupt["next_wait"]:
+      interrupt["next_wait"] = False
+      try:
+        raise KeyboardInterrupt
+      except KeyboardInterrupt:
+        record = logging.LogRecord(
+          "absl",
+          logging.ERROR,
+          "/site-packages/orbax/checkpoint/checkpoint_manager.py",
+          1,
+          "Save Finalize thread (save_finalize) failed.",
+          None,
+          sys.exc_info(),
+        )
+        logging.getLogger("absl").handle(record)
+        raise
+    return real_wait(self)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", interrupted_wait)
+  manager = checkpoint_lib.create_checkpoint_manager(tmp_path, keep=5)
+  monitor = integrity.SaveMonitor(manager)
+  checkpoint_lib.save_checkpoint(
+    manager, 2, damage.small_state(2, 2), damage.FakeIterator(2), damage.resolved_config()
+  )
+  monitor.started(2)
+  interrupt["next_wait"] = True
+  with pytest.raises(KeyboardInterrupt):
+    monitor.finish()
+  monitor.finish()  # nothing pending, nothing reported
+  manager.close()
+  monitor.close()
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
+  restored, _ = resume(tmp_path)
+  assert int(restored.step) == 2

@@ -95,6 +95,15 @@ def test_destination_is_checked_before_the_checkpoint_is_read(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
+def test_destination_that_is_the_source_is_refused(tmp_path):
+  src = tmp_path / "r50.pth"
+  src.write_bytes(b"PK\x03\x04 the user's only copy")
+  for dst in (src, tmp_path / "." / "r50.pth"):
+    with pytest.raises(errors.UserError, match=r"DST=.*r50.pth is SRC"):
+      convert_ibn.convert_file(src, dst)
+  assert src.read_bytes() == b"PK\x03\x04 the user's only copy"
+
+
 def test_pretrained_file_with_non_finite_entry_is_refused(tmp_path):
   path = tmp_path / "r50.msgpack"
   kernel = np.ones((3, 3, 3, 8), np.float32)

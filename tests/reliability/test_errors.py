@@ -45,6 +45,16 @@ def test_usage_error_takes_the_same_path(capsys):
   assert err[0] == "ERROR: expected one argument" and err[1].startswith("hint: ")
 
 
+def test_ctrl_c_is_one_line_exit_130(capsys):
+  def main(argv):
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as exit_info:
+    errors.user_errors(main)(["prog"])
+  assert exit_info.value.code == errors.EXIT_INTERRUPTED == 130
+  assert capsys.readouterr().err == "Interrupted (Ctrl-C).\n"
+
+
 def test_subclasses_of_user_error_are_caught_and_bugs_are_not(capsys):
   class MyError(errors.UserError, FileNotFoundError):
     pass
@@ -138,6 +148,25 @@ def test_command_line_mistakes_are_one_line_exit_2(args, expected):
   assert lines[0].startswith(expected), proc.stderr
   assert len(lines) <= 2 and all(line.startswith("hint: ") for line in lines[1:]), proc.stderr
   assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_config_files_that_are_not_config_modules_are_one_line_exit_2(tmp_path):
+  syntax = tmp_path / "bad.py"
+  syntax.write_text("def get_config(:\n  return 1\n")
+  no_function = tmp_path / "empty.py"
+  no_function.write_text("x = 1\n")
+  json_file = tmp_path / "config.json"
+  json_file.write_text('{"flip": false}\n')
+  cases = [
+    (syntax, f"ERROR: --config={syntax}: syntax error in {syntax}, line 1: invalid syntax"),
+    (no_function, f"ERROR: --config={no_function}: the config file defines no get_config()"),
+    (json_file, f"ERROR: --config={json_file}: not a Python config file"),
+  ]
+  for path, expected in cases:
+    proc = _run_program(f"--config={path}", "--out=x")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[0].startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_correct_command_line_runs():

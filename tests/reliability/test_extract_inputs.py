@@ -129,6 +129,30 @@ def test_contradictory_or_missing_weights(folder, tmp_path):
   assert not (tmp_path / "f.npz").exists()
 
 
+@pytest.mark.parametrize(
+  "batch_size, config_size, match",
+  [
+    (0, 16, "--batch_size=0: must be >= 1"),
+    (-3, 16, "--batch_size=-3: must be >= 1"),
+    (None, 0, "config.input.eval_batch_size=0: must be >= 1"),
+  ],
+)
+def test_bad_batch_sizes_are_refused_before_any_work(
+  folder, tmp_path, batch_size, config_size, match
+):
+  config = tiny.get_config()
+  config.input.eval_batch_size = config_size
+  with pytest.raises(errors.UserError, match=match):
+    extract.extract_folder(
+      config,
+      images=str(folder),
+      out=str(tmp_path / "f.npz"),
+      random_weights=True,
+      batch_size=batch_size,
+    )
+  assert not (tmp_path / "f.npz").exists()
+
+
 def test_output_paths_are_checked_first(folder, tmp_path):
   config = tiny.get_config()
   (tmp_path / "a_file").write_text("keep me")

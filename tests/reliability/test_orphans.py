@@ -96,6 +96,69 @@ def test_worker_dies_with_a_killed_parent(tmp_path, watch):
       p.kill()
 
 
+GROUP_SCRIPT = textwrap.dedent("""\
+  import multiprocessing, sys, time
+  from multiprocessing import shared_memory
+
+  from data_pipelines import grain_workers
+
+
+  def worker(queue):
+    grain_workers.worker_init(0, 1)
+    shm = shared_memory.SharedMemory(create=True, size=4096)  # as grain's batches
+    queue.put(shm.name)
+    time.sleep(300)
+
+
+  if __name__ == "__main__":
+    grain_workers.start_resource_tracker()
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    context.Process(target=worker, args=(queue,), daemon=True).start()  # as grain's
+    print(queue.get(timeout=120), flush=True)
+    try:
+      time.sleep(300)
+    except KeyboardInterrupt:
+      sys.exit(130)
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the process tree and /dev/shm")
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
+def test_a_terminal_signal_to_the_whole_group_leaves_nothing(tmp_path, sig):
+  """A closed terminal (SIGHUP) or Ctrl-C (SIGINT) reaches every process of the group:
+  the workers leave the decision to the main process (no KeyboardInterrupt traceback
+  each) and the resource tracker outlives them to unlink their shared memory."""
+  script = tmp_path / "group.py"
+  script.write_text(GROUP_SCRIPT)
+  parent = subprocess.Popen(
+    [sys.executable, str(script)],
+    cwd=ROOT,
+    env=env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  children = []
+  try:
+    name = parent.stdout.readline().strip()
+    assert name and os.path.exists(f"/dev/shm/{name}")
+    children = descendants(parent.pid)
+    os.killpg(parent.pid, sig)
+    parent.wait(timeout=30)
+    alive = wait_gone(children, timeout=15)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
+    assert not os.path.exists(f"/dev/shm/{name}")
+    assert "Traceback" not in parent.stderr.read()
+  finally:
+    for p in [*children, psutil.Process(parent.pid)] if parent.poll() is None else children:
+      try:
+        p.kill()
+      except psutil.NoSuchProcess:
+        pass
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the process tree (Linux)")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
+from data_pipelines import errors
 from fsaf_jax import score
 from fsaf_jax.evaluation import scoring
 from fsaf_jax.evaluation.inputs import EvaluationInputError
@@ -141,3 +142,13 @@ def test_non_finite_features_are_an_error_naming_the_entry(tmp_path):
   g = _extract_file(tmp_path / "g.npz", arrays, "gallery")
   with pytest.raises(EvaluationInputError, match=r"q.npz \(query\): feats .*\[4, 1\] = .*inf"):
     score.load_query_gallery(q, g)
+
+
+def test_json_output_that_is_an_input_is_refused(tmp_path):
+  features = tmp_path / "feats.npz"
+  features.write_bytes(b"PK the features")
+  for json_path in (features, tmp_path / "." / "feats.npz"):
+    with pytest.raises(errors.UserError, match=r"--json=.*feats.npz is the input"):
+      score.check_json_is_not_an_input(str(json_path), [str(tmp_path / "q.npz"), str(features)])
+  score.check_json_is_not_an_input(str(tmp_path / "m.json"), [str(features)])  # fine
+  assert features.read_bytes() == b"PK the features"

@@ -88,6 +88,25 @@ def test_output_that_is_a_file(tmp_path):
     synthetic.generate(tmp_path / "f", SMALL)
 
 
+@pytest.mark.parametrize("case", ["parent_of_a_market_folder", "another_dataset"])
+def test_demo_data_mistakes_are_user_errors(tmp_path, case):
+  """One ERROR line from train.py (not a traceback): manual_dir holding a Market folder
+  the generator did not write, or a dataset the demo cannot write."""
+  config = demo.get_config()
+  config.input.data_dir = str(tmp_path / "tfds")
+  config.input.manual_dir = str(tmp_path / "datasets")
+  if case == "parent_of_a_market_folder":
+    reid_layouts.write_images(tmp_path / "datasets" / reid_layouts.MARKET_TOP, MARKET_FILES)
+    match = "exists but was not written by data_pipelines.synthetic"
+  else:
+    config.input.dataset = "dukemtmc_reid"
+    match = "config.input.dataset='dukemtmc_reid'"
+  before = _tree(tmp_path)
+  with pytest.raises(errors.UserError, match=match):
+    synthetic_data.ensure_synthetic(config, synthetic_data.synthetic_config(config.demo.synthetic))
+  assert _tree(tmp_path) == before
+
+
 def test_demo_setup_does_not_write_a_synthetic_copy_into_a_market_folder(tmp_path):
   # train.py --config=configs/demo.py --config.input.manual_dir=<existing Market folder>
   market = tmp_path / "Market-1501-v15.09.15"

@@ -171,6 +171,37 @@ def test_zero_checkpoint_settings_are_refused_before_anything_is_written(
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("size", [(64,), (0, 32), (64, -32), (64.5, 32)])
+def test_bad_image_sizes_are_refused_before_anything_is_written(data_root, tmp_path, size):
+  c = run.config(data_root)
+  c.input.image_size = size
+  with pytest.raises(UserError, match=r"config.input.image_size=.*two positive integers"):
+    train_loop.train_and_evaluate(c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+  "section, field, value, message",
+  [
+    ("train", "num_epochs", 0, "num_epochs=0: must be >= 1"),
+    ("train", "num_epochs", -1, "num_epochs=-1: must be >= 1"),
+    ("input", "num_workers", -1, "num_workers=-1: must be >= 0"),
+    ("train", "eval_every_epochs", -1, "eval_every_epochs=-1: must be >= 0"),
+    ("train", "log_every_steps", 0, "log_every_steps=0: must be >= 1"),
+    ("input", "num_instances", 1, "num_instances=1: the triplet loss needs K >= 2"),
+    ("loss", "label_smoothing", 1.5, r"label_smoothing=1.5: must be in \[0, 1\)"),
+  ],
+)
+def test_loop_and_loader_settings_are_refused_before_anything_is_written(
+  data_root, tmp_path, section, field, value, message
+):
+  c = run.config(data_root)
+  c[section][field] = value
+  with pytest.raises(UserError, match=message):
+    train_loop.train_and_evaluate(c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
 def test_refused_resume_keeps_config_json(workdir, data_root):
   before = damage.tree_dir_snapshot(workdir)
   c = run.config(data_root)
@@ -180,9 +211,23 @@ def test_refused_resume_keeps_config_json(workdir, data_root):
   after = damage.tree_dir_snapshot(workdir)
   assert after["config.json"] == before["config.json"]
   assert json.loads(after["config.json"])["optim"]["base_lr"] == run.config(data_root).optim.base_lr
+  # The run card still describes the accepted run, not the refused one.
+  assert after["run_card.json"] == before["run_card.json"]
   assert {k for k in after if k.startswith("checkpoints/")} == {
     k for k in before if k.startswith("checkpoints/")
   }
+
+
+def test_a_run_of_another_config_is_refused_before_any_data_work(workdir, data_root, monkeypatch):
+  before = damage.tree_dir_snapshot(workdir)
+  c = run.config(data_root)
+  c.model.last_stride = 1
+  monkeypatch.setattr(train_loop, "setup_run", lambda *a, **k: pytest.fail("data work started"))
+  with pytest.raises(checkpoint_restore.IncompatibleCheckpointError, match="model.last_stride"):
+    train_loop.train_and_evaluate(c, workdir)
+  after = damage.tree_dir_snapshot(workdir)
+  after.pop("train.lock", None), before.pop("train.lock", None)
+  assert after == before
 
 
 # --- Results per step. -------------------------------------------------------------------
@@ -230,6 +275,61 @@ def test_eval_py_on_a_damaged_checkpoint_exits_2_naming_it(workdir):
   assert errors == [errors[0]] and f"ERROR: checkpoint {step_dir} is damaged: " in errors[0]
   assert "Traceback" not in result.stderr
   assert damage.tree_dir_snapshot(workdir / "eval") == results_before  # nothing written
+
+
+def test_eval_on_a_read_only_workdir_fails_before_the_evaluation(workdir, monkeypatch):
+  # Root writes through permissions: the permission answer is simulated (os.access).
+  real_access = os.access
+
+  def access(path, mode, *args, **kwargs):
+    if str(path).startswith(str(workdir)) and mode & os.W_OK:
+      return False
+    return real_access(path, mode, *args, **kwargs)
+
+  monkeypatch.setattr(os, "access", access)
+  monkeypatch.setattr(evaluator, "evaluate_model", lambda *a, **k: pytest.fail("evaluated"))
+  results_before = damage.tree_dir_snapshot(workdir / "eval")
+  with pytest.raises(UserError, match=r"--workdir=.*: the directory is not writable") as e:
+    evaluator.evaluate_checkpoint(eval_config(), workdir=workdir)
+  assert "--outdir" in e.value.hint
+  assert damage.tree_dir_snapshot(workdir / "eval") == results_before
+
+
+def test_eval_results_folder_that_is_a_file_is_refused_before_the_evaluation(workdir, monkeypatch):
+  monkeypatch.setattr(evaluator, "evaluate_model", lambda *a, **k: pytest.fail("evaluated"))
+  final = workdir / "eval" / f"step_{TOTAL_STEPS}"
+  shutil.rmtree(final)
+  final.write_text("notes")
+  with pytest.raises(UserError, match=rf"step_{TOTAL_STEPS} is a file"):
+    evaluator.evaluate_checkpoint(eval_config(), workdir=workdir)
+  assert final.read_text() == "notes"
+
+
+def test_eval_latest_pointer_that_is_a_folder_is_refused_before_the_evaluation(
+  workdir, monkeypatch
+):
+  monkeypatch.setattr(evaluator, "evaluate_model", lambda *a, **k: pytest.fail("evaluated"))
+  latest = workdir / "eval" / "latest"
+  latest.unlink()
+  latest.mkdir()
+  with pytest.raises(UserError, match=r"latest is a folder"):
+    evaluator.evaluate_checkpoint(eval_config(), checkpoint=workdir / "checkpoints" / "2")
+  assert latest.is_dir() and not (workdir / "eval" / "step_2").exists()
+
+
+def test_extract_with_another_network_config_exits_2_naming_the_fields(workdir, tmp_path):
+  result, errors = run_user_error(
+    "-m",
+    "fsaf_jax.extract",
+    "--config=configs/demo.py",
+    f"--workdir={workdir}",
+    f"--images={workdir}",
+    f"--out={tmp_path / 'f.npz'}",
+  )
+  assert errors == [errors[0]] and "trained with another network" in errors[0]
+  assert "model.widths: checkpoint" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "f.npz").exists()
 
 
 # --- Resume and the NaN stop over damaged checkpoints. -----------------------------------

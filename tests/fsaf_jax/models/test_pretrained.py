@@ -158,6 +158,8 @@ def test_a_file_matching_nothing_is_an_error(tmp_path):
 def test_load_rejects_other_files(tmp_path):
   with pytest.raises(PretrainedError, match="does not exist.*convert_ibn"):
     pretrained.load_pretrained(tmp_path / "missing.msgpack")
+  with pytest.raises(PretrainedError, match="is a directory"):
+    pretrained.load_pretrained(tmp_path)
   pth = tmp_path / "r50.pth"
   pth.write_bytes(b"PK\x03\x04" + bytes(100))  # what torch.save writes: a zip
   with pytest.raises(PretrainedError, match="looks like a PyTorch checkpoint; convert it first"):

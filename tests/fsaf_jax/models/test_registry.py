@@ -9,6 +9,7 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
+from data_pipelines.errors import UserError
 from fsaf_jax.models import plugin, registry
 
 
@@ -82,6 +83,25 @@ def test_builtin_names_and_unknown_ones():
   config.model.backbone = "nope"
   with pytest.raises(ValueError, match=r"model.backbone='nope': must be one of \(.*'resnet_ibn_a'"):
     registry.create_model(config.model, 3)
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("backbone", "resnet18", "model.backbone='resnet18': must be one of"),
+    ("name", "fsa", "model.name='fsa': must be one of"),
+    ("dtype", "float64", "model.dtype='float64': must be one of"),
+    ("eca_placement", "everywhere", "model.eca_placement='everywhere': must be one of"),
+    ("pooling", "max2", "model.pooling='max2': must be one of"),
+  ],
+)
+def test_a_bad_model_field_is_a_user_error(field, value, message):
+  """Printed by the commands as one ERROR line (exit 2), not a traceback."""
+  config = tiny.get_config()
+  config.model[field] = value
+  with pytest.raises(UserError, match=message):
+    model = registry.create_model(config.model, 3)
+    model.init(jax.random.key(0), jnp.zeros((1, 64, 32, 3)), train=False)
 
 
 def test_a_name_cannot_be_registered_twice(toy_registered):
