@@ -83,8 +83,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _exception_line(e: BaseException) -> str:
+  """`Type: first line` of `e`, without orbax's pointer to the TensorStore spec dump."""
   text = str(e).strip().splitlines()
-  return _one_line(f"{type(e).__name__}: {text[0] if text else ''}")
+  first = (text[0] if text else "").split(" See full TensorStore details", 1)[0]
+  return _one_line(f"{type(e).__name__}: {first}")
 
 
 # --- Manifests. ---------------------------------------------------------------------------
