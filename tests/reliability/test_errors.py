@@ -11,6 +11,7 @@ import pytest
 from absl import app
 
 from data_pipelines import errors
+from tests.reference import read_only
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -212,14 +213,7 @@ def test_not_writable_places_are_refused(tmp_path, monkeypatch):
   locked = tmp_path / "locked"
   (locked / "existing").mkdir(parents=True)
   (locked / "f.npz").write_text("x")
-  real_access = os.access
-
-  def access(path, mode, *args, **kwargs):
-    if str(path).startswith(str(locked)) and mode & os.W_OK:
-      return False
-    return real_access(path, mode, *args, **kwargs)
-
-  monkeypatch.setattr(os, "access", access)
+  read_only.deny_writes_under(monkeypatch, locked)
   with pytest.raises(errors.UserError, match=r"DST=.*directory .*locked is not writable"):
     errors.check_output_file(locked / "new" / "x.msgpack", "DST")
   with pytest.raises(errors.UserError, match=r"the file exists and is not writable"):

@@ -23,6 +23,7 @@ from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.evaluation import evaluator, result_dirs
 from fsaf_jax.training import train_loop, workdir_lock
+from tests.reference import read_only
 from tests.reference import tiny_synthetic_run as run
 from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
 from tests.reference.poisoned_step import poison_loss_at
@@ -279,14 +280,7 @@ def test_eval_py_on_a_damaged_checkpoint_exits_2_naming_it(workdir):
 
 def test_eval_on_a_read_only_workdir_fails_before_the_evaluation(workdir, monkeypatch):
   # Root writes through permissions: the permission answer is simulated (os.access).
-  real_access = os.access
-
-  def access(path, mode, *args, **kwargs):
-    if str(path).startswith(str(workdir)) and mode & os.W_OK:
-      return False
-    return real_access(path, mode, *args, **kwargs)
-
-  monkeypatch.setattr(os, "access", access)
+  read_only.deny_writes_under(monkeypatch, workdir)
   monkeypatch.setattr(evaluator, "evaluate_model", lambda *a, **k: pytest.fail("evaluated"))
   results_before = damage.tree_dir_snapshot(workdir / "eval")
   with pytest.raises(UserError, match=r"--workdir=.*: the directory is not writable") as e:
