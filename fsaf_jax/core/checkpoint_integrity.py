@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from data_pipelines.errors import UserError
+from fsaf_jax.core.whole_file import write_whole
 
 MANIFEST_FILE = "sha256sums.json"
 MANIFEST_VERSION = 1
@@ -109,7 +110,11 @@ def _files(step_dir: epath.Path) -> list[str]:
     prefix = os.fspath(folder).rstrip("/")[len(root) + 1 :].replace(os.sep, "/")
     for name in names:
       rel = f"{prefix}/{name}" if prefix else name
-      if rel not in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
+      # The manifest, and its temporary file if a write of it was cut short
+      # (`whole_file.write_whole`; older versions wrote `<manifest>.tmp`).
+      if rel not in (MANIFEST_FILE, MANIFEST_FILE + ".tmp") and not rel.startswith(
+        f".{MANIFEST_FILE}.tmp"
+      ):
         out.append(rel)
   return sorted(out)
 
@@ -128,11 +133,9 @@ def write_manifest(step_dir: str | os.PathLike) -> epath.Path:
     size, digest = _sha256(step_dir / rel)
     files[rel] = {"size": size, "sha256": digest}
   manifest = {"version": MANIFEST_VERSION, "algorithm": "sha256", "files": files}
-  path = step_dir / MANIFEST_FILE
-  tmp = step_dir / (MANIFEST_FILE + ".tmp")
-  tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-  tmp.replace(path)
-  return path
+  return write_whole(
+    step_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+  )
 
 
 def has_manifest(step_dir: str | os.PathLike) -> bool:

@@ -34,8 +34,9 @@ from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fsaf_jax.core import whole_file
 from fsaf_jax.evaluation import distance as distance_lib
-from fsaf_jax.evaluation import inputs, metrics, result_dirs
+from fsaf_jax.evaluation import inputs, metrics
 from fsaf_jax.evaluation.scoring import EvalFeatures
 
 ImageSource = np.ndarray | Callable[[int], np.ndarray]
@@ -159,7 +160,7 @@ def ranked_list_figure(
   if path is not None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    result_dirs.write_whole(path, buf.getvalue())
+    whole_file.write_whole(path, buf.getvalue())
   return fig
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from etils import epath
 
-from fsaf_jax.evaluation import result_dirs
+from fsaf_jax.core import whole_file
 from fsaf_jax.evaluation.metrics import METRIC_NAMES, RankMetrics
 
 TABLE_RANKS = (1, 5, 10)
@@ -87,10 +87,10 @@ def write_metrics_json(
   extra: Mapping[str, Any] | None = None,
 ) -> epath.Path:
   """Writes `metrics_json(results, extra)` to `path` (local or e.g. gs://), creating
-  parents; whole or not at all (`result_dirs.write_whole`).
+  parents; whole or not at all (`whole_file.write_whole`).
 
   Returns:
     The path written.
   """
   text = json.dumps(metrics_json(results, extra), indent=2) + "\n"
-  return result_dirs.write_whole(path, text.encode())
+  return whole_file.write_whole(path, text)

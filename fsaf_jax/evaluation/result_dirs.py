@@ -22,6 +22,7 @@ from etils import epath
 
 from data_pipelines import errors
 from fsaf_jax.core.checkpoint_integrity import free_space
+from fsaf_jax.core.whole_file import write_whole
 
 EVAL_SUBDIR = "eval"
 LATEST_FILE = "latest"
@@ -47,22 +48,6 @@ def reporting_write_errors(folder: str | os.PathLike) -> Iterator[None]:
       f"writing the evaluation results to {os.fspath(folder)} failed: {cause}; "
       f"{free_space(folder)} there"
     ) from e
-
-
-def write_whole(path: str | os.PathLike, data: bytes) -> epath.Path:
-  """Writes `data` to `path` (parents created) through a temporary file renamed over
-  it: `path` keeps its old content if the write fails (e.g. disk full). Returns `path`."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
-  try:
-    tmp.write_bytes(data)
-    tmp.replace(path)
-  except BaseException:
-    if tmp.exists():
-      tmp.unlink()
-    raise
-  return path
 
 
 def step_dir_name(step: int | None) -> str:
@@ -133,9 +118,5 @@ def update_latest(outdir: str | os.PathLike, step: int | None) -> bool:
   current = latest_step(outdir)
   if current is not None and current > int(step):
     return False
-  root = epath.Path(outdir) / EVAL_SUBDIR
-  root.mkdir(parents=True, exist_ok=True)
-  tmp = root / f".{LATEST_FILE}.tmp{os.getpid()}"
-  tmp.write_text(step_dir_name(step) + "\n")
-  tmp.replace(root / LATEST_FILE)
+  write_whole(epath.Path(outdir) / EVAL_SUBDIR / LATEST_FILE, step_dir_name(step) + "\n")
   return True

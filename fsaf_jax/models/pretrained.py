@@ -34,6 +34,7 @@ from etils import epath
 from flax import serialization, traverse_util
 
 from data_pipelines import errors
+from fsaf_jax.core.whole_file import write_whole
 
 FORMAT = "fsaf_jax.models.pretrained"
 VERSION = 1
@@ -149,14 +150,7 @@ def save_pretrained(
     for c in COLLECTIONS
   }
   tree["metadata"] = json.dumps({"format": FORMAT, "version": VERSION, **metadata})
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  partial = path.parent / f".{path.name}.partial"  # never a half-written `path`
-  try:
-    partial.write_bytes(serialization.msgpack_serialize(tree))
-    partial.replace(path)
-  finally:
-    partial.unlink(missing_ok=True)
+  write_whole(path, serialization.msgpack_serialize(tree))  # never a half-written `path`
 
 
 def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import pytest
 from etils import epath
 
+from fsaf_jax.core import whole_file
 from fsaf_jax.evaluation import report, result_dirs
 
 
@@ -37,7 +38,7 @@ def test_a_failed_write_is_one_line_naming_the_folder(tmp_path, monkeypatch):
   failing_write_bytes(monkeypatch)
   with pytest.raises(result_dirs.ResultsWriteError) as e:
     with result_dirs.reporting_write_errors(folder):
-      result_dirs.write_whole(folder / "ranked_list.png", b"x" * 100)
+      whole_file.write_whole(folder / "ranked_list.png", b"x" * 100)
   message = str(e.value)
   assert "\n" not in message
   assert f"writing the evaluation results to {folder} failed: OSError: No space left" in message
@@ -47,7 +48,7 @@ def test_a_failed_write_is_one_line_naming_the_folder(tmp_path, monkeypatch):
 
 def test_a_whole_write_replaces_the_file(tmp_path):
   path = tmp_path / "a" / "f.json"
-  result_dirs.write_whole(path, b"one")
-  result_dirs.write_whole(path, b"two")
+  whole_file.write_whole(path, b"one")
+  whole_file.write_whole(path, b"two")
   assert path.read_bytes() == b"two"
   assert sorted(p.name for p in path.parent.iterdir()) == ["f.json"]
