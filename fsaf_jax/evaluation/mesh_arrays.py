@@ -7,9 +7,18 @@ reads a replicated result from its own copy.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
+
+
+def pad_rows(host: np.ndarray, multiple: int, fill: Any = 0) -> np.ndarray:
+  """`host` [n, ...] with rows of `fill` appended up to a multiple of `multiple` rows
+  (its dtype kept): the even split of an array over `multiple` devices."""
+  pad = -host.shape[0] % multiple
+  return np.concatenate([host, np.full((pad, *host.shape[1:]), fill, host.dtype)])
 
 
 def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:

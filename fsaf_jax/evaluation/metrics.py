@@ -578,14 +578,11 @@ def evaluate_features_sharded(
   n = g_pids.shape[0]
   max_rank, counts, table = _positives_and_max_rank(q_pids, g_pids, q_camids, g_camids, max_rank)
   shards = mesh.shape[axis]
-  pad = -n % shards
   # Global arrays from the host copies (every process holds the same features and
   # places only its own devices' parts), prepared (normalised) where they lie: the
   # gallery never sits whole on one device.
-  g_feats_padded = np.concatenate(
-    [np.asarray(g_feats, np.float32), np.zeros((pad, g_feats.shape[1]), np.float32)]
-  )
-  g_pids_padded = np.concatenate([g_pids, np.full(pad, -1, g_pids.dtype)]).astype(np.int32)
+  g_feats_padded = mesh_arrays.pad_rows(np.asarray(g_feats, np.float32), shards)
+  g_pids_padded = mesh_arrays.pad_rows(g_pids.astype(np.int32), shards, fill=-1)
   gal = NamedSharding(mesh, PartitionSpec(axis))
   rep = NamedSharding(mesh, PartitionSpec())
   q_host = np.asarray(q_feats, np.float32)

@@ -42,12 +42,6 @@ from fsaf_jax.evaluation import distance as distance_lib
 from fsaf_jax.evaluation import inputs, mesh_arrays, rerank
 
 
-def _padded(host: np.ndarray, multiple: int, fill=0) -> np.ndarray:
-  """`host` [n, D] with rows of `fill` appended up to a multiple of `multiple` rows."""
-  pad = -host.shape[0] % multiple
-  return np.concatenate([host, np.full((pad, host.shape[1]), fill, host.dtype)])
-
-
 class _ShardedImages:
   """The prepared features of all A images, split along `axis`, and the compiled
   per-block kernels of stages 1, 3 and 5."""
@@ -199,7 +193,7 @@ def re_ranking_features_sharded(
   shards = mesh.shape[axis]
   images = _ShardedImages(mesh, axis, metric, squared)
   everything = np.concatenate([q_feats, g_feats])
-  x = images.prepare(_padded(everything, shards), images.split)
+  x = images.prepare(mesh_arrays.pad_rows(everything, shards), images.split)
   size = max(1, min(int(row_chunk), num_all))
   starts = rerank.row_starts(num_all, size)
 
@@ -233,11 +227,11 @@ def re_ranking_features_sharded(
     )
     v_idx, v_val = np.asarray(v_idx), np.asarray(v_val)
   # Stage 5: Jaccard distance and blend, the gallery split along the axis.
-  g_idx = _padded(v_idx[nq:], shards, fill=num_all)  # padding rows: no entries
-  g_val = _padded(v_val[nq:], shards)
+  g_idx = mesh_arrays.pad_rows(v_idx[nq:], shards, fill=num_all)  # padding rows: no entries
+  g_val = mesh_arrays.pad_rows(v_val[nq:], shards)
   local_nnz = (g_idx < num_all).reshape(shards, -1).sum(axis=1)
   col_count = np.bincount(g_idx[g_idx < num_all], minlength=num_all)
-  g_prep = images.prepare(_padded(g_feats, shards), images.split)
+  g_prep = images.prepare(mesh_arrays.pad_rows(g_feats, shards), images.split)
   g_idx_dev = mesh_arrays.global_array(g_idx, images.split)
   g_val_dev = mesh_arrays.global_array(g_val, images.split)
   q_rows = max(1, min(int(query_rows), nq))
