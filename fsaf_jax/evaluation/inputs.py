@@ -74,6 +74,24 @@ def feature_matrix(name: str, x: Any) -> np.ndarray:
   return x
 
 
+def feature_pair(q_feats: Any, g_feats: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Query and gallery features checked (`feature_matrix`) and of the same dimension.
+
+  Returns:
+    (float32 [M, D], float32 [N, D]).
+
+  Raises:
+    EvaluationInputError: as `feature_matrix`, or the dimensions differ.
+  """
+  q_feats = feature_matrix("query features", q_feats)
+  g_feats = feature_matrix("gallery features", g_feats)
+  if q_feats.shape[1] != g_feats.shape[1]:
+    raise EvaluationInputError(
+      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
+    )
+  return q_feats, g_feats
+
+
 def distance_matrix_shape(name: str, distmat: Any, num_query: int, num_gallery: int) -> None:
   """Checks that `distmat` is [num_query, num_gallery] and real-valued.
 

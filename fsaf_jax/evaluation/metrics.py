@@ -423,16 +423,11 @@ def _checked_feature_inputs(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
     inputs.EvaluationInputError: naming the arrays whose shapes do not fit together.
   """
   q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
-  q_feats = inputs.feature_matrix("query features", q_feats)
-  g_feats = inputs.feature_matrix("gallery features", g_feats)
+  q_feats, g_feats = inputs.feature_pair(q_feats, g_feats)
   if q_feats.shape[0] != q_pids.shape[0] or g_feats.shape[0] != g_pids.shape[0]:
     raise inputs.EvaluationInputError(
       f"query features {q_feats.shape} / gallery features {g_feats.shape} do not match "
       f"{q_pids.shape[0]} query and {g_pids.shape[0]} gallery ids."
-    )
-  if q_feats.shape[1] != g_feats.shape[1]:
-    raise inputs.EvaluationInputError(
-      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
     )
   return q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
 

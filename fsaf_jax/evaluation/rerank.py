@@ -743,13 +743,7 @@ def re_ranking_features(
     float32 np.ndarray [Q, G] re-ranked distances.
   """
   distance_lib.check_metric(metric)
-  q_feats = inputs.feature_matrix("query features", q_feats)
-  g_feats = inputs.feature_matrix("gallery features", g_feats)
-  if q_feats.shape[1] != g_feats.shape[1]:
-    raise inputs.EvaluationInputError(
-      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
-    )
-  q_feats, g_feats = jnp.asarray(q_feats), jnp.asarray(g_feats)
+  q_feats, g_feats = (jnp.asarray(f) for f in inputs.feature_pair(q_feats, g_feats))
   pdist = functools.partial(distance_lib.pairwise_distance, metric=metric)
   return re_ranking(
     pdist(q_feats, g_feats),

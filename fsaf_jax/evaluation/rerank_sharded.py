@@ -11,13 +11,15 @@ split along a mesh axis, and the stages of `rerank` that read distances run ther
    break by the lower global index, as one device's `lax.top_k` does.
 2. k-reciprocal expansion sets: from the neighbour table alone (`rerank`, replicated:
    O(A * k1) memory).
-3. The weights exp(-d): each device gathers the distances of the expansion-set
-   entries it holds and the partial rows are summed across devices (`psum`: one
-   device holds each entry).
+3. The weights exp(-d): each block's distances to the device's shard are computed
+   again (keeping them from stage 1 is what the split avoids), each device gathers the
+   expansion-set entries it holds, and the partial rows are summed across devices
+   (`psum`: one device holds each entry).
 4. Local query expansion: on the sparse V (`rerank`, replicated: O(A * W)).
-5. Jaccard distance and blend: the gallery rows of V (their inverted index) and the
-   gallery features are split along the axis; each device scores a block of query
-   rows against its gallery shard, and the block's [rows, G] result is gathered.
+5. Jaccard distance and blend: the gallery rows of V and the gallery features are
+   split along the axis, each device builds the inverted index of its rows once, then
+   scores every block of query rows against its gallery shard; the block's [rows, G]
+   result is gathered.
 
 Device memory holds 1 / N of the features and of every distance block; what stays
 replicated is the neighbour table and the sparse V (A x a few dozen entries) and one
@@ -120,14 +122,35 @@ class _ShardedImages:
 
     return functools.cache(build)
 
+  def inverted_index(
+    self, g_idx: jax.Array, g_val: jax.Array, num_all: int, nnz: int
+  ) -> rerank.InvertedIndex:
+    """Each device's `rerank.inverted_index` of its gallery rows of V, built once.
+
+    Args:
+      g_idx, g_val: [G_pad, W] gallery rows of V, split along the axis.
+      num_all: A; nnz: slots per device (the largest shard's entry count).
+
+    Returns:
+      `InvertedIndex` whose leaves have a leading device axis ([N, A], [N, nnz]), split
+      along the axis: device d holds row d, its own shard's index.
+    """
+
+    def shard(g_idx, g_val):
+      index = rerank.inverted_index(g_idx, g_val, num_all, nnz)
+      return rerank.InvertedIndex(*(leaf[None] for leaf in index))
+
+    split = PartitionSpec(self.axis)
+    return self._shard_map(shard, (split, split), split)(g_idx, g_val)
+
   @functools.cached_property
   def final_block(self):
     """(query rows, V query rows, gallery shard and its inverted index) -> [b, G_pad]."""
     axis = self.axis
 
-    def build(num_all: int, nnz: int, budget: int, lambda_value: float):
-      def shard(r_feats, r_sq, g_feats, g_sq, g_idx, g_val, q_idx, q_val, row_max):
-        index = rerank.inverted_index(g_idx, g_val, num_all, nnz)
+    def build(budget: int, lambda_value: float):
+      def shard(r_feats, r_sq, g_feats, g_sq, index, q_idx, q_val, row_max):
+        index = rerank.InvertedIndex(*(leaf[0] for leaf in index))  # this device's own
         q_g = distance_lib.distance_from_prepared(
           distance_lib.Prepared(r_feats, r_sq), distance_lib.Prepared(g_feats, g_sq), self.metric
         )
@@ -137,7 +160,7 @@ class _ShardedImages:
         return jax.lax.all_gather(out, axis, axis=1, tiled=True)
 
       rep, split = PartitionSpec(), PartitionSpec(self.axis)
-      return self._shard_map(shard, (rep, rep, split, split, split, split, rep, rep, rep), rep)
+      return self._shard_map(shard, (rep, rep, split, split, split, rep, rep, rep), rep)
 
     return functools.cache(build)
 
@@ -178,12 +201,7 @@ def re_ranking_features_sharded(
   distance_lib.check_metric(metric)
   if axis not in mesh.axis_names:
     raise inputs.EvaluationInputError(f"The mesh has axes {mesh.axis_names}, not {axis!r}.")
-  q_feats = np.asarray(inputs.feature_matrix("query features", q_feats), np.float32)
-  g_feats = np.asarray(inputs.feature_matrix("gallery features", g_feats), np.float32)
-  if q_feats.shape[1] != g_feats.shape[1]:
-    raise inputs.EvaluationInputError(
-      f"query features {q_feats.shape} and gallery features {g_feats.shape} differ in dimension."
-    )
+  q_feats, g_feats = inputs.feature_pair(q_feats, g_feats)
   rerank.check_parameters(k1, k2, lambda_value)
   nq, ng = q_feats.shape[0], g_feats.shape[0]
   num_all = nq + ng
@@ -232,18 +250,21 @@ def re_ranking_features_sharded(
   local_nnz = (g_idx < num_all).reshape(shards, -1).sum(axis=1)
   col_count = np.bincount(g_idx[g_idx < num_all], minlength=num_all)
   g_prep = images.prepare(mesh_arrays.pad_rows(g_feats, shards), images.split)
-  g_idx_dev = mesh_arrays.global_array(g_idx, images.split)
-  g_val_dev = mesh_arrays.global_array(g_val, images.split)
+  index = images.inverted_index(
+    mesh_arrays.global_array(g_idx, images.split),
+    mesh_arrays.global_array(g_val, images.split),
+    num_all,
+    max(1, int(local_nnz.max())),
+  )
   q_rows = max(1, min(int(query_rows), nq))
 
   def run_block(qi, qv, first, budget):
-    fn = images.final_block(num_all, max(1, int(local_nnz.max())), budget, float(lambda_value))
+    fn = images.final_block(budget, float(lambda_value))
     q = images.prepare(q_feats[first : first + q_rows], images.rep)
     out = fn(
       *q,
       *g_prep,
-      g_idx_dev,
-      g_val_dev,
+      index,
       mesh_arrays.global_array(qi, images.rep),
       mesh_arrays.global_array(qv, images.rep),
       mesh_arrays.global_array(row_max[first : first + q_rows], images.rep),
