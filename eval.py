@@ -26,7 +26,6 @@ from ml_collections import config_flags
 
 from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
-from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.evaluation.result_dirs import ResultsWriteError
@@ -61,9 +60,6 @@ def main(argv: Sequence[str]) -> None:
       outdir=_OUTDIR.value,
       config_name=os.path.splitext(os.path.basename(config_path))[0],
     )
-  except IncompatibleCheckpointError as e:  # several lines: one per differing field
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(errors.EXIT_USER_ERROR)
   except ResultsWriteError as e:  # disk full, ...: one line, exit 1
     sys.exit(f"ERROR: {errors.one_line(str(e))}")
   except FileNotFoundError as e:

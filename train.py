@@ -29,7 +29,6 @@ from ml_collections import config_flags
 from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
 from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
-from fsaf_jax.core.checkpoint_restore import IncompatibleCheckpointError
 from fsaf_jax.demo import run as demo_run
 from fsaf_jax.evaluation.result_dirs import ResultsWriteError
 from fsaf_jax.training import train_loop
@@ -60,9 +59,6 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   name = os.path.splitext(os.path.basename(config_path))[0]
   try:
     result = run(_CONFIG.value, _WORKDIR.value, config_name=name, on_step=on_step)
-  except IncompatibleCheckpointError as e:  # several lines: one per differing field
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(errors.EXIT_USER_ERROR)
   except (FloatingPointError, CheckpointSaveError, ResultsWriteError) as e:
     sys.exit(f"ERROR: {errors.one_line(str(e))}")
   if result.signal is not None:

@@ -69,8 +69,11 @@ def one_line(text: str) -> str:
 
 
 def format_error(error: BaseException) -> str:
-  """The `ERROR: ...` line (and `hint: ...` line, if any) printed for `error`."""
-  message = one_line(str(error)) or type(error).__name__
+  """The `ERROR: ...` line (and `hint: ...` line, if any) printed for `error`; an error
+  whose class sets `multiline = True` (e.g. one line per differing config field) keeps
+  its lines."""
+  text = str(error).strip() if getattr(error, "multiline", False) else one_line(str(error))
+  message = text or type(error).__name__
   lines = [f"ERROR: {message}"]
   hint = getattr(error, "hint", None)
   if hint:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pathlib
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -388,20 +387,16 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
-  try:
-    extract_folder(
-      _CONFIG.value,
-      images=_IMAGES.value,
-      out=_OUT.value,
-      workdir=_WORKDIR.value,
-      export=_EXPORT.value,
-      batch_size=_BATCH_SIZE.value,
-      random_weights=_RANDOM_WEIGHTS.value,
-      skip_corrupt=_SKIP_CORRUPT.value,
-    )
-  except checkpoint_restore.IncompatibleCheckpointError as e:  # one line per differing field
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(errors.EXIT_USER_ERROR)
+  extract_folder(
+    _CONFIG.value,
+    images=_IMAGES.value,
+    out=_OUT.value,
+    workdir=_WORKDIR.value,
+    export=_EXPORT.value,
+    batch_size=_BATCH_SIZE.value,
+    random_weights=_RANDOM_WEIGHTS.value,
+    skip_corrupt=_SKIP_CORRUPT.value,
+  )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from data_pipelines.errors import UserError
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core.config_json import config_differences, config_from_json, field_in
 
@@ -54,8 +55,13 @@ INFERENCE_FIELDS = ("model.", "input.image_size")
 _FREE_MODEL_FIELDS = ("model.dtype", "model.num_classes")
 
 
-class IncompatibleCheckpointError(ValueError):
-  """The checkpoint was written by a run whose config differs in a state-defining field."""
+class IncompatibleCheckpointError(UserError):
+  """The checkpoint was written by a run whose config differs in a state-defining field.
+
+  A user error printed whole by the command-line entries (`multiline`): one line per
+  differing field, then what to do."""
+
+  multiline = True
 
 
 def step_dirs(directory: epath.Path) -> list[int]:
