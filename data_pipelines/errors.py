@@ -68,6 +68,13 @@ def one_line(text: str) -> str:
   return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+  """Whether paths `a` and `b` name one file: equal once made absolute (`~` expanded),
+  or both existing and the same file (links)."""
+  a, b = (os.path.abspath(os.path.expanduser(os.fspath(p))) for p in (a, b))
+  return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
 def format_error(error: BaseException) -> str:
   """The `ERROR: ...` line (and `hint: ...` line, if any) printed for `error`; an error
   whose class sets `multiline = True` (e.g. one line per differing config field) keeps

@@ -455,9 +455,7 @@ def convert_file(
   """
   src = os.fspath(src)
   errors.check_output_file(dst, "DST")
-  if os.path.abspath(os.path.expanduser(os.fspath(dst))) == os.path.abspath(
-    os.path.expanduser(src)
-  ) or (os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst)):
+  if errors.same_file(dst, src):
     raise errors.UserError(f"DST={os.fspath(dst)} is SRC: the conversion would replace the source")
   state_dict = load_torch_checkpoint(src)
   if config is None:

@@ -244,12 +244,8 @@ def as_features(arrays: Mapping[str, np.ndarray]) -> scoring.EvalFeatures:
 def check_json_is_not_an_input(json_path: str, inputs: Sequence[str]) -> None:
   """Raises UserError if `--json` names one of the input feature files (it would be
   replaced by the metrics)."""
-  target = os.path.abspath(os.path.expanduser(json_path))
   for given in inputs:
-    path = os.path.abspath(os.path.expanduser(given))
-    if path == target or (
-      os.path.exists(path) and os.path.exists(target) and os.path.samefile(path, target)
-    ):
+    if errors.same_file(given, json_path):
       raise errors.UserError(
         f"--json={json_path} is the input {given}: the metrics would replace the features"
       )
