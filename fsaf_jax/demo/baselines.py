@@ -19,6 +19,7 @@ from typing import Any
 
 from etils import epath
 
+from fsaf_jax.core import whole_file
 from fsaf_jax.demo import color_histogram
 from fsaf_jax.evaluation import report, result_dirs
 from fsaf_jax.evaluation.evaluator import Evaluator
@@ -48,9 +49,7 @@ def compare_baselines(
   config, trained = evaluator.config, evaluator.last
   if trained is None:
     raise ValueError("evaluate the trained network first (evaluator.run)")
-  evaluator.run(init_variables, step=0)
-  untrained = evaluator.last.scores.metrics
-  evaluator.last = trained
+  untrained = evaluator.score(init_variables, step=0).scores.metrics
   histogram = None
   try:
     root = color_histogram.market_root(config.input.manual_dir or ".")
@@ -77,8 +76,8 @@ def compare_baselines(
   }
   if outdir is not None:
     path = result_dirs.step_dir(outdir, trained.step) / BASELINES_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    with result_dirs.reporting_write_errors(path.parent):
+      whole_file.write_whole(path, json.dumps(result, indent=2) + "\n")
     where = config.input.manual_dir or config.input.data_dir
     print(f"\nQuery / gallery of {config.input.dataset} ({where}):")
     print(table, flush=True)

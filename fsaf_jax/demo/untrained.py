@@ -1,7 +1,7 @@
 """The network as training starts: the demo's untrained comparison.
 
 `initial_variables(config, mesh)` re-creates the variables a training run of `config`
-starts from (`train_state.init_variables` with the run's seed and model), so the demo
+starts from (`training.setup.initial_variables`, as the run's set-up), so the demo
 scores the untrained network without the training loop keeping a copy of them.
 """
 
@@ -13,8 +13,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from fsaf_jax.models import registry
-from fsaf_jax.training.train_state import init_variables
+from fsaf_jax.training import setup
 
 
 def initial_variables(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
@@ -33,8 +32,5 @@ def initial_variables(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str
     raise ValueError(
       f"config.model.num_classes={num_classes}: pass the resolved config (TrainResult.config)"
     )
-  model = registry.create_model(config.model, num_classes)
-  rng = jax.random.key(config.seed)
-  image_size = tuple(int(s) for s in config.input.image_size)
-  variables, _ = init_variables(config, model, rng, image_size, mesh)
+  _, variables, _ = setup.initial_variables(config, num_classes, mesh)
   return jax.device_get(variables)

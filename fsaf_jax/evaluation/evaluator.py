@@ -53,8 +53,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from data_pipelines import errors
-from data_pipelines import eval_pipeline as input_pipeline
+from data_pipelines import errors, eval_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
@@ -252,7 +251,7 @@ class Evaluator:
     out, timing = {}, {}
     for split, src in (("query", self.query_source), ("gallery", self.gallery_source)):
       start = time.perf_counter()
-      batches = input_pipeline.create_eval_batches(src, self.batch_size, self._image_size)
+      batches = eval_pipeline.create_eval_batches(src, self.batch_size, self._image_size)
       out[split] = extractor_lib.extract_features(self.extractor, batches)
       timing[f"extract_{split}_s"] = time.perf_counter() - start
       if len(out[split][0]) != len(src):  # rows must map to source indices (figure)
@@ -276,12 +275,20 @@ class Evaluator:
       'rank10', 'rank20', 'mAP', 'mINP'), and the same prefixed 'rerank/' when
       `config.eval.rerank`. The full result is kept in `last`.
     """
+    self.last = self.score(variables, step=step)
+    return dict(self.last.metrics)
+
+  def score(self, variables: Mapping[str, Any], *, step: int | None = None) -> EvalResult:
+    """`run` without keeping the result in `last` (e.g. a comparison beside it).
+
+    Returns:
+      The `EvalResult` (its `metrics`: what `run` returns).
+    """
     started = time.perf_counter()
     features, timing = self.extract(variables)
     scores = score_features(features, self.settings, mesh=self.mesh)
     timing.update(scores.timing)
-    self.last = EvalResult(step, scores.flat(), scores, features, timing, started)
-    return dict(self.last.metrics)
+    return EvalResult(step, scores.flat(), scores, features, timing, started)
 
   def _result(self, result: EvalResult | None) -> EvalResult:
     result = self.last if result is None else result

@@ -61,11 +61,12 @@ def prepare_dataset(
   config = resolve_data_paths(config, workdir)
   if jax.process_index() == 0:
     builder = source_lib.get_builder(config.input.dataset, config.input.data_dir)
-    if not builder.is_prepared():
+    prepared = builder.is_prepared()
+    if not prepared:
       logging.info(
         "Building the TFDS dataset %s into %s", config.input.dataset, config.input.data_dir
       )
-    if not builder.is_prepared() or config.input.manual_dir:
+    if not prepared or config.input.manual_dir:
       # A build already there is checked against manual_dir: training on a build made
       # from another copy of the dataset than the one named is refused, as the build
       # command refuses it.

@@ -27,6 +27,7 @@ from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation.evaluator import Evaluator
 from fsaf_jax.models import registry
+from fsaf_jax.models.pretrained import PretrainedReport
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import data_setup, run_card
 from fsaf_jax.training.train_state import (
@@ -220,6 +221,26 @@ def check_image_size(image_size: Any) -> None:
     )
 
 
+def initial_variables(
+  config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh
+) -> tuple[nn.Module, Any, PretrainedReport | None]:
+  """The model of a run of `config` and the variables it starts from.
+
+  Args:
+    config: the run config (`model`, `seed`, `init`, `input.image_size`).
+    num_classes: training identities (the classifier width).
+    mesh: the device mesh the variables are initialised on.
+
+  Returns:
+    (model, {'params', 'batch_stats'} on the mesh, the pretrained-loading report or
+    None): `train_state.init_variables` with the run's seed.
+  """
+  model = registry.create_model(config.model, num_classes)
+  image_size = tuple(int(s) for s in config.input.image_size)
+  variables, report = init_variables(config, model, jax.random.key(config.seed), image_size, mesh)
+  return model, variables, report
+
+
 def setup_run(
   config: ml_collections.ConfigDict,
   workdir: epath.Path,
@@ -274,13 +295,11 @@ def setup_run(
   steps_per_epoch = int(config.train.steps_per_epoch)
   image_size = tuple(int(s) for s in config.input.image_size)
 
-  model = registry.create_model(config.model, num_train_ids)
-  rng = jax.random.key(config.seed)
-  variables, pretrained_report = init_variables(config, model, rng, image_size, mesh)
+  model, variables, pretrained_report = initial_variables(config, num_train_ids, mesh)
   state = create_train_state(
     config,
     model,
-    rng,
+    jax.random.key(config.seed),
     num_train_ids,
     image_size,
     steps_per_epoch=steps_per_epoch,
