@@ -45,6 +45,19 @@ def subprocess_env(simulated_devices: bool = True) -> dict[str, str]:
   return env
 
 
+def run_train(*args, **kwargs) -> subprocess.CompletedProcess:
+  """Runs `train_command(*args, **kwargs)` from the repository root (simulated devices,
+  output captured, 10-minute timeout)."""
+  return subprocess.run(
+    train_command(*args, **kwargs),
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
 def train_command(config_file, workdir, *extra, log_batches: bool = False) -> list[str]:
   """`python train.py ...`; with `log_batches`, through tests/reference/train_with_batch_log.py
   (the same program, logging each step's batch indices in WORKDIR/batch_indices)."""
@@ -103,14 +116,7 @@ def interrupt_and_resume(config_file, workdir, sig: int, at_step: int):
   proc.send_signal(sig)
   output, _ = proc.communicate(timeout=600)
   interrupted = (proc.returncode, checkpoint_steps(workdir), output)
-  rerun = subprocess.run(
-    train_command(config_file, workdir, EPOCH_FLAG, log_batches=True),
-    cwd=ROOT,
-    env=subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  rerun = run_train(config_file, workdir, EPOCH_FLAG, log_batches=True)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
   return interrupted, rerun
 
@@ -151,14 +157,7 @@ def test_resume_after_sigterm_is_exact(config_file, reference, tmp_path):
 
 
 def test_nan_loss_stops_with_a_message(config_file, tmp_path):
-  result = subprocess.run(
-    train_command(config_file, tmp_path, "--config.optim.base_lr=1e30"),
-    cwd=ROOT,
-    env=subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = run_train(config_file, tmp_path, "--config.optim.base_lr=1e30")
   assert result.returncode == 1
   # The update of step 1 overflows the parameters: caught before anything is saved.
   assert re.search(r"ERROR: \w+ is (nan|inf) at step 1\b", result.stderr), result.stderr[-3000:]
@@ -170,14 +169,7 @@ def test_nan_loss_stops_with_a_message(config_file, tmp_path):
 def test_plain_run_prints_only_our_lines(config_file, tmp_path):
   """One epoch (a checkpoint, the final evaluation): the run card, progress, table and
   log lines of the project, nothing of orbax, tensorflow_datasets, jax, absl..."""
-  result = subprocess.run(
-    train_command(config_file, tmp_path, "--config.train.num_epochs=1"),
-    cwd=ROOT,
-    env=subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = run_train(config_file, tmp_path, "--config.train.num_epochs=1")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Run card" in result.stdout and "mAP" in result.stdout
   assert checkpoint_steps(tmp_path) == [run.STEPS_PER_EPOCH]
@@ -298,15 +290,8 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
   # Resumed on another topology (1 process, 4 devices) with a longer schedule: it goes
   # on from the 2-process checkpoint, with the sampler's next batches.
   more = NUM_EPOCHS + 2
-  rerun = subprocess.run(
-    train_command(
-      config_file, workdir, f"--config.train.num_epochs={more}", eps_flag, log_batches=True
-    ),
-    cwd=ROOT,
-    env=subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
+  rerun = run_train(
+    config_file, workdir, f"--config.train.num_epochs={more}", eps_flag, log_batches=True
   )
   assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
   total = more * run.STEPS_PER_EPOCH
