@@ -131,9 +131,17 @@ def assert_same_as_reference(workdir, reference):
   assert read_batch_index_log(workdir) == expected_log
 
 
+def interrupt_step() -> int:
+  """A random even step to interrupt at (each run covers another one), printed so that
+  a failure's captured output names it and the run can be repeated at that step."""
+  at_step = int(np.random.default_rng().choice(np.arange(2, TOTAL_STEPS - 4, 2)))
+  print(f"interrupting at step {at_step}")
+  return at_step
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact(config_file, reference, tmp_path):
-  at_step = int(np.random.default_rng().choice(np.arange(2, TOTAL_STEPS - 4, 2)))
+  at_step = interrupt_step()
   (code, steps, output), _ = interrupt_and_resume(config_file, tmp_path, signal.SIGKILL, at_step)
   assert code == -signal.SIGKILL, output
   assert TOTAL_STEPS not in steps, f"killed after the end (checkpoint {at_step}): {steps}"
@@ -142,7 +150,7 @@ def test_resume_after_sigkill_is_exact(config_file, reference, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigterm_is_exact(config_file, reference, tmp_path):
-  at_step = int(np.random.default_rng().choice(np.arange(2, TOTAL_STEPS - 4, 2)))
+  at_step = interrupt_step()
   (code, steps, output), _ = interrupt_and_resume(config_file, tmp_path, signal.SIGTERM, at_step)
   assert code == 128 + signal.SIGTERM, output
   assert "Stopped by signal" in output
