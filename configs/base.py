@@ -123,7 +123,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- Evaluation. ---------------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
-  config.eval.metric = "cosine"  # 'cosine' | 'euclidean'
+  # 'cosine' | 'euclidean'. The evaluator's embeddings are L2-normalised, so both rank
+  # alike (|a - b|^2 = 2 - 2 cos(a, b)) and give the same CMC / mAP; 'euclidean'
+  # differs only on features that are not normalised (`python -m fsaf_jax.score`).
+  config.eval.metric = "cosine"
   config.eval.flip = False  # average the embeddings of the image and its mirror
   config.eval.max_rank = 50
   config.eval.query_chunk = 1024  # queries scored per chunk (bounds memory)

@@ -47,6 +47,7 @@ from ml_collections import config_flags
 
 from data_pipelines import augment, errors, logs
 from data_pipelines.datasets import image_check, naming
+from data_pipelines.paths import DEFINE_path
 from fsaf_jax.core import checkpoint_restore, host_allocator
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
@@ -386,6 +387,7 @@ def extract_folder(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  errors.check_address_space("extract")  # JAX would abort below it
   host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
   extract_folder(
     _CONFIG.value,
@@ -404,10 +406,10 @@ if __name__ == "__main__":
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Work dir whose latest checkpoint to use.")
-  _IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
-  _OUT = flags.DEFINE_string("out", None, "Output .npz.")
-  _EXPORT = flags.DEFINE_string("export", None, "Also write the jax.export extractor here.")
+  _WORKDIR = DEFINE_path("workdir", None, "Work dir whose latest checkpoint to use.")
+  _IMAGES = DEFINE_path("images", None, "Folder of images (searched recursively).")
+  _OUT = DEFINE_path("out", None, "Output .npz.")
+  _EXPORT = DEFINE_path("export", None, "Also write the jax.export extractor here.")
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: config.input.eval_batch_size.")
   _RANDOM_WEIGHTS = flags.DEFINE_bool(
     "random_weights",

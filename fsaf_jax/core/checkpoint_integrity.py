@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from data_pipelines.errors import UserError
+from data_pipelines.paths import free_space
 from fsaf_jax.core.whole_file import write_whole
 
 MANIFEST_FILE = "sha256sums.json"
@@ -266,25 +267,6 @@ def set_aside(step_dir: str | os.PathLike, workdir: str | os.PathLike) -> epath.
 
 
 # --- Saves. ------------------------------------------------------------------------------
-
-
-def free_space(path: str | os.PathLike) -> str:
-  """Free space on the disk holding `path` (or its nearest existing parent), e.g.
-  '1.2 GB free', or 'free space unknown' for a remote path."""
-  current = os.path.abspath(os.fspath(path))
-  if "://" in os.fspath(path):
-    return "free space unknown"
-  while not os.path.exists(current) and os.path.dirname(current) != current:
-    current = os.path.dirname(current)
-  try:
-    free = shutil.disk_usage(current).free
-  except OSError:
-    return "free space unknown"
-  for unit in ("bytes", "KB", "MB", "GB", "TB"):
-    if free < 1024 or unit == "TB":
-      return f"{free:.1f} {unit} free" if unit != "bytes" else f"{free} bytes free"
-    free /= 1024
-  return ""  # unreachable
 
 
 class _SaveErrorCatcher(logging.Filter):
