@@ -28,8 +28,8 @@ from absl import logging
 from data_pipelines import paths
 from data_pipelines.datasets import source as source_lib
 
-# The run's default data_dir under its work dir (`training.data_setup`, which imports
-# this package's layer above, so the two names are repeated here).
+# A run's default data_dir under its work dir: what `training.data_setup` (a layer above
+# this one, hence not imported) makes of an empty `input.data_dir`.
 WORKDIR_DATA_DIR = os.path.join("data", "tfds")
 DATA_PATH_FIELDS = ("input.data_dir", "input.manual_dir")
 
