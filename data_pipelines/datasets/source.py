@@ -45,8 +45,8 @@ INCOMPLETE_PREFIX = "incomplete."
 
 
 class DatasetWriteError(OSError):
-  """A build could not be written (disk full, quota): one line naming the data_dir, the
-  cause and the free space there (the partial build removed)."""
+  """A build could not be written (disk full, quota, file-size limit): one line naming
+  the data_dir, the cause and the free space there (the partial build removed)."""
 
 
 class ManualDirIsAFileError(errors.UserError, NotADirectoryError):
@@ -139,7 +139,7 @@ def build(
     for folder in made:  # deepest first: the empty folders a failed build leaves
       if folder not in existed and os.path.isdir(folder) and not any(os.scandir(folder)):
         os.rmdir(folder)
-    if is_disk_full(e):
+    if is_out_of_space(e):
       cause = " ".join(f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}".split())
       raise DatasetWriteError(
         f"building {name} into {_expand(data_dir)} failed: {cause}; "
@@ -242,14 +242,15 @@ def remove_partial_builds(builder: tfds.core.DatasetBuilder) -> list[str]:
   return removed
 
 
-def is_disk_full(error: BaseException) -> bool:
-  """Whether `error` says the disk (or the user's quota) is full: an OSError with
-  ENOSPC / EDQUOT, or a wrapped one whose message says so (array_record's
-  RuntimeError 'write() failed: No space left on device')."""
-  if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+def is_out_of_space(error: BaseException) -> bool:
+  """Whether `error` says a write ran out of room: the disk full (ENOSPC), the user's
+  quota (EDQUOT) or the file-size limit (EFBIG, `ulimit -f`); an OSError with that errno
+  or a wrapped one whose message says so (array_record's RuntimeError 'write() failed:
+  No space left on device')."""
+  codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+  if isinstance(error, OSError) and error.errno in codes:
     return True
-  text = str(error)
-  return any(os.strerror(code) in text for code in (errno.ENOSPC, errno.EDQUOT))
+  return any(os.strerror(code) in str(error) for code in codes)
 
 
 def check_built_from(

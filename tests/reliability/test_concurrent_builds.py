@@ -5,20 +5,26 @@
 - the `incomplete.*` folder of a build that died is removed by the next build, but
   never that of a build still running (it holds the data_dir's lock);
 - a full disk during a build is one line naming the data_dir and the free space, the
-  partial build removed.
+  partial build removed (simulated in process; for real through the build command
+  under a file-size limit).
 
 The waits are on events (a log line, a call), each under a generous ceiling.
 """
 
 import logging
 import os
+import pathlib
+import subprocess
+import sys
 import threading
 
 import pytest
 from absl import logging as absl_logging
 
 from data_pipelines.datasets import reid_builder, source
-from tests.reference import reid_layouts
+from tests.reference import reid_layouts, tiny_market
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 CEILING_S = 600  # for an event that, on a loaded machine, comes within seconds
 WAITING = "another build into"  # the line a build waiting for the lock logs
@@ -163,3 +169,35 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, download, monkeypa
   assert "\n" not in message and f"building market1501 into {data_dir} failed" in message
   assert "No space left on device" in message and " free there" in message
   assert not data_dir.exists()  # the partial build and the folders made for it removed
+
+
+def test_the_build_command_out_of_room_is_one_error_line(tmp_path):
+  """The real failure, through the command: a file-size limit (`ulimit -f`, 8 KB) stops
+  the writing of the first split as a full disk does."""
+  tiny_market.write_market(tmp_path / "download")
+  data_dir = tmp_path / "data"
+
+  proc = subprocess.run(
+    [  # bash's `ulimit -f` counts 1 KB blocks
+      "bash",
+      "-c",
+      'ulimit -f 8 && exec "$@"',
+      "bash",
+      sys.executable,
+      "-m",
+      "data_pipelines.datasets.build",
+      f"--manual_dir={tmp_path / 'download'}",
+      f"--data_dir={data_dir}",
+    ],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+  assert len(errors) == 1 and f"building market1501 into {data_dir} failed" in errors[0]
+  assert "File too large" in errors[0] and "free there" in errors[0]
+  assert not data_dir.exists()
