@@ -102,7 +102,8 @@ def exit_with(error: BaseException) -> None:
 
 def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
   """Decorator: `UserError` / `app.UsageError` raised by `main` -> ERROR line, exit 2;
-  `KeyboardInterrupt` (Ctrl-C) -> one 'Interrupted' line, exit 130, no traceback."""
+  `KeyboardInterrupt` (Ctrl-C) -> one 'Interrupted' line, exit 130, no traceback; a
+  thread that cannot start or a MemoryError -> ERROR line naming `ulimit -v`, exit 1."""
 
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> Any:
