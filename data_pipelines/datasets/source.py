@@ -202,8 +202,11 @@ def _build_lock(data_dir: str, name: str) -> Iterator[None]:
   The lock is an `flock` on the data_dir folder itself (no lock file is left behind;
   the system drops it when its holder dies). A second build into the same data_dir (a
   second build command, two train.py runs started together) waits, with one log line,
-  and then finds the dataset built.
+  and then finds the dataset built. A remote data_dir (gs://) is not locked.
   """
+  if paths.is_remote(data_dir):
+    yield
+    return
   os.makedirs(data_dir, exist_ok=True)
   fd = os.open(data_dir, os.O_RDONLY)
   try:
