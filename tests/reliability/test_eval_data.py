@@ -25,7 +25,10 @@ from tests.reference import reid_layouts, saved_run, tiny_market
 
 STEP = 3
 
-pytestmark = pytest.mark.filterwarnings("ignore:max_rank=.*exceeds the gallery size:UserWarning")
+pytestmark = [  # the tiny tree's expected warnings
+  pytest.mark.filterwarnings("ignore:max_rank=.*exceeds the gallery size:UserWarning"),
+  pytest.mark.filterwarnings("ignore:.*queries have no positive:UserWarning"),
+]
 
 
 @pytest.fixture(scope="module")
