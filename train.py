@@ -27,6 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import errors, logs
+from fsaf_jax import imagenet_weights
 from fsaf_jax.core import host_allocator
 from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
 from fsaf_jax.demo import run as demo_run
@@ -57,8 +58,9 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_path))[0]
+  config = imagenet_weights.resolve_config(_CONFIG.value)  # 'imagenet': the cached release
   try:
-    result = run(_CONFIG.value, _WORKDIR.value, config_name=name, on_step=on_step)
+    result = run(config, _WORKDIR.value, config_name=name, on_step=on_step)
   except (FloatingPointError, CheckpointSaveError, ResultsWriteError) as e:
     sys.exit(f"ERROR: {errors.one_line(str(e))}")
   if result.signal is not None:

@@ -6,7 +6,7 @@ claimed.
 Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
   python train.py --config=configs/baseline.py --workdir=workdirs/baseline \
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
 Steps: as `configs/fsaf_market.py` (~185 x 120 = ~22,200). Expected time: not measured
 on a GPU/TPU; about a day on a 2-core CPU (README, Benchmarks).
 

@@ -6,7 +6,7 @@ Target (the paper's figures, not ours; mAP / Rank-1, %): Table 1 "Our Method" 65
 Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
   python train.py --config=configs/fsaf_duke.py --workdir=workdirs/fsaf_duke \
     --config.input.manual_dir=/data/DukeMTMC-reID \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
 Steps: 120 epochs of BoT's sampler epoch (~240 P x K = 16 x 4 batches on DukeMTMC-reID's
 16,522 training images: ~29,000 steps; the run card prints the exact count). Expected
 time: not measured on a GPU/TPU; over a day on a 2-core CPU (README, Benchmarks).

@@ -8,7 +8,7 @@ Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
   python -m fsaf_jax.convert_ibn resnet50_ibn_a-d9d0bb7b.pth r50_ibn_a.msgpack
   python train.py --config=configs/fsaf_market.py --workdir=workdirs/fsaf_market \
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
 Steps: 120 epochs of BoT's sampler epoch, floor(sum_i max(n_i, 4) // 4 / 16) P x K =
 16 x 4 batches (~185 on Market-1501: ~22,200 steps; the run card prints the exact
 count). Expected time: not measured on a GPU/TPU; about a day on a 2-core CPU (the
