@@ -111,8 +111,9 @@ def fetch_converted(config: ml_collections.ConfigDict) -> pathlib.Path:
   url = release_url(release)
   source = cache / release.file_name
   manual = (
-    f"then run `python -m fsaf_jax.convert_ibn {source} {converted}` (or pass "
-    "--config.init.pretrained=<a converted file>)"
+    "then rerun (it converts the file once), or convert it yourself with `python -m "
+    f"fsaf_jax.convert_ibn {source} DST --config=<this config>` and pass "
+    "--config.init.pretrained=DST"
   )
   download.download_verified(url, source, manual=manual)
   convert_config = config.copy_and_resolve_references()
