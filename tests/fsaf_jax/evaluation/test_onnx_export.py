@@ -82,15 +82,13 @@ def test_extract_onnx_flag_matches_the_jax_extractor_tiny(tmp_path):
   assert diff < ATOL
 
 
-# One export takes ~20-50 s on a shared 2-core CPU (jax2onnx's tracing and graph
-# building), the full-size one ~130 s: the default run keeps the test above.
+# The ops of the tests here in their other settings (`-m slow`).
 @pytest.mark.slow
 def test_onnx_export_tiny_defaults(tmp_path):
   """The tiny config as it is: ECA per stage, average pooling, last stride 2."""
   _check_against_jax(tiny.get_config(), tmp_path, num_images=2)
 
 
-@pytest.mark.slow
 def test_onnx_export_baseline_full_size(tmp_path):
   """`configs/baseline.py` (ResNet50-IBN-a, 256x128): two images."""
   _check_against_jax(baseline.get_config(), tmp_path, num_images=2)
