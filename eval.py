@@ -37,6 +37,7 @@ _WORKDIR = flags.DEFINE_string(
 _CHECKPOINT = flags.DEFINE_string(
   "checkpoint", None, "Checkpoint to evaluate instead: WORKDIR/checkpoints/<step>."
 )
+_HOST_ALLOCATOR = host_allocator.define_flag()
 _OUTDIR = flags.DEFINE_string(
   "outdir", None, "Where eval/ is written; default --workdir, else the checkpoint's work dir."
 )
@@ -49,7 +50,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
   if _OUTDIR.value:
     errors.check_output_dir(_OUTDIR.value, "--outdir")
-  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
+  host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   try:

@@ -28,13 +28,15 @@ from ml_collections import config_flags
 
 from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
-from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
+from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.demo import run as demo_run
 from fsaf_jax.evaluation.result_dirs import ResultsWriteError
 from fsaf_jax.training import train_loop
+from fsaf_jax.training.save_monitor import CheckpointSaveError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")
+_HOST_ALLOCATOR = host_allocator.define_flag()
 
 
 def run(
@@ -54,7 +56,8 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   """The program; `on_step` is passed to the training loop (tests install one)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
+  host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
+  maybe_initialize_distributed()  # multi-host: join the other processes (module doc)
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_path))[0]
   try:

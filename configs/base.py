@@ -14,10 +14,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   """Returns the full default config (FSAF `full` on Market-1501, BoT recipe)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # CPU backend only: glibc malloc settings that keep XLA's buffers mapped between steps
-  # (fsaf_jax/core/host_allocator.py; docs/performance.md has the effect). Read by
-  # train.py, eval.py and fsaf_jax.extract before JAX starts.
-  config.host_allocator = True
 
   # --- Network. ------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
@@ -87,6 +83,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.triplet_margin = config_dict.placeholder(float)
   config.loss.triplet_margin = 0.3
   config.loss.center_weight = 0.0  # centre loss off by default (BoT: 5e-4 when on)
+  config.loss.center_lr = 0.5  # SGD lr of the centre-loss centres (BoT's CENTER_LR)
 
   # --- Optimiser and schedule: the BoT recipe. -----------------------------------------
   config.optim = ml_collections.ConfigDict()
@@ -106,7 +103,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.warmup_factor = 0.01
   config.optim.milestones = (40, 70)
   config.optim.gamma = 0.1
-  config.optim.center_lr = 0.5  # SGD lr of the centre-loss centres
 
   # --- Loop. ---------------------------------------------------------------------------
   config.train = ml_collections.ConfigDict()

@@ -335,7 +335,7 @@ def convert_state_dict(
           "layout (pass --config=<the training config> / check model.stage_sizes, "
           "stem_width, widths)"
         )
-      check_finite(value, f"{source}: tensor {key!r}")  # indices in the checkpoint's layout
+      check_finite_tensor(value, f"{source}: tensor {key!r}")  # indices in the checkpoint's layout
       value = _from_torch(value)
       used.add(key)
     elif key is not None and path[-3] == "bn1" and path[-2] in ("IN", "BN"):
@@ -343,7 +343,7 @@ def convert_state_dict(
       if value is not None:
         plain = key.rsplit(".", 2)[0]
         source_key = f"{plain}.{key.rsplit('.', 1)[1]}"
-        check_finite(state_dict[source_key], f"{source}: tensor {source_key!r}")
+        check_finite_tensor(state_dict[source_key], f"{source}: tensor {source_key!r}")
         used.add(source_key)
         if plain not in ibn_from_bn:
           ibn_from_bn.append(plain)
@@ -387,7 +387,7 @@ def convert_state_dict(
   )
 
 
-def check_finite(value: np.ndarray, what: str) -> None:
+def check_finite_tensor(value: np.ndarray, what: str) -> None:
   """Raises ConversionError naming `what` if `value` holds NaN or inf."""
   finite = np.isfinite(value)
   if not finite.all():
