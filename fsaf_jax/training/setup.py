@@ -243,6 +243,24 @@ def initial_variables(
   return model, variables, report
 
 
+def _train_input(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any, int]:
+  """The ready dataset's training split: (its source, the P x K train iterator over
+  `mesh`, its number of identities)."""
+  dataset, data_dir = config.input.dataset, config.input.data_dir
+  num_train_ids = source_lib.num_train_identities(dataset, data_dir)
+  train_source = source_lib.load_source(dataset, "train", data_dir)
+  person_ids, _ = train_pipeline.read_labels(train_source)
+  train_iter = train_pipeline.create_train_iterator(
+    train_source,
+    config,
+    mesh,
+    seed=int(config.seed),
+    num_train_ids=num_train_ids,
+    person_ids=person_ids,
+  )
+  return train_source, train_iter, num_train_ids
+
+
 def setup_run(
   config: ml_collections.ConfigDict,
   workdir: epath.Path,
@@ -271,19 +289,9 @@ def setup_run(
   if prepare_data is not None:
     config = prepare_data(config, workdir)
   config = data_setup.prepare_dataset(config, workdir)
-  dataset, data_dir = config.input.dataset, config.input.data_dir
-  num_train_ids = source_lib.num_train_identities(dataset, data_dir)
-  train_source = source_lib.load_source(dataset, "train", data_dir)
-  person_ids, _ = train_pipeline.read_labels(train_source)
+  data_dir = config.input.data_dir
   mesh = make_mesh()
-  train_iter = train_pipeline.create_train_iterator(
-    train_source,
-    config,
-    mesh,
-    seed=int(config.seed),
-    num_train_ids=num_train_ids,
-    person_ids=person_ids,
-  )
+  train_source, train_iter, num_train_ids = _train_input(config, mesh)
   config = resolve_config(
     config,
     num_train_ids,
