@@ -3,8 +3,9 @@
 `check_settings(config)` refuses bad loop and initialisation settings before anything
 is written; `setup_run(config, workdir)` then makes the dataset ready, builds the P x K
 train iterator, resolves `model.num_classes` and `train.steps_per_epoch` from the data
-(`resolve_config`), builds the `Evaluator` (its settings checked before any training
-step), the model, the initial train state (`config.init.pretrained` or 'scratch') and
+(`resolve_config`), builds the evaluators (one per evaluation set, their data built;
+settings checked before any training step), the model, the initial train state
+(`config.init.pretrained` or 'scratch') and
 the run card (printed by process 0; the training loop writes it to
 `WORKDIR/run_card.json` once a resume is accepted, so a refused run leaves the work
 dir's card as it was).
@@ -25,7 +26,7 @@ from jax.sharding import Mesh
 from data_pipelines import errors, train_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core.mesh import make_mesh
-from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.evaluation.evaluator import Evaluator, build_evaluators
 from fsaf_jax.models import registry
 from fsaf_jax.models.pretrained import PretrainedReport
 from fsaf_jax.training import checkpoint as checkpoint_lib
@@ -54,7 +55,7 @@ class Run:
     train_iter: the P x K train iterator (`train_pipeline.TrainIterator`).
     model: the model (`registry.create_model`).
     state: the initial train state (replicated over `mesh`).
-    evaluator: the run's `Evaluator`.
+    evaluators: the run's evaluators, one per evaluation set (`build_evaluators`).
     card: the run card (`run_card.build_run_card`).
   """
 
@@ -63,7 +64,7 @@ class Run:
   train_iter: Any
   model: nn.Module
   state: TrainState
-  evaluator: Evaluator
+  evaluators: list[Evaluator]
   card: dict[str, Any]
 
   @property
@@ -289,8 +290,11 @@ def setup_run(
     num_train_images=len(train_source),
   )
   # Built before any training step: bad eval settings fail here, not at the first eval.
-  evaluator = Evaluator(
-    config, num_classes=num_train_ids, mesh=mesh, data_dir=data_dir, config_name=config_name
+  evaluators = build_evaluators(
+    registry.create_model(config.model, num_train_ids),
+    config,
+    mesh=mesh,
+    config_name=config_name,
   )
   steps_per_epoch = int(config.train.steps_per_epoch)
   image_size = tuple(int(s) for s in config.input.image_size)
@@ -311,8 +315,8 @@ def setup_run(
     config_name=config_name,
     split_sizes={
       "train": len(train_source),
-      "query": len(evaluator.query_source),
-      "gallery": len(evaluator.gallery_source),
+      "query": len(evaluators[0].query_source),
+      "gallery": len(evaluators[0].gallery_source),
     },
     num_train_ids=num_train_ids,
     sampler_mode=train_iter.sampler.mode,
@@ -324,4 +328,4 @@ def setup_run(
   )
   if is_main:  # written to WORKDIR/run_card.json once the run is accepted (`train_loop`)
     console_line(run_card.format_run_card(card))
-  return Run(config, mesh, train_iter, model, state, evaluator, card)
+  return Run(config, mesh, train_iter, model, state, evaluators, card)

@@ -17,10 +17,11 @@
 4. Steps until `num_epochs * steps_per_epoch`: a progress bar (loss, lr, images/s);
    every `log_every_steps` the averaged metrics to TensorBoard (`WORKDIR/tb`) and
    stdout (`writers`); a checkpoint every `checkpoint_every_steps` and at the
-   end; evaluation every `eval_every_epochs` and at the end (one
-   `fsaf_jax.evaluation.evaluator.Evaluator`, built with its settings checked before
-   the first step: `WORKDIR/eval/step_<N>/metrics.json` and the ranked-list figure,
-   `WORKDIR/eval/latest` naming the newest, the metrics to TensorBoard). An `on_step`
+   end; evaluation every `eval_every_epochs` and at the end (the evaluators of
+   `fsaf_jax.evaluation.evaluator.build_evaluators`, one per evaluation set, built with
+   their settings checked before the first step: `WORKDIR/eval/step_<N>/[<set>/]`
+   metrics.json and figures, `WORKDIR/eval/latest` naming the newest, the metrics to
+   TensorBoard, prefixed by the set when `config.eval.datasets` lists sets). An `on_step`
    hook, if given, sees every step's batch before it is trained on.
 5. SIGTERM / SIGINT: a checkpoint at the next step boundary, then a clean return
    (`TrainResult.signal`).
@@ -58,7 +59,8 @@ from etils import epath
 from data_pipelines import errors
 from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
 from fsaf_jax.core.distributed import maybe_initialize_distributed
-from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.evaluation import writers as eval_writers
+from fsaf_jax.evaluation.evaluator import EvalResult, Evaluator, run_evaluators
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import run_card, setup, workdir_lock
 from fsaf_jax.training.preemption import StopOnSignal
@@ -78,10 +80,11 @@ class TrainResult:
     step: the train state's step at return.
     total_steps: `num_epochs * steps_per_epoch`.
     signal: the signal number that stopped the run early, or None.
-    eval: the last evaluation's metrics.json content (None if none ran).
+    eval: the last evaluation's metrics.json content of the first evaluation set
+      (None if none ran); `evals`: every set's.
     config: the resolved config (paths, num_classes, steps_per_epoch).
-    evaluator: the run's `Evaluator` (its compiled extractor, its `last` result the
-      last evaluation's), to score more variables the same way.
+    evaluators: the run's evaluators (their compiled extractors), to score more
+      variables the same way; `results`: the last evaluation's `EvalResult`s.
   """
 
   step: int
@@ -89,7 +92,9 @@ class TrainResult:
   signal: int | None = None
   eval: dict[str, Any] | None = None
   config: ml_collections.ConfigDict | None = None
-  evaluator: Evaluator | None = None
+  evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  evaluators: list[Evaluator] = dataclasses.field(default_factory=list)
+  results: list[EvalResult] = dataclasses.field(default_factory=list)
 
 
 def _fetch_and_check(
@@ -195,13 +200,13 @@ def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> Train
       damaged.
   """
   is_main = jax.process_index() == 0
-  config, mesh, train_iter, model, state, evaluator = (
+  config, mesh, train_iter, model, state, evaluators = (
     run.config,
     run.mesh,
     run.train_iter,
     run.model,
     run.state,
-    run.evaluator,
+    run.evaluators,
   )
   steps_per_epoch, total_steps, global_batch = (
     run.steps_per_epoch,
@@ -236,15 +241,17 @@ def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> Train
     return checkpoint_restore.newest_restorable_step(manager.directory)
 
   def evaluate(step):
-    metrics = evaluator.run(state.variables, step=step)
-    evaluator.print_table()
-    result = evaluator.write(workdir)
-    logger.write(step, metrics, prefix="eval")
-    return result
+    result.results, result.evals = run_evaluators(
+      evaluators, state.variables, step=step, outdir=workdir
+    )
+    logger.write(step, eval_writers.scalars(result.results), prefix="eval")
+    return result.evals[0]
 
   logger = MetricLogger(workdir / TB_SUBDIR, is_main)
   bar = progress_bar(total_steps, start_step, is_main)
-  result = TrainResult(step=start_step, total_steps=total_steps, config=config, evaluator=evaluator)
+  result = TrainResult(
+    step=start_step, total_steps=total_steps, config=config, evaluators=evaluators
+  )
   pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet fetched / checked
   window_metrics: list[dict[str, float]] = []  # checked, since the last log line
   step = start_step
