@@ -15,7 +15,7 @@ the `manual_dir` of `python -m data_pipelines.datasets.build`):
   from its folder if it gives one (else TFDS's `<data_dir>/downloads/manual`), unless
   that would replace another set's build there (the same TFDS name from another
   folder: the training set's or another entry's), in which case it is built into
-  `input.data_dir/<label>`.
+  `input.data_dir/<name>@<the folder's base name>`.
 
 The label (results folder, table title, TensorBoard prefix) is the name ('/' written
 '_': 'msmt17_v2'); two entries of one name are told apart by their folder's base name:
@@ -145,11 +145,17 @@ def eval_sets(config: ml_collections.ConfigDict) -> list[EvalSet]:
       continue
     here = data_dir
     if name in owner and owner[name] != folder:
-      here = os.path.join(data_dir, label)
+      here = os.path.join(data_dir, _own_data_dir(name, folder))
     else:
       owner[name] = folder
     sets.append(EvalSet(name, label, here, folder, folder=label, build=True))
   return sets
+
+
+def _own_data_dir(name: str, folder: str | None) -> str:
+  """'<name>@<folder's base name>': the data dir (under `input.data_dir`) of a copy of a
+  dataset built there from another folder; the same whatever the rest of the list."""
+  return _label(name) + FOLDER_SEPARATOR + os.path.basename((folder or "default").rstrip(os.sep))
 
 
 def prepare_eval_set(eval_set: EvalSet) -> None:

@@ -135,6 +135,7 @@ class Evaluator:
     eval_set: EvalSet | None = None,
     mesh: Mesh | None = None,
     config_name: str | None = None,
+    compiled: dict[Any, Any] | None = None,
   ):
     """Checks the settings, loads the sources, builds the extractor.
 
@@ -146,6 +147,9 @@ class Evaluator:
       eval_set: the set to evaluate; default the training set of `config`.
       mesh: the device mesh ('data' axis); default all devices.
       config_name: name of the config (e.g. 'fsaf_market').
+      compiled: jitted functions shared by the evaluators of one model (the extractor
+        per batch size, the activation maps), so that each compiles once; default
+        this evaluator's own.
 
     Raises:
       errors.UserError: a bad `config.eval.*` / `config.input.eval_batch_size` value
@@ -171,15 +175,22 @@ class Evaluator:
       self.mesh,
       max(len(self.query_source), len(self.gallery_source)),
     )
-    self.extractor = extractor_lib.make_extractor(
-      model,
-      None,
-      batch_size=self.batch_size,
-      image_size=self.image_size,
-      flip=self.settings.flip,
-      mesh=self.mesh,
-    )
-    self._activation_maps = activation_lib.make_activation_maps(model, image_size=self.image_size)
+    compiled = {} if compiled is None else compiled
+    if ("extractor", self.batch_size) not in compiled:
+      compiled["extractor", self.batch_size] = extractor_lib.make_extractor(
+        model,
+        None,
+        batch_size=self.batch_size,
+        image_size=self.image_size,
+        flip=self.settings.flip,
+        mesh=self.mesh,
+      )
+    self.extractor = compiled["extractor", self.batch_size]
+    if "activation_maps" not in compiled:
+      compiled["activation_maps"] = activation_lib.make_activation_maps(
+        model, image_size=self.image_size
+      )
+    self._activation_maps = compiled["activation_maps"]
 
   @functools.cached_property
   def num_classes(self) -> int:
@@ -328,11 +339,18 @@ def build_evaluators(
   """
   EvalSettings.from_config(config)  # a bad setting fails before any dataset build
   mesh = make_mesh() if mesh is None else mesh
-  evaluators = []
+  evaluators, compiled = [], {}
   for eval_set in eval_sets_lib.eval_sets(config):
     eval_sets_lib.prepare_eval_set(eval_set)
     evaluators.append(
-      Evaluator(model, config, eval_set=eval_set, mesh=mesh, config_name=config_name)
+      Evaluator(
+        model,
+        config,
+        eval_set=eval_set,
+        mesh=mesh,
+        config_name=config_name,
+        compiled=compiled,
+      )
     )
   return evaluators
 

@@ -8,7 +8,7 @@
 2. `setup.setup_run`: the caller's `prepare_data` hook, if any (the demo writes its
    synthetic data there), the dataset made ready, the P x K train iterator, the
    config resolved from the data (`model.num_classes`, `train.steps_per_epoch`), the
-   `Evaluator` (settings checked before any step), the model, the initial train state
+   evaluators (settings checked before any step), the model, the initial train state
    and the run card. Then the jitted data-parallel step (state replicated and donated,
    batch sharded).
 3. Resume: the newest intact checkpoint in `WORKDIR/checkpoints` (train state and iterator

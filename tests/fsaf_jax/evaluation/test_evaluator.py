@@ -23,7 +23,7 @@ from data_pipelines import errors
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
-from fsaf_jax.evaluation import distance, evaluator, figure, metrics, writers
+from fsaf_jax.evaluation import distance, evaluator, figure, metrics, roc, writers
 from fsaf_jax.models import registry
 from fsaf_jax.training import train_loop
 from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market, tiny_synthetic_run
@@ -518,3 +518,46 @@ def test_run_refuses_variables_of_another_model(data_dir, variables):
   ev = make_evaluator(make_config(data_dir), num_classes=tiny_market.NUM_TRAIN_IDS + 1)
   with pytest.raises(ValueError, match="classes"):
     ev.run(variables)
+
+
+def test_a_listed_set_writes_its_own_folder(data_dir, variables, tmp_path):
+  # config.eval.datasets naming the training set: results in eval/step_<N>/<set>/, the
+  # same metrics as the default layout's, TensorBoard scalars prefixed by the set.
+  config = make_config(data_dir, datasets=(tiny_market.DATASET,))
+  model = registry.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
+  (ev,) = evaluator.build_evaluators(model, config)
+  results, (written,) = evaluator.run_evaluators(
+    [ev], variables, step=4, outdir=tmp_path, write_figure=False
+  )
+  folder = tmp_path / "eval" / "step_4" / tiny_market.DATASET
+  assert written["metrics_path"] == str(folder / "metrics.json")
+  assert not (tmp_path / "eval" / "step_4" / "metrics.json").exists()
+  assert (tmp_path / "eval" / "latest").read_text() == "step_4\n"
+  default = evaluator.evaluate_model(make_config(data_dir), variables, outdir=None)
+  assert written["metrics"] == default["metrics"] and written["roc"] == default["roc"]
+  scalars = writers.scalars(results)
+  assert scalars[f"{tiny_market.DATASET}/mAP"] == written["metrics"]["mAP"]
+  assert scalars[f"{tiny_market.DATASET}/TPR@FPR=1e-02"] == written["roc"]["TPR@FPR=1e-02"]
+
+
+def test_diagnostic_figures_and_roc_in_metrics_json(evaluated, features):
+  _, outdir, result = evaluated
+  folder = outdir / "eval" / "step_12"
+  assert result["figure_paths"] == {
+    name: str(folder / f"{name}.png")
+    for name in ("ranked_list", "distances", "roc", "activation_maps")
+  }
+  for path in result["figure_paths"].values():
+    with PIL.Image.open(path) as image:
+      assert image.format == "PNG" and min(image.size) > 100
+  # TPR@FPR of the re-ranked distances (re-ranking is on), as the reference computes it.
+  qf, gf = features.query_feats, features.gallery_feats
+  pdist = lambda a, b: np.asarray(distance.pairwise_distance(a, b, "cosine"))  # noqa: E731
+  reranked = rerank_numpy.re_ranking(
+    pdist(qf, gf), pdist(qf, qf), pdist(gf, gf), k1=K1, k2=K2, lambda_value=LAMBDA
+  )
+  pairs = roc.pair_distances(reranked, *features.ids())
+  want = roc.tpr_at_fpr(pairs)
+  assert result["roc"].keys() == want.keys()
+  for key, value in want.items():
+    assert result["roc"][key] == pytest.approx(value, abs=1e-6)

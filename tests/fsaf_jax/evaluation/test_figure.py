@@ -97,3 +97,17 @@ def test_bad_images():
 
 def _rgb(hex_color):
   return tuple(int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_no_blank_band_under_the_title(rows):
+  dist, q_pids, g_pids, q_cams, g_cams, q_img, g_img = _problem()
+  fig = figure.ranked_list_figure(
+    dist, q_pids, g_pids, q_cams, g_cams, query_images=q_img, gallery_images=g_img,
+    query_indices=range(rows), title="a title",
+  )  # fmt: skip
+  renderer = fig.canvas.get_renderer()
+  title_bottom = fig._suptitle.get_window_extent(renderer).y0
+  images_top = max(ax.get_window_extent(renderer).y1 for ax in fig.axes)
+  gap_inches = (title_bottom - images_top) / fig.dpi
+  assert 0.0 <= gap_inches < 0.15  # the title sits right above the first row
