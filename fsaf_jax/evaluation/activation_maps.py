@@ -56,10 +56,11 @@ def make_activation_maps(
     KeyError: the model's output dict has no `feature`.
   """
   size = (int(image_size[0]), int(image_size[1]))
+  compute_dtype = jnp.dtype(getattr(model, "dtype", None) or jnp.float32)
 
   @jax.jit
   def maps(variables, images):
-    out = model.apply(variables, normalize_images(images, jnp.float32), train=False)
+    out = model.apply(variables, normalize_images(images, compute_dtype), train=False)
     if feature not in out:
       raise KeyError(f"model output has no {feature!r}; keys: {sorted(out)}")
     return activation_maps(out[feature], size)

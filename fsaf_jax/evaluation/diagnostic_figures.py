@@ -68,7 +68,7 @@ def write_roc_figure(
   for target in roc.FPR_TARGETS:
     value = tprs[roc.tpr_key(target)]
     ax.plot([target], [value], "o", color=NEGATIVE_COLOR)
-    ax.annotate(f"{value:.3f}", (target, value), textcoords="offset points", xytext=(4, -10),
+    ax.annotate(f"{value:.3f}", (target, value), textcoords="offset points", xytext=(5, 5),
                 fontsize=7)  # fmt: skip
   ax.set_xscale("log")
   ax.set_xlim(floor, 1.0)
@@ -97,7 +97,7 @@ def write_activation_figure(
   """
   count = len(images)
   width, height = cell_inches
-  fig = Figure(figsize=(width * 2 * count, 2 * height), layout="constrained")
+  fig = Figure(figsize=(width * count, 2 * height + 0.3), layout="constrained")
   FigureCanvasAgg(fig)
   axes = fig.subplots(2, count, squeeze=False)
   shown = activation_maps.overlay(images, maps)

@@ -242,7 +242,7 @@ class Evaluator:
     return EvalFeatures(qf, gf, qp, gp, qc, gc, qn, gn), timing
 
   def run(
-    self, variables: Mapping[str, Any], *, step: int | None = None, figures: bool = True
+    self, variables: Mapping[str, Any], *, step: int | None = None, figures: bool = False
   ) -> EvalResult:
     """Embeds and scores both splits with `variables`.
 
@@ -251,7 +251,7 @@ class Evaluator:
         initialised).
       step: training step of the variables (names the output folder).
       figures: also compute what only the figures show (the activation maps of the
-        figure's queries); off when no figure will be drawn.
+        figure's queries; their function compiles at the first such run).
 
     Returns:
       The `EvalResult`: its `metrics` are {name: fraction} over
