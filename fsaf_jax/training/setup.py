@@ -81,6 +81,7 @@ class Run:
 
 
 EPOCH_LENGTHS = ("sampler", "images")
+EVAL_SPLITS = ("query", "gallery")
 
 
 def resolve_config(
@@ -315,8 +316,8 @@ def setup_run(
     config_name=config_name,
     split_sizes={
       "train": len(train_source),
-      "query": len(evaluators[0].query_source),
-      "gallery": len(evaluators[0].gallery_source),
+      # The training set's own test splits (the evaluation sets may be others).
+      **{split: len(source_lib.load_source(dataset, split, data_dir)) for split in EVAL_SPLITS},
     },
     num_train_ids=num_train_ids,
     sampler_mode=train_iter.sampler.mode,
