@@ -88,7 +88,7 @@ def run_demo(
     demo.baselines = baselines.compare_baselines(
       evaluator,
       result.results[0],
-      untrained.initial_variables(result.config, evaluator.mesh),
+      untrained.untrained_variables(result.config, evaluator.mesh),
       outdir=outdir if jax.process_index() == 0 else None,
     )
   return demo
