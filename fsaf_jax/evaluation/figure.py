@@ -3,7 +3,8 @@
 Each row shows a query, then its top-k gallery images (after the same filtering as
 the metrics: same-pid-same-camera and junk items removed; ties broken by gallery
 index), framed green when they are the query's identity and red otherwise; under each
-image its camera id and pid. Drawn with matplotlib's object API on an Agg canvas (no
+image its camera, counted from 1 as in the file names (`c1`..`c6` of Market-1501; the
+records store it 0-based), and its pid. Drawn with matplotlib's object API on an Agg canvas (no
 pyplot, no global backend change), written as PNG.
 
   fig = ranked_list_figure(distmat, q_pids, g_pids, q_camids, g_camids,
@@ -44,6 +45,12 @@ RIGHT_COLOR = "#1a9e1a"
 WRONG_COLOR = "#d62728"
 QUERY_COLOR = "#1f3b99"
 EVAL_TOP_K = 10  # gallery images per row of the evaluation's figure
+TITLE_INCHES = 0.3  # the title's band above the grid
+
+
+def camera_label(camid: int) -> str:
+  """'c<camid + 1>': a 0-based camera id as the file names count it (c1, c2, ...)."""
+  return f"c{int(camid) + 1}"
 
 
 def _image(source: ImageSource, index: int, what: str) -> np.ndarray:
@@ -126,18 +133,32 @@ def ranked_list_figure(
   cols = top_k + 1
   rows = len(query_indices)
   width, height = cell_inches
-  fig = Figure(figsize=(width * (cols + 0.3), height * rows + (0.4 if title else 0.1)))
+  title_inches = TITLE_INCHES if title else 0.0
+  fig_height = height * rows + title_inches
+  fig = Figure(figsize=(width * (cols + 0.3), fig_height))
   FigureCanvasAgg(fig)
+  # The grid starts right under the title (matplotlib's default top leaves a band).
   grid = fig.add_gridspec(
-    rows, cols + 1, width_ratios=[1, 0.3] + [1] * top_k, wspace=0.08, hspace=0.35
+    rows,
+    cols + 1,
+    width_ratios=[1, 0.3] + [1] * top_k,
+    wspace=0.08,
+    hspace=0.35,
+    top=1.0 - title_inches / fig_height,
+    bottom=0.25 / fig_height,
   )
   for r, (q, ranked) in enumerate(zip(query_indices, lists, strict=True)):
     cells = [
-      (0, _image(query_images, q, "query"), QUERY_COLOR, f"query\ncam {q_camids[q]} id {q_pids[q]}")
+      (
+        0,
+        _image(query_images, q, "query"),
+        QUERY_COLOR,
+        f"query\n{camera_label(q_camids[q])} id {q_pids[q]}",
+      )
     ]
     for j, g in enumerate(ranked):
       right = g_pids[g] == q_pids[q]
-      label = f"{j + 1}: cam {g_camids[g]}\nid {g_pids[g]}"
+      label = f"{j + 1}: {camera_label(g_camids[g])}\nid {g_pids[g]}"
       cells.append(
         (
           j + 2,
@@ -156,7 +177,7 @@ def ranked_list_figure(
         spine.set_linewidth(3.0 if col else 2.0)
       ax.set_xlabel(label, fontsize=6.5, color=color if col else "black", labelpad=2)
   if title:
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.0 - 0.05 / fig_height, va="top")
   if path is not None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
