@@ -21,7 +21,6 @@ import pytest
 from data_pipelines import errors
 from data_pipelines.datasets import source
 from fsaf_jax.evaluation import evaluator
-from fsaf_jax.models import registry
 from fsaf_jax.training import train_loop
 from tests.reference import reid_layouts
 from tests.reference import tiny_synthetic_run as run
@@ -53,12 +52,10 @@ def _config(data_dir):
   return c
 
 
-def test_no_positive_in_another_camera_is_refused_when_the_evaluator_is_built(
-  no_positive_data, monkeypatch
-):
-  monkeypatch.setattr(registry, "create_model", lambda *a, **k: pytest.fail("model built"))
+def test_no_positive_in_another_camera_is_refused_when_the_evaluator_is_built(no_positive_data):
+  not_a_model = object()  # refused before the extractor is built from the model
   with pytest.raises(errors.UserError, match="None of the 1 queries has a positive") as e:
-    evaluator.Evaluator(_config(no_positive_data), num_classes=2)
+    evaluator.Evaluator(not_a_model, _config(no_positive_data))
   assert str(e.value).startswith(f"market1501 in {no_positive_data}: ")
 
 
