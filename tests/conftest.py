@@ -16,6 +16,9 @@ if "xla_force_host_platform_device_count" not in _flags:
   ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Child Python processes print every thread's stack on SIGABRT: a test whose ceiling is hit
+# shows what its subprocess was doing (tests/reference/ceiling.py).
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
