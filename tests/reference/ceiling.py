@@ -110,6 +110,19 @@ def wait(
   pytest.fail(f"{what}: still running after {ceiling} s\n{stacks_of(proc, output)}", pytrace=False)
 
 
+def communicate(
+  proc: subprocess.Popen, what: str, ceiling: float = SHORT
+) -> tuple[str | bytes | None, str | bytes | None]:
+  """`proc.communicate()` (reads its pipes to the end: a full pipe cannot block it): its
+  (stdout, stderr). At the ceiling, fails the test with `what` it was waiting for and the
+  stacks of `proc` and its descendants."""
+  try:
+    return proc.communicate(timeout=ceiling)
+  except subprocess.TimeoutExpired:
+    pass  # fails below, outside the handler
+  pytest.fail(f"{what}: still running after {ceiling} s\n{stacks_of(proc)}", pytrace=False)
+
+
 def readline(proc: subprocess.Popen, what: str, ceiling: float = SHORT) -> str:
   """The next line `proc` prints on its stdout (a pipe), stripped. At the ceiling, fails
   the test with `what` it was waiting for and the stacks of `proc` and its descendants."""
@@ -128,21 +141,12 @@ def run(
   """`subprocess.run(cmd, capture_output=True, text=True, **kwargs)` whose ceiling, when hit,
   fails the test with the command's stacks (instead of a bare TimeoutExpired); with
   `check`, a non-zero exit fails the test with the tail of its stderr."""
+  kwargs.pop("capture_output", None)  # always, unless stdout / stderr say otherwise
   kwargs.setdefault("text", True)
-  if "stdout" not in kwargs:
-    kwargs["stdout"] = subprocess.PIPE
-  if "stderr" not in kwargs:
-    kwargs["stderr"] = subprocess.PIPE
+  kwargs.setdefault("stdout", subprocess.PIPE)
+  kwargs.setdefault("stderr", subprocess.PIPE)
   with subprocess.Popen(cmd, **kwargs) as proc:
-    try:
-      out, err = proc.communicate(timeout=ceiling)
-    except subprocess.TimeoutExpired:
-      out = err = TimeoutError  # fails below, outside the handler
-    if out is TimeoutError:
-      pytest.fail(
-        f"{' '.join(map(str, cmd))}: still running after {ceiling} s\n{stacks_of(proc)}",
-        pytrace=False,
-      )
+    out, err = communicate(proc, " ".join(map(str, cmd)), ceiling)
   if check and proc.returncode:
     pytest.fail(
       f"{' '.join(map(str, cmd))}: exit status {proc.returncode}\n{(err or '')[-5000:]}",
