@@ -91,8 +91,9 @@ def classify(info: dict, kernel_shapes: set[tuple[int, ...]]) -> str:
 
   Args:
     info: an entry of `parse_entry`.
-    kernel_shapes: sorted dims of every parameter: a matmul whose result has a
-      parameter's shape (in any dimension order) is a weight gradient.
+    kernel_shapes: sorted dims of every parameter (and of its [prod(dims[:-1]),
+      dims[-1]] matrix): a matmul whose result has such a shape (in any dimension
+      order) is a weight gradient.
   """
   ops = info["body_ops"] | {info["opcode"]}
   op_name = info["op_name"]
@@ -195,7 +196,11 @@ def main(argv):
   params = jax.eval_shape(
     lambda x: model.init(jax.random.key(0), x, train=False), images[:1].astype(np.float32)
   )["params"]
-  kernel_shapes = {tuple(sorted(p.shape)) for p in jax.tree.leaves(params) if p.ndim >= 2}
+  kernels = [p.shape for p in jax.tree.leaves(params) if len(p.shape) >= 2]
+  # A kernel's gradient also comes as the [kh * kw * Cin, Cout] matrix of a conv written
+  # as a matmul (fsaf_jax/models/conv1x1.py, conv.py).
+  kernel_shapes = {tuple(sorted(k)) for k in kernels}
+  kernel_shapes |= {tuple(sorted((int(np.prod(k[:-1])), k[-1]))) for k in kernels}
   fwd_matmul = counts.forward_flops
 
   by_class = collections.defaultdict(float)
