@@ -27,6 +27,12 @@ from jax import lax
 from fsaf_jax.models.windows import Padding, window_slices
 
 
+def _pad_value(dtype) -> jnp.ndarray:
+  """The padding no window selects: -inf (floats) or the dtype's minimum, as `dtype`."""
+  fill = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
+  return jnp.asarray(fill).astype(dtype)
+
+
 def max_pool(
   x: jnp.ndarray,
   window: Sequence[int],
@@ -45,8 +51,7 @@ def max_pool(
     [N, OH, OW, C], OH = (H + top + bottom - wh) // sh + 1 (likewise OW). The gradient
     of each output goes to the first maximal input of its window in row-major order.
   """
-  fill = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-  views = window_slices(x, window, strides, padding, fill)
+  views = window_slices(x, window, strides, padding, _pad_value(x.dtype))
   frozen = [lax.stop_gradient(v) for v in views]
   best = frozen[0]
   for v in frozen[1:]:
@@ -60,9 +65,24 @@ def max_pool(
   return out
 
 
+def _border(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
+  """A padding band of `x` along `axis`, `size` wide, filled with `_pad_value`."""
+  return jnp.broadcast_to(_pad_value(x.dtype), (*x.shape[:axis], size, *x.shape[axis + 1 :]))
+
+
 def _reduce_window_max_pool(x, window, strides, padding=((0, 0), (0, 0))) -> jnp.ndarray:
-  """`nn.max_pool` with this module's argument order (the portable implementation)."""
-  return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=tuple(padding))
+  """`nn.max_pool` with this module's argument order (the portable implementation).
+
+  The -inf border is concatenated explicitly and the pool is 'VALID' (what
+  `nn.max_pool` does with explicit padding, same values), called with keywords: the form
+  ONNX export (`jax2onnx`: its max pool takes only 'SAME' / 'VALID', and its `lax.pad`
+  needs a constant batch) converts.
+  """
+  (pt, pb), (pl, pr) = padding
+  if pt or pb or pl or pr:
+    for axis, (before, after) in ((1, (pt, pb)), (2, (pl, pr))):
+      x = jnp.concatenate([_border(x, axis, before), x, _border(x, axis, after)], axis=axis)
+  return nn.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding="VALID")
 
 
 def max_pool_fn(train: bool) -> Callable[..., jnp.ndarray]:

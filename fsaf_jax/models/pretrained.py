@@ -48,6 +48,9 @@ DROPPED_TITLE = "file entries not used (3x3 convs the model replaces by MHSA, or
 IBN_A_RELEASE = "resnet50_ibn_a-d9d0bb7b.pth"
 # `config.init.pretrained` value that asks for random initialisation on purpose.
 SCRATCH = "scratch"
+# `config.init.pretrained` value naming the backbone's official ImageNet release, which
+# train.py and `fsaf_jax.extract` download and convert once (`fsaf_jax.imagenet_weights`).
+IMAGENET = "imagenet"
 
 
 class PretrainedError(errors.UserError):
@@ -167,6 +170,12 @@ def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
     PretrainedError: the file is missing or is not such a file (e.g. a PyTorch `.pth`
       that still needs converting), or an entry holds NaN / inf (naming it).
   """
+  if os.fspath(path) == IMAGENET:
+    raise PretrainedError(
+      f"config.init.pretrained={IMAGENET!r} is not resolved: train.py and `python -m "
+      "fsaf_jax.extract` replace it with the converted release; a caller of the library "
+      "passes `fsaf_jax.imagenet_weights.resolve_config(config)`"
+    )
   path = epath.Path(path)
   if not path.exists():
     raise PretrainedError(
@@ -236,12 +245,14 @@ class PretrainedReport:
     dropped: file entries the model has no place for but were expected (the 3x3 convs
       of blocks where the model has MHSA, and any matching `ignore_unused`).
     source: the source checkpoint recorded in the file's metadata.
+    source_sha256: its SHA-256 recorded there ('' if none).
   """
 
   loaded: tuple[str, ...]
   left_at_init: tuple[str, ...]
   dropped: tuple[str, ...]
   source: str = ""
+  source_sha256: str = ""
 
   def __str__(self) -> str:
     parts = [f"{len(self.loaded)} entries loaded" + (f" from {self.source}" if self.source else "")]
@@ -273,6 +284,38 @@ def _place(value: np.ndarray, like: Any) -> Any:
   if isinstance(like, jax.Array):
     return jax.device_put(value, like.sharding)
   return value
+
+
+def _check_matches(
+  source: str,
+  layout: Any,
+  mismatched: Sequence[str],
+  unknown: Sequence[str],
+  loaded: Sequence[str],
+) -> None:
+  """Raises PretrainedError if a file entry's shape differs from the model's
+  (`mismatched`), the file holds entries the model lacks (`unknown`) or nothing loaded."""
+  hint = (f" The file was converted for the layout {layout}." if layout else "") + (
+    " Re-run `python -m fsaf_jax.convert_ibn SRC.pth DST --config=<the training config>` "
+    "with the config you train, or fix the config."
+  )
+  if mismatched:
+    raise PretrainedError(
+      f"pretrained {source or 'file'}: {len(mismatched)} shape mismatch(es) with the model: "
+      + "; ".join(mismatched[:10])
+      + (f"; ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
+      + "."
+      + hint
+    )
+  if unknown:
+    raise PretrainedError(
+      f"pretrained {source or 'file'} holds entries the model does not have.\n"
+      + format_paths("entries without a place in the model", unknown, limit=12)
+      + "\n"
+      + hint.strip()
+    )
+  if not loaded:
+    raise PretrainedError(f"pretrained {source or 'file'} holds no entry of this model")
 
 
 def apply_pretrained(
@@ -326,32 +369,15 @@ def apply_pretrained(
     out[path] = _place(value, model[path])
     loaded.append(name)
 
-  layout = metadata.get("layout")
-  hint = (f" The file was converted for the layout {layout}." if layout else "") + (
-    " Re-run `python -m fsaf_jax.convert_ibn SRC.pth DST --config=<the training config>` "
-    "with the config you train, or fix the config."
-  )
-  if mismatched:
-    raise PretrainedError(
-      f"pretrained {source or 'file'}: {len(mismatched)} shape mismatch(es) with the model: "
-      + "; ".join(mismatched[:10])
-      + (f"; ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
-      + "."
-      + hint
-    )
-  if unknown:
-    raise PretrainedError(
-      f"pretrained {source or 'file'} holds entries the model does not have.\n"
-      + format_paths("entries without a place in the model", unknown, limit=12)
-      + "\n"
-      + hint.strip()
-    )
-  if not loaded:
-    raise PretrainedError(f"pretrained {source or 'file'} holds no entry of this model")
+  _check_matches(source, metadata.get("layout"), mismatched, unknown, loaded)
   loaded_set = set(loaded)
   left = tuple(name for name in map(_name, model) if name not in loaded_set)
   report = PretrainedReport(
-    loaded=tuple(loaded), left_at_init=left, dropped=tuple(dropped), source=source
+    loaded=tuple(loaded),
+    left_at_init=left,
+    dropped=tuple(dropped),
+    source=source,
+    source_sha256=str(metadata.get("source_sha256", "")),
   )
   result = traverse_util.unflatten_dict(out)
   if isinstance(variables, flax.core.FrozenDict):
