@@ -166,4 +166,9 @@ def _eval() -> ml_collections.ConfigDict:
   # (their re-ranked figures for the same features).
   eval.rerank_squared = False
   eval.num_figure_queries = 8  # rows of the ranked-list figure
+  # Evaluation sets, each a TFDS name or 'name@folder' (the folder holding its download,
+  # built on first use): e.g. ('market1501', 'dukemtmc_reid@/data/DukeMTMC-reID').
+  # Empty: the training set, results in eval/step_<N>/; otherwise each set's results
+  # in eval/step_<N>/<label>/ (docs/evaluation.md).
+  eval.datasets = ()
   return eval

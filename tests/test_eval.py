@@ -9,7 +9,6 @@ references in tests/fsaf_jax/evaluation/test_evaluator.py).
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -25,7 +24,7 @@ from fsaf_jax.evaluation import evaluator
 from fsaf_jax.models import registry
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training.train_state import create_train_state
-from tests.reference import tiny_market
+from tests.reference import ceiling, tiny_market
 from tests.reference.console_lines import third_party_lines
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -182,7 +181,7 @@ def test_incompatible_config_is_refused(run, tmp_path):
 def _eval_py(*flags, cwd=REPO):
   cmd = [sys.executable, "eval.py", "--config=configs/tiny.py", *flags]
   env = {**os.environ, **_JAX_CACHE_ENV, "PYTHONPATH": str(REPO)}
-  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+  return ceiling.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, ceiling=ceiling.LONG)
 
 
 def test_cli_end_to_end_with_rerank(run, expected, tmp_path):

@@ -13,7 +13,6 @@ Multi-process: process 0 builds, the others wait at a barrier.
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 
@@ -60,17 +59,9 @@ def prepare_dataset(
   """
   config = resolve_data_paths(config, workdir)
   if jax.process_index() == 0:
-    builder = source_lib.get_builder(config.input.dataset, config.input.data_dir)
-    prepared = builder.is_prepared()
-    if not prepared:
-      logging.info(
-        "Building the TFDS dataset %s into %s", config.input.dataset, config.input.data_dir
-      )
-    if not prepared or config.input.manual_dir:
-      # A build already there is checked against manual_dir: training on a build made
-      # from another copy of the dataset than the one named is refused, as the build
-      # command refuses it.
-      source_lib.build(config.input.dataset, config.input.data_dir, config.input.manual_dir or None)
+    source_lib.ensure_built(
+      config.input.dataset, config.input.data_dir, config.input.manual_dir or None
+    )
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("fsaf_jax.prepare_dataset")
   return config

@@ -4,8 +4,9 @@
 evaluation, model) before anything is written or any data work; `setup_run(config,
 workdir)` then makes the dataset ready, builds the P x K train iterator, resolves
 `model.num_classes` and `train.steps_per_epoch` from the data (`resolve_config`),
-builds the `Evaluator`, the model, the initial train state (`config.init.pretrained` or
-'scratch') and the run card (printed by process 0; the training loop writes it to
+builds the evaluators (one per evaluation set, their data built), the model, the
+initial train state (`config.init.pretrained` or 'scratch') and the run card (printed
+by process 0; the training loop writes it to
 `WORKDIR/run_card.json` once a resume is accepted, so a refused run leaves the work
 dir's card as it was).
 """
@@ -25,7 +26,7 @@ from jax.sharding import Mesh
 from data_pipelines import errors, train_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core.mesh import make_mesh
-from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.evaluation.evaluator import Evaluator, build_evaluators
 from fsaf_jax.evaluation.settings import EvalSettings
 from fsaf_jax.losses.registry import check_loss_config
 from fsaf_jax.models import registry
@@ -56,7 +57,7 @@ class Run:
     train_iter: the P x K train iterator (`train_pipeline.TrainIterator`).
     model: the model (`registry.create_model`).
     state: the initial train state (replicated over `mesh`).
-    evaluator: the run's `Evaluator`.
+    evaluators: the run's evaluators, one per evaluation set (`build_evaluators`).
     card: the run card (`run_card.build_run_card`).
   """
 
@@ -65,7 +66,7 @@ class Run:
   train_iter: Any
   model: nn.Module
   state: TrainState
-  evaluator: Evaluator
+  evaluators: list[Evaluator]
   card: dict[str, Any]
 
   @property
@@ -82,6 +83,7 @@ class Run:
 
 
 EPOCH_LENGTHS = ("sampler", "images")
+EVAL_SPLITS = ("query", "gallery")
 
 
 def resolve_config(
@@ -299,8 +301,11 @@ def setup_run(
     num_train_images=len(train_source),
   )
   # Built before any training step: bad eval settings fail here, not at the first eval.
-  evaluator = Evaluator(
-    config, num_classes=num_train_ids, mesh=mesh, data_dir=data_dir, config_name=config_name
+  evaluators = build_evaluators(
+    registry.create_model(config.model, num_train_ids),
+    config,
+    mesh=mesh,
+    config_name=config_name,
   )
   steps_per_epoch = int(config.train.steps_per_epoch)
   image_size = tuple(int(s) for s in config.input.image_size)
@@ -321,8 +326,11 @@ def setup_run(
     config_name=config_name,
     split_sizes={
       "train": len(train_source),
-      "query": len(evaluator.query_source),
-      "gallery": len(evaluator.gallery_source),
+      # The training set's own test splits (the evaluation sets may be others).
+      **{
+        split: len(source_lib.load_source(config.input.dataset, split, data_dir))
+        for split in EVAL_SPLITS
+      },
     },
     num_train_ids=num_train_ids,
     sampler_mode=train_iter.sampler.mode,
@@ -334,4 +342,4 @@ def setup_run(
   )
   if is_main:  # written to WORKDIR/run_card.json once the run is accepted (`train_loop`)
     console_line(run_card.format_run_card(card))
-  return Run(config, mesh, train_iter, model, state, evaluator, card)
+  return Run(config, mesh, train_iter, model, state, evaluators, card)
