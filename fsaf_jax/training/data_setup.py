@@ -20,13 +20,10 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from data_pipelines import paths
 from data_pipelines.datasets import source as source_lib
 
 DATA_SUBDIR = "data"
-
-
-def _absolute(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
 
 
 def resolve_data_paths(
@@ -34,10 +31,10 @@ def resolve_data_paths(
 ) -> ml_collections.ConfigDict:
   """A copy of `config` with absolute `input.data_dir` / `input.manual_dir` (see above)."""
   config = ml_collections.ConfigDict(config.to_dict())
-  data_root = pathlib.Path(_absolute(os.fspath(workdir))) / DATA_SUBDIR
-  config.input.data_dir = _absolute(config.input.data_dir or str(data_root / "tfds"))
+  data_root = pathlib.Path(paths.absolute(os.fspath(workdir))) / DATA_SUBDIR
+  config.input.data_dir = paths.absolute(config.input.data_dir or str(data_root / "tfds"))
   if config.input.manual_dir:
-    config.input.manual_dir = _absolute(config.input.manual_dir)
+    config.input.manual_dir = paths.absolute(config.input.manual_dir)
   return config
 
 
