@@ -17,14 +17,12 @@ must be built (train.py builds it; or `python -m data_pipelines.datasets.build`)
 Runs `fsaf_jax.evaluation.evaluator.evaluate_checkpoint`.
 """
 
-import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from data_pipelines import errors, logs
-from fsaf_jax.core import host_allocator
+from fsaf_jax.core import cli, errors, host_allocator
 from fsaf_jax.core.config_json import config_name
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.evaluation import evaluator
@@ -49,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
   if not (_WORKDIR.value or _CHECKPOINT.value):
     raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
   if _OUTDIR.value:
-    errors.check_output_dir(_OUTDIR.value, "--outdir")
+    cli.check_output_dir(_OUTDIR.value, "--outdir")
   host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()
   try:
@@ -61,12 +59,12 @@ def main(argv: Sequence[str]) -> None:
       config_name=config_name(config_flags.get_config_filename(flags.FLAGS["config"])),
     )
   except ResultsWriteError as e:  # disk full, ...: one line, exit 1
-    sys.exit(f"ERROR: {errors.one_line(str(e))}")
+    cli.exit_failure(e)
   except FileNotFoundError as e:
     raise errors.UserError(str(e)) from None
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   flags.mark_flags_as_required(["config"])
-  errors.run(main)
+  cli.run(main)

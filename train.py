@@ -18,15 +18,13 @@ exits with 2; a NaN stop, a failed checkpoint save or a failed write of the resu
 full) prints one `ERROR:` line and exits with 1.
 """
 
-import sys
 from collections.abc import Sequence
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import errors, logs
-from fsaf_jax.core import host_allocator
+from fsaf_jax.core import cli, host_allocator
 from fsaf_jax.core.config_json import config_name
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.demo import run as demo_run
@@ -62,13 +60,13 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   try:
     result = run(_CONFIG.value, _WORKDIR.value, config_name=name, on_step=on_step)
   except (FloatingPointError, CheckpointSaveError, ResultsWriteError) as e:
-    sys.exit(f"ERROR: {errors.one_line(str(e))}")
+    cli.exit_failure(e)
   if result.signal is not None:
     logging.info("Exiting after signal %d at step %d", result.signal, result.step)
-    sys.exit(128 + result.signal)
+    cli.exit_signal(result.signal)
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   flags.mark_flags_as_required(["config", "workdir"])
-  errors.run(main)
+  cli.run(main)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from absl import app, flags  # noqa: E402
 
-from data_pipelines import logs  # noqa: E402
+from fsaf_jax.core import cli  # noqa: E402
 
 _CONFIG = flags.DEFINE_enum("config", "baseline", ["baseline", "fsaf"], "Model config.")
 _WHAT = flags.DEFINE_enum("what", "train", ["train", "extract"], "Which step to profile.")
@@ -220,5 +220,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

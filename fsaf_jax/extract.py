@@ -46,9 +46,9 @@ from flax import linen as nn
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from data_pipelines import augment, errors, eval_pipeline, logs
+from data_pipelines import augment, eval_pipeline
 from data_pipelines.datasets import image_check, naming
-from fsaf_jax.core import checkpoint_restore, host_allocator
+from fsaf_jax.core import checkpoint_restore, cli, errors, host_allocator
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import export as export_lib
@@ -250,9 +250,9 @@ def check_arguments(
     raise NoWeightsError(f"--random_weights contradicts {given}: pass one of them")
   if pretrained_file and "://" not in pretrained_file and not os.path.isfile(pretrained_file):
     raise errors.InputNotFoundError(f"--config.init.pretrained={pretrained_file}: no such file")
-  errors.check_output_file(out, "--out")
+  cli.check_output_file(out, "--out")
   if export:
-    errors.check_output_file(export, "--export")
+    cli.check_output_file(export, "--export")
   if export and os.path.abspath(os.path.expanduser(out)) == os.path.abspath(
     os.path.expanduser(export)
   ):
@@ -414,7 +414,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -433,4 +433,4 @@ if __name__ == "__main__":
     "skip_corrupt", False, "Leave out (and list) images that do not decode instead of failing."
   )
   flags.mark_flags_as_required(["config", "images", "out"])
-  errors.run(main)
+  cli.run(main)

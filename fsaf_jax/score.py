@@ -37,8 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import errors, logs
-from fsaf_jax.core import host_allocator
+from fsaf_jax.core import cli, errors, host_allocator
 from fsaf_jax.evaluation import distance, inputs, metrics, report, scoring
 from fsaf_jax.evaluation.settings import EvalSettings
 
@@ -245,7 +244,7 @@ def check_json_is_not_an_input(json_path: str, inputs: Sequence[str]) -> None:
   """Raises UserError if `--json` names one of the input feature files (it would be
   replaced by the metrics)."""
   for given in inputs:
-    if errors.same_file(given, json_path):
+    if cli.same_file(given, json_path):
       raise errors.UserError(
         f"--json={json_path} is the input {given}: the metrics would replace the features"
       )
@@ -260,7 +259,7 @@ def main(argv: Sequence[str]) -> None:
   host_allocator.configure()  # CPU: keep XLA's buffers mapped, as eval.py does
   path = argv[1] if len(argv) == 2 else f"{argv[1]} + {argv[2]}"
   if _JSON.value:
-    errors.check_output_file(_JSON.value, "--json")
+    cli.check_output_file(_JSON.value, "--json")
     check_json_is_not_an_input(_JSON.value, argv[1:])
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -298,7 +297,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _METRIC = flags.DEFINE_enum("metric", "cosine", distance.METRICS, "Distance between features.")
@@ -317,4 +316,4 @@ if __name__ == "__main__":
   _QUERY_CHUNK = flags.DEFINE_integer(
     "query_chunk", metrics.DEFAULT_QUERY_CHUNK, "Queries scored per device call (bounds memory)."
   )
-  errors.run(main)
+  cli.run(main)

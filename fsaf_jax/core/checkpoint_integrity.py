@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.core.whole_file import write_whole
 
 MANIFEST_FILE = "sha256sums.json"

@@ -21,9 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from data_pipelines.errors import UserError
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core.config_json import config_differences, config_from_json, field_in
+from fsaf_jax.core.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 ITEM_NAMES = ("variables", "train_state", "data_iter", "config")

@@ -53,9 +53,9 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from data_pipelines import errors, eval_pipeline
+from data_pipelines import eval_pipeline
 from data_pipelines.datasets import source as source_lib
-from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core import checkpoint_restore, errors
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.evaluation import figure as figure_lib

@@ -55,8 +55,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data_pipelines import errors
-from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core import checkpoint_restore, cli
 from fsaf_jax.evaluation.evaluator import Evaluator
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import run_card, setup, workdir_lock
@@ -169,7 +168,7 @@ def train_and_evaluate(
   workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
   is_main = jax.process_index() == 0
   if is_main:
-    errors.check_output_dir(workdir, "--workdir")
+    cli.check_output_dir(workdir, "--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lock.WorkdirLock(workdir, enabled=is_main):
     checkpoint_lib.check_workdir_config(workdir, config)  # before any data work
