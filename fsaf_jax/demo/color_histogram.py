@@ -260,4 +260,5 @@ if __name__ == "__main__":
     "Centre weighting of pixels (fraction of width); 0 = uniform.",
   )
   flags.mark_flag_as_required("data")
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   cli.run(main)
