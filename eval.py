@@ -31,8 +31,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from data_pipelines import errors, logs, paths
-from fsaf_jax.core import host_allocator
+from fsaf_jax.core import cli, errors, host_allocator, paths
 from fsaf_jax.core.config_json import config_name
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.evaluation import eval_data, evaluator
@@ -57,8 +56,8 @@ def main(argv: Sequence[str]) -> None:
   if not (_WORKDIR.value or _CHECKPOINT.value):
     raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
   if _OUTDIR.value:
-    errors.check_output_dir(_OUTDIR.value, "--outdir")
-  errors.check_address_space("eval.py")  # JAX would abort below it
+    cli.check_output_dir(_OUTDIR.value, "--outdir")
+  cli.check_address_space("eval.py")  # JAX would abort below it
   host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()
   # The data paths of the config file are the training's: only those named on the
@@ -80,6 +79,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   flags.mark_flags_as_required(["config"])
-  errors.run(main)
+  cli.run(main)

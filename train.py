@@ -25,10 +25,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import errors, logs, paths
 from data_pipelines.datasets.source import DatasetWriteError
 from fsaf_jax import imagenet_weights
-from fsaf_jax.core import host_allocator
+from fsaf_jax.core import cli, errors, host_allocator, paths
 from fsaf_jax.core.config_json import config_name
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.demo import run as demo_run
@@ -58,7 +57,7 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   """The program; `on_step` is passed to the training loop (tests install one)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  errors.check_address_space("train.py")  # JAX would abort below it
+  cli.check_address_space("train.py")  # JAX would abort below it
   host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()  # multi-host: join the other processes (module doc)
   name = config_name(config_flags.get_config_filename(flags.FLAGS["config"]))
@@ -73,6 +72,6 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   flags.mark_flags_as_required(["config", "workdir"])
-  errors.run(main)
+  cli.run(main)

@@ -76,8 +76,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from benchmarks import peers  # noqa: E402
 from benchmarks.harness import Runner, interleave, machine_lines  # noqa: E402
-from data_pipelines import logs  # noqa: E402
-from fsaf_jax.core import host_allocator  # noqa: E402
+from fsaf_jax.core import (
+  cli,  # noqa: E402
+  host_allocator,  # noqa: E402
+)
 
 MARKET = {"num_query": 3368, "num_gallery": 15913, "num_ids": 750, "num_cams": 6}
 MSMT = {"num_query": 11659, "num_gallery": 82161, "num_ids": 3060, "num_cams": 15}
@@ -693,5 +695,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

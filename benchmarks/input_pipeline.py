@@ -31,9 +31,12 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from configs import fsaf_market  # noqa: E402
-from data_pipelines import logs, paths  # noqa: E402
 from data_pipelines.eval_pipeline import create_eval_batches  # noqa: E402
 from data_pipelines.train_pipeline import create_train_iterator  # noqa: E402
+from fsaf_jax.core import (
+  cli,  # noqa: E402
+  paths,  # noqa: E402
+)
 
 _DATA_DIR = paths.DEFINE_path("data_dir", None, "TFDS data_dir of a built dataset.")
 _DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS builder (with --data_dir).")
@@ -184,5 +187,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from absl import app, flags  # noqa: E402
 
-from data_pipelines import logs  # noqa: E402
+from fsaf_jax.core import cli  # noqa: E402
 
 _CONFIG = flags.DEFINE_string(
   "config",
@@ -235,5 +235,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

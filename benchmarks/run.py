@@ -73,7 +73,7 @@ from benchmarks.harness import (  # noqa: E402
   machine_lines,
   pk_batch,
 )
-from data_pipelines import logs  # noqa: E402
+from fsaf_jax.core import cli  # noqa: E402
 
 _QUICK = flags.DEFINE_bool(
   "quick", False, "Smaller run: baseline model, float32, 2 rounds, no re-ranking."
@@ -441,5 +441,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   app.run(main)

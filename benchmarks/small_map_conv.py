@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 from absl import app, flags  # noqa: E402
 
 from benchmarks.harness import machine_lines  # noqa: E402
-from data_pipelines import logs  # noqa: E402
+from fsaf_jax.core import cli  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed calls per runner (best is printed).")
 
@@ -128,5 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()
+  cli.show_only_ours()
   app.run(main)

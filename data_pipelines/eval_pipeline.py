@@ -12,7 +12,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import augment, errors, grain_workers, source_records
+from data_pipelines import augment, grain_workers, source_records
+from fsaf_jax.core import errors
 
 
 class ReadEvalRecord(grain.transforms.Map):

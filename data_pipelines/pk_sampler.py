@@ -45,7 +45,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 MODES = ("bot", "uniform")
 # Independent random streams derived from the seed.

@@ -33,7 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import errors, logs, paths, synthetic_render
+from data_pipelines import synthetic_render
+from fsaf_jax.core import cli, errors, paths
 
 MARKET_DIR = "Market-1501-v15.09.15"
 TRAIN_DIR, QUERY_DIR, GALLERY_DIR = "bounding_box_train", "query", "bounding_box_test"
@@ -426,7 +427,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = config_from_flags()
-  errors.check_output_dir(_OUT.value, "--out")
+  cli.check_output_dir(_OUT.value, "--out")
   start = time.perf_counter()
   plan = generate(_OUT.value, config, overwrite=_OVERWRITE.value)
   elapsed = time.perf_counter() - start
@@ -438,7 +439,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _OUT = paths.DEFINE_path("out", None, "Output directory (gets Market-1501-v15.09.15/).")
@@ -470,4 +471,4 @@ if __name__ == "__main__":
   _OCCLUSION = flags.DEFINE_float("occlusion", _D.occlusion_prob, "Occlusion probability.")
   _POSE = flags.DEFINE_float("pose_jitter", _D.pose_jitter, "Box misalignment / stride scale.")
   flags.mark_flag_as_required("out")
-  errors.run(main)
+  cli.run(main)

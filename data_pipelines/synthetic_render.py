@@ -29,7 +29,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 # Clothing palette (name, RGB). Small on purpose: many identities share each colour.
 PALETTE = (

@@ -43,8 +43,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import augment, errors, grain_workers, source_records
+from data_pipelines import augment, grain_workers, source_records
 from data_pipelines.pk_sampler import PKSampler
+from fsaf_jax.core import errors
 
 _STATE_VERSION = 1
 # Records read per call when collecting the identity labels of a source.

@@ -38,8 +38,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from data_pipelines import errors, logs, paths
-from fsaf_jax.core import download
+from fsaf_jax.core import cli, download, errors, paths
 from fsaf_jax.models import fsaf, pretrained, registry
 from fsaf_jax.models.backbone import Backbone
 from fsaf_jax.models.head import BNNeckHead
@@ -466,8 +465,8 @@ def convert_file(
       `load_torch_checkpoint`, `convert_state_dict`).
   """
   src = os.fspath(src)
-  errors.check_output_file(dst, "DST")
-  if errors.same_file(dst, src):
+  cli.check_output_file(dst, "DST")
+  if cli.same_file(dst, src):
     raise errors.UserError(f"DST={os.fspath(dst)} is SRC: the conversion would replace the source")
   state_dict = load_torch_checkpoint(src)
   if config is None:
@@ -509,7 +508,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file(
@@ -525,4 +524,4 @@ if __name__ == "__main__":
     "Write the file even if backbone convs/norms that an ImageNet ResNet has are missing "
     "from the checkpoint (they stay at their initial values).",
   )
-  errors.run(main)
+  cli.run(main)

@@ -50,13 +50,13 @@ from flax import linen as nn
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from data_pipelines import augment, errors, eval_pipeline, logs
+from data_pipelines import augment, eval_pipeline
 from data_pipelines.datasets import image_check, naming
-from data_pipelines.paths import DEFINE_path
 from fsaf_jax import imagenet_weights
-from fsaf_jax.core import checkpoint_restore, host_allocator
+from fsaf_jax.core import checkpoint_restore, cli, errors, host_allocator
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.core.mesh import make_mesh
+from fsaf_jax.core.paths import DEFINE_path
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.evaluation import onnx_export
@@ -263,18 +263,18 @@ def check_arguments(
     and not os.path.isfile(pretrained_file)
   ):
     raise errors.InputNotFoundError(f"--config.init.pretrained={pretrained_file}: no such file")
-  errors.check_output_file(out, "--out")
+  cli.check_output_file(out, "--out")
   if export:
-    errors.check_output_file(export, "--export")
+    cli.check_output_file(export, "--export")
   if export and os.path.abspath(os.path.expanduser(out)) == os.path.abspath(
     os.path.expanduser(export)
   ):
     raise errors.UserError(f"--out and --export name the same file {out}")
   if onnx:
     onnx_export.import_jax2onnx()  # the extra is installed, before any work
-    errors.check_output_file(onnx, "--onnx")
+    cli.check_output_file(onnx, "--onnx")
     for flag, other in (("--out", out), ("--export", export)):
-      if other and errors.same_file(onnx, other):
+      if other and cli.same_file(onnx, other):
         raise errors.UserError(f"{flag} and --onnx name the same file {onnx}")
   if not os.path.isdir(images):
     list_images(images)  # the error naming --images
@@ -430,7 +430,7 @@ def write_npz(arrays: dict[str, np.ndarray], out: str) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  errors.check_address_space("extract")  # JAX would abort below it
+  cli.check_address_space("extract")  # JAX would abort below it
   host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()  # multi-host: join the other processes
   extract_folder(
@@ -447,7 +447,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -469,4 +469,4 @@ if __name__ == "__main__":
     "skip_corrupt", False, "Leave out (and list) images that do not decode instead of failing."
   )
   flags.mark_flags_as_required(["config", "images", "out"])
-  errors.run(main)
+  cli.run(main)

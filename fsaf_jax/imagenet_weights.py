@@ -27,9 +27,8 @@ import pathlib
 
 import ml_collections
 
-from data_pipelines import errors
 from fsaf_jax import convert_ibn
-from fsaf_jax.core import download
+from fsaf_jax.core import download, errors
 from fsaf_jax.models import pretrained
 
 IMAGENET = pretrained.IMAGENET

@@ -37,8 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import errors, logs, paths
-from fsaf_jax.core import host_allocator
+from fsaf_jax.core import cli, errors, host_allocator, paths
 from fsaf_jax.evaluation import distance, inputs, metrics, report, scoring
 from fsaf_jax.evaluation.settings import EvalSettings
 
@@ -245,7 +244,7 @@ def check_json_is_not_an_input(json_path: str, inputs: Sequence[str]) -> None:
   """Raises UserError if `--json` names one of the input feature files (it would be
   replaced by the metrics)."""
   for given in inputs:
-    if errors.same_file(given, json_path):
+    if cli.same_file(given, json_path):
       raise errors.UserError(
         f"--json={json_path} is the input {given}: the metrics would replace the features"
       )
@@ -257,11 +256,11 @@ def main(argv: Sequence[str]) -> None:
       "expected FEATURES.npz (query and gallery keys) or QUERY.npz GALLERY.npz (two files "
       f"of python -m fsaf_jax.extract); got {len(argv) - 1} arguments {list(argv[1:])}"
     )
-  errors.check_address_space("score")  # JAX would abort below it
+  cli.check_address_space("score")  # JAX would abort below it
   host_allocator.configure()  # CPU: keep XLA's buffers mapped, as eval.py does
   argv = [argv[0], *(paths.resolve(a) for a in argv[1:])]
   path = argv[1] if len(argv) == 2 else f"{argv[1]} + {argv[2]}"
-  if len(argv) == 3 and errors.same_file(argv[1], argv[2]):
+  if len(argv) == 3 and cli.same_file(argv[1], argv[2]):
     raise errors.UserError(
       f"QUERY.npz and GALLERY.npz are the same file ({argv[1]}): each query would be "
       "scored against a gallery made of the queries",
@@ -269,7 +268,7 @@ def main(argv: Sequence[str]) -> None:
       "<dataset>/query --out=query.npz, then the same for the gallery folder)",
     )
   if _JSON.value:
-    errors.check_output_file(_JSON.value, "--json")
+    cli.check_output_file(_JSON.value, "--json")
     check_json_is_not_an_input(_JSON.value, argv[1:])
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -309,7 +308,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _METRIC = flags.DEFINE_enum("metric", "cosine", distance.METRICS, "Distance between features.")
@@ -328,4 +327,4 @@ if __name__ == "__main__":
   _QUERY_CHUNK = flags.DEFINE_integer(
     "query_chunk", metrics.DEFAULT_QUERY_CHUNK, "Queries scored per device call (bounds memory)."
   )
-  errors.run(main)
+  cli.run(main)

@@ -25,8 +25,8 @@ from typing import Any
 
 from absl import flags
 
-from data_pipelines import errors, logs, paths
 from data_pipelines.datasets import reid_builder, source
+from fsaf_jax.core import cli, errors, paths
 
 
 def format_report(
@@ -75,7 +75,7 @@ def format_report(
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f"unexpected arguments {argv[1:]}: every input is a --flag")
-  errors.check_output_dir(_DATA_DIR.value, "--data_dir")
+  cli.check_output_dir(_DATA_DIR.value, "--data_dir")
   start = time.perf_counter()
   try:
     builder = source.build(
@@ -100,7 +100,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS name[/config] of the dataset.")
@@ -118,4 +118,4 @@ if __name__ == "__main__":
     False,
     "Rebuild a dataset already built in --data_dir from another source (other files or sizes).",
   )
-  errors.run(main)
+  cli.run(main)

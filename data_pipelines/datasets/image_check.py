@@ -10,7 +10,7 @@ import io
 
 from PIL import Image, ImageFile
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 

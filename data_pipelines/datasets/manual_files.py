@@ -18,7 +18,7 @@ import posixpath
 import zipfile
 from collections.abc import Sequence
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 # Operating-system litter found in folders and archives of real releases (Market-1501
 # ships a `Thumbs.db` in its image folders): ignored when listing a folder's images.

@@ -14,8 +14,8 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import errors
 from data_pipelines.datasets import manual_files, naming, reid_builder
+from fsaf_jax.core import errors
 
 _INSTRUCTIONS = """\
 MSMT17 (Wei et al., CVPR 2018) is distributed on request: sign the release agreement at

@@ -36,8 +36,8 @@ from absl import logging
 from etils import epath
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-from data_pipelines import errors
 from data_pipelines.datasets import image_check, manual_files
+from fsaf_jax.core import errors
 
 SPLITS = ("train", "query", "gallery")
 JUNK_PID = -1

@@ -26,8 +26,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 import data_pipelines.datasets  # noqa: F401  (registers the builders)
-from data_pipelines import errors, paths
 from data_pipelines.datasets import reid_builder
+from fsaf_jax.core import errors, paths
 
 # The datasets this package builds (TFDS names with their configs).
 DATASETS = (

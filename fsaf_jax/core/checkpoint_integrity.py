@@ -11,10 +11,9 @@ checkpoint. This module adds:
   step without a manifest (a run killed between the save and the manifest, or saved by
   an older version) is checked by restoring it: it must read and hold finite values;
 - `DamagedCheckpointError`, one line naming the step folder and what is wrong;
-- `free_space` (`data_pipelines.paths.free_space`, the one for every write error), the
-  free-space phrase of the one-line write errors (the training run's
-  `fsaf_jax.training.save_monitor.SaveMonitor` writes the manifests and reports failed
-  saves; the evaluation writes its results);
+- (the free-space phrase of the one-line write errors is `fsaf_jax.core.paths.free_space`;
+  the training run's `fsaf_jax.training.save_monitor.SaveMonitor` writes the manifests
+  and reports failed saves);
 - `newest_intact`: walks steps newest first and returns the first one a check accepts,
   with the damaged ones it skipped (`describe_skipped` makes the warning line).
 """
@@ -32,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from data_pipelines.errors import UserError
-from data_pipelines.paths import free_space  # noqa: F401 (the phrase of write errors)
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.core.whole_file import write_whole
 
 MANIFEST_FILE = "sha256sums.json"

@@ -21,10 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from data_pipelines import paths
-from data_pipelines.errors import UserError
 from fsaf_jax.core import checkpoint_integrity as integrity
+from fsaf_jax.core import paths
 from fsaf_jax.core.config_json import config_differences, config_from_json, field_in
+from fsaf_jax.core.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 # How many times a read starts again on newer checkpoints when a live run deletes the

@@ -20,7 +20,7 @@ import re
 import urllib.error
 import urllib.request
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 _HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.[^-]+$")
 CHUNK = 1 << 20

@@ -19,9 +19,9 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from data_pipelines import errors
 from data_pipelines.datasets import image_check, naming
-from data_pipelines.paths import DEFINE_path
+from fsaf_jax.core import cli, errors
+from fsaf_jax.core.paths import DEFINE_path
 from fsaf_jax.evaluation import metrics
 
 MARKET_DIR = "Market-1501-v15.09.15"
@@ -261,4 +261,4 @@ if __name__ == "__main__":
     "Centre weighting of pixels (fraction of width); 0 = uniform.",
   )
   flags.mark_flag_as_required("data")
-  errors.run(main)
+  cli.run(main)

@@ -23,8 +23,9 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from data_pipelines import errors, synthetic, synthetic_render
+from data_pipelines import synthetic, synthetic_render
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import errors
 from fsaf_jax.training import data_setup
 
 SYNTHETIC_SUBDIR = "synthetic"

@@ -25,8 +25,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from data_pipelines import paths
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import paths
 
 # A run's default data_dir under its work dir: what `training.data_setup` (a layer above
 # this one, hence not imported) makes of an empty `input.data_dir`.

@@ -31,8 +31,8 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from data_pipelines import errors
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import errors
 
 FOLDER_SEPARATOR = "@"
 

@@ -49,9 +49,9 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from data_pipelines import errors, eval_pipeline, paths
+from data_pipelines import eval_pipeline
 from data_pipelines.datasets import source as source_lib
-from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core import checkpoint_restore, cli, errors, paths
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import activation_maps as activation_lib
 from fsaf_jax.evaluation import distance as distance_lib
@@ -450,7 +450,7 @@ def check_same_workdir(
   Raises:
     errors.UserError: `owner` (the checkpoint's work dir) is not `workdir`.
   """
-  if not errors.same_file(owner, workdir):
+  if not cli.same_file(owner, workdir):
     raise errors.UserError(
       f"--checkpoint={checkpoint} belongs to the work dir {owner}, not --workdir={workdir}: "
       f"its results would replace those of {workdir}",

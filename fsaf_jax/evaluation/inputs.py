@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 
 class EvaluationInputError(errors.UserError):

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.core.whole_file import write_whole
 from fsaf_jax.evaluation.extractor import make_embed_fn
 

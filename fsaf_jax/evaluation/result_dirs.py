@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from data_pipelines import errors
-from fsaf_jax.core.checkpoint_integrity import free_space
+from fsaf_jax.core import cli, errors
+from fsaf_jax.core.paths import free_space
 from fsaf_jax.core.whole_file import write_whole
 
 EVAL_SUBDIR = "eval"
@@ -72,10 +72,10 @@ def check_writable(outdir: str | os.PathLike, step: int | None, flag: str) -> No
     errors.UserError: `outdir` or `OUTDIR/eval` cannot be created or written,
       `OUTDIR/eval/step_<N>` is not a folder, or `OUTDIR/eval/latest` is a folder.
   """
-  errors.check_output_dir(outdir, flag)
+  cli.check_output_dir(outdir, flag)
   root = epath.Path(outdir) / EVAL_SUBDIR
   if root.exists():
-    errors.check_output_dir(os.fspath(root), flag)
+    cli.check_output_dir(os.fspath(root), flag)
   folder = step_dir(outdir, step)
   if folder.exists() and not folder.is_dir():
     raise errors.UserError(

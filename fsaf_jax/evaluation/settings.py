@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.evaluation import distance, eval_sets, metrics
 
 # The fields of `config.eval` (configs/base.py); any other field is refused.

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.losses.registry import register_loss
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.losses.registry import register_loss
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import ml_collections
 
 import fsaf_jax.losses
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 WEIGHT_SUFFIX = "_weight"
 

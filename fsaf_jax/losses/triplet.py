@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.losses.registry import register_loss
 
 _MIN_SQUARED_DISTANCE = 1e-12  # fast-reid's clamp before sqrt

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.models.conv1x1 import Conv1x1
 
 

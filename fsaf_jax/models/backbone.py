@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.models.bottleneck import Bottleneck, conv_kernel_init
 from fsaf_jax.models.eca import ECA
 from fsaf_jax.models.max_pool import max_pool_fn

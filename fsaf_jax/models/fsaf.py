@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.models.fusion import FUSIONS, fuse_features
 from fsaf_jax.models.head import BNNeckHead
 

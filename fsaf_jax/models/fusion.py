@@ -7,7 +7,7 @@ Conv5_x along channels (512 + 1024 + 2048 = 3584 for ResNet-50).
 
 import jax.numpy as jnp
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.models.max_pool import max_pool_fn
 
 FUSIONS = ("concat", "none")

@@ -10,7 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.models.pooling import POOLINGS, gem_pool, global_avg_pool
 
 

@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 
 POOLINGS = ("avg", "gem")
 

@@ -33,7 +33,7 @@ import numpy as np
 from etils import epath
 from flax import serialization, traverse_util
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.core.whole_file import write_whole
 
 FORMAT = "fsaf_jax.models.pretrained"

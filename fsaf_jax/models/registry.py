@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.models import backbones, plugin
 from fsaf_jax.models.plugin import register_backbone, register_model
 

@@ -17,6 +17,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
+from fsaf_jax.core import cli
 from fsaf_jax.models.registry import create_model
 
 OUTPUT_ORDER = ("stem", "conv2", "conv3", "conv4", "conv5", "fused", "feat", "bn_feat", "logits")
@@ -110,4 +111,5 @@ if __name__ == "__main__":
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size of the shapes shown.")
-  app.run(main)
+  cli.show_only_ours()  # third-party log lines only with --verbosity=1
+  cli.run(main)

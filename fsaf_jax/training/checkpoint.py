@@ -40,7 +40,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data_pipelines.errors import UserError
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core.checkpoint_restore import (
   CHECKPOINT_DIR,
@@ -49,6 +48,7 @@ from fsaf_jax.core.checkpoint_restore import (
   step_dirs,
 )
 from fsaf_jax.core.config_json import config_differences, config_to_json, field_in
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.training.train_state import TrainState
 
 # Config fields (dotted paths; a path ending in '.' is a prefix) that may differ

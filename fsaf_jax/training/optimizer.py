@@ -53,7 +53,7 @@ import jax
 import ml_collections
 import optax
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 
 PARAM_GROUPS = ("weight", "bias", "norm")
 

@@ -22,7 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from fsaf_jax.core.checkpoint_integrity import exception_line, free_space, write_manifest
+from fsaf_jax.core.checkpoint_integrity import exception_line, write_manifest
+from fsaf_jax.core.paths import free_space
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 

@@ -23,8 +23,9 @@ from etils import epath
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from data_pipelines import errors, train_pipeline
+from data_pipelines import train_pipeline
 from data_pipelines.datasets import source as source_lib
+from fsaf_jax.core import errors
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation.evaluator import Evaluator, build_evaluators
 from fsaf_jax.evaluation.settings import EvalSettings

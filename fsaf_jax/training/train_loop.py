@@ -56,8 +56,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data_pipelines import errors
-from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core import checkpoint_restore, cli
 from fsaf_jax.evaluation import writers as eval_writers
 from fsaf_jax.evaluation.evaluator import EvalResult, Evaluator, run_evaluators
 from fsaf_jax.training import checkpoint as checkpoint_lib
@@ -175,7 +174,7 @@ def train_and_evaluate(
   is_main = jax.process_index() == 0
   created = is_main and not workdir.exists()
   if is_main:
-    errors.check_output_dir(workdir, "--workdir")
+    cli.check_output_dir(workdir, "--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
   try:
     with workdir_lock.WorkdirLock(workdir, enabled=is_main):

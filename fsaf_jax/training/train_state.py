@@ -31,7 +31,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.core.mesh import make_mesh, replicated
 from fsaf_jax.losses.reid_loss import init_loss_params, loss_optimizers
 from fsaf_jax.models import pretrained as pretrained_lib

@@ -24,7 +24,7 @@ import os
 import socket
 from typing import IO
 
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 
 try:
   import fcntl

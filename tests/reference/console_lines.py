@@ -1,7 +1,7 @@
 """Tells a command-line entry's console lines that come from third-party code (the
 quiet-by-default tests of train.py / eval.py).
 
-Judged from the text alone, independently of `data_pipelines.logs`: an absl log line
+Judged from the text alone, independently of `fsaf_jax.core.cli`: an absl log line
 (`I1130 12:00:00.000000 123 file.py:12] ...`) is the project's when `file.py` is the
 name of one of the project's Python files; a Python warning (`/path/file.py:12:
 UserWarning: ...`) when its path is in the project's folders; any line naming a

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from absl import flags
 
 import train
-from data_pipelines import errors, logs
+from fsaf_jax.core import cli
 from tests.reference.batch_index_log import BatchIndexLog
 
 
@@ -21,6 +21,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  logs.show_only_ours()  # as train.py
+  cli.show_only_ours()  # as train.py
   flags.mark_flags_as_required(["config", "workdir"])
-  errors.run(main)
+  cli.run(main)

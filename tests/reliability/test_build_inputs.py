@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from data_pipelines import errors
 from data_pipelines.datasets import image_check, source
+from fsaf_jax.core import errors
 from tests.reference import reid_layouts
 
 TOP = reid_layouts.MARKET_TOP

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fsaf_jax.core import checkpoint_integrity as integrity
-from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core import checkpoint_restore, paths
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import save_monitor
 from tests.reference import ceiling
@@ -252,8 +252,8 @@ def test_poll_reports_the_failure_without_waiting_for_the_next_save(tmp_path, mo
 
 
 def test_free_space_is_reported(tmp_path):
-  assert integrity.free_space(tmp_path).endswith(" free")
-  assert integrity.free_space(tmp_path / "not" / "yet") == integrity.free_space(tmp_path)
+  assert paths.free_space(tmp_path).endswith(" free")
+  assert paths.free_space(tmp_path / "not" / "yet") == paths.free_space(tmp_path)
 
 
 def test_ctrl_c_while_waiting_for_a_save_leaves_it_to_orbax(tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from data_pipelines import errors
 from fsaf_jax import convert_ibn
+from fsaf_jax.core import errors
 from fsaf_jax.models import pretrained
 
 

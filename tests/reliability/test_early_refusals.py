@@ -18,8 +18,8 @@ import textwrap
 
 import pytest
 
-from data_pipelines import errors
 from data_pipelines.datasets import source
+from fsaf_jax.core import cli, errors
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.training import train_loop
 from tests.reference import reid_layouts
@@ -66,7 +66,7 @@ def test_a_refused_fresh_run_leaves_no_work_dir(no_positive_data, tmp_path):
 
 
 def _program(body: str, *args: str) -> subprocess.CompletedProcess:
-  """Runs `body` (which calls errors.run) as a small program from the repository root."""
+  """Runs `body` (which calls cli.run) as a small program from the repository root."""
   return subprocess.run(
     [sys.executable, "-c", textwrap.dedent(body), *args],
     cwd=REPO,
@@ -80,7 +80,7 @@ def _program(body: str, *args: str) -> subprocess.CompletedProcess:
 def test_a_thread_that_cannot_start_is_one_line_naming_the_limit():
   proc = _program("""
     import resource, threading
-    from data_pipelines import errors
+    from fsaf_jax.core import cli, errors
 
     def main(argv):
       with open("/proc/self/status") as f:
@@ -90,7 +90,7 @@ def test_a_thread_that_cannot_start_is_one_line_naming_the_limit():
       resource.setrlimit(resource.RLIMIT_AS, (size + 2**20, hard))
       threading.Thread(target=print).start()
 
-    errors.run(main)
+    cli.run(main)
   """)
   assert proc.returncode == 1, proc.stderr
   lines = proc.stderr.splitlines()
@@ -100,22 +100,22 @@ def test_a_thread_that_cannot_start_is_one_line_naming_the_limit():
 
 
 def test_a_limit_jax_cannot_start_under_is_refused(monkeypatch):
-  errors.check_address_space("eval.py")  # this machine's limit: enough (or unlimited)
+  cli.check_address_space("eval.py")  # this machine's limit: enough (or unlimited)
   monkeypatch.setattr(resource, "getrlimit", lambda which: (600 * 2**20, resource.RLIM_INFINITY))
   with pytest.raises(errors.UserError, match=r"eval.py: the address-space limit .* 0.59 GiB"):
-    errors.check_address_space("eval.py")
+    cli.check_address_space("eval.py")
 
 
 _CONFIG_PROGRAM = """
   from ml_collections import config_flags
-  from data_pipelines import errors
+  from fsaf_jax.core import cli, errors
 
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 
   def main(argv):
     print("ran", _CONFIG.value.seed)
 
-  errors.run(main)
+  cli.run(main)
 """
 
 
@@ -141,6 +141,6 @@ def test_a_config_file_name_with_a_colon_is_named_as_such(tmp_path):
 def test_a_dangling_symlink_output_folder_is_named_as_such(tmp_path):
   link = tmp_path / "workdir"
   link.symlink_to(tmp_path / "gone")
-  for check in (errors.check_output_dir, errors.check_output_file):
+  for check in (cli.check_output_dir, cli.check_output_file):
     with pytest.raises(errors.UserError, match="is a symbolic link to .*gone, which does not"):
       check(link, "--workdir")

@@ -18,8 +18,8 @@ import shutil
 import pytest
 
 from configs import tiny
-from data_pipelines import errors
 from data_pipelines.datasets import source
+from fsaf_jax.core import errors
 from fsaf_jax.evaluation import eval_data, evaluator
 from tests.reference import reid_layouts, saved_run, tiny_market
 

@@ -11,9 +11,10 @@ import PIL.Image
 import pytest
 
 from configs import tiny
-from data_pipelines import augment, errors
+from data_pipelines import augment
 from data_pipelines.datasets import image_check, naming
 from fsaf_jax import extract
+from fsaf_jax.core import errors
 
 
 def _snapshot(root: pathlib.Path) -> dict[str, bytes]:

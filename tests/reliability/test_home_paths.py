@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import paths
 from data_pipelines.datasets import source
+from fsaf_jax.core import paths
 from tests.reference import reid_layouts, saved_run, tiny_market
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -29,14 +29,14 @@ def test_a_project_warning_is_one_warning_line():
   proc = _python(
     "-c",
     textwrap.dedent("""
-      from data_pipelines import errors, logs
+      from fsaf_jax.core import cli
       from fsaf_jax.evaluation import metrics
 
       def main(argv):
         metrics._check_max_rank(50, 12)  # warns: the CMC is cut at the gallery size
 
-      logs.show_only_ours()
-      errors.run(main)
+      cli.show_only_ours()
+      cli.run(main)
     """),
   )
   assert proc.returncode == 0, proc.stderr

@@ -13,8 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import errors
-from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core import checkpoint_restore, errors
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from tests.reliability import checkpoint_damage as damage
 

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-from data_pipelines import errors
 from fsaf_jax import score
+from fsaf_jax.core import errors
 from fsaf_jax.evaluation import scoring
 from fsaf_jax.evaluation.inputs import EvaluationInputError
 from fsaf_jax.evaluation.settings import EvalSettings

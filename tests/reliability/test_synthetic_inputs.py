@@ -6,7 +6,8 @@ import pathlib
 import pytest
 
 from configs import demo
-from data_pipelines import errors, synthetic
+from data_pipelines import synthetic
+from fsaf_jax.core import errors
 from fsaf_jax.demo import run as demo_run
 from fsaf_jax.demo import synthetic_data
 from tests.reference import reid_layouts

@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from data_pipelines.errors import UserError
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.evaluation import evaluator, result_dirs
 from fsaf_jax.training import train_loop, workdir_lock
 from tests.reference import ceiling, read_only

@@ -3,8 +3,8 @@ names off the scheme, corrupt or truncated images (fail / skip and count), empty
 
 import pytest
 
-from data_pipelines import errors
 from data_pipelines.datasets import image_check, source
+from fsaf_jax.core import errors
 from tests.reference import reid_layouts
 
 TOP = reid_layouts.MARKET_TOP

@@ -16,8 +16,8 @@ import ml_collections
 import pytest
 
 from configs import tiny
-from data_pipelines import errors, synthetic
-from fsaf_jax.core import checkpoint_restore
+from data_pipelines import synthetic
+from fsaf_jax.core import checkpoint_restore, errors
 from fsaf_jax.evaluation import eval_sets, evaluator, writers
 from fsaf_jax.training import train_loop
 from tests.reference import tiny_synthetic_run

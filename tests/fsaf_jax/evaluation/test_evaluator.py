@@ -19,9 +19,8 @@ import PIL.Image
 import pytest
 
 from configs import tiny
-from data_pipelines import errors
 from data_pipelines.datasets import source as source_lib
-from fsaf_jax.core import checkpoint_restore
+from fsaf_jax.core import checkpoint_restore, errors
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import distance, evaluator, figure, metrics, roc, writers
 from fsaf_jax.models import registry

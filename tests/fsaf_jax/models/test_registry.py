@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.models import plugin, registry
 
 

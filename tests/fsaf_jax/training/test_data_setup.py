@@ -3,8 +3,8 @@
 import pytest
 
 from configs import tiny
-from data_pipelines import errors
 from data_pipelines.datasets import source
+from fsaf_jax.core import errors
 from fsaf_jax.training import data_setup
 from tests.reference import reid_layouts
 

@@ -5,7 +5,7 @@ naming the field, before the dataset build starts and before the work dir is mad
 import pytest
 
 from configs import tiny
-from data_pipelines.errors import UserError
+from fsaf_jax.core.errors import UserError
 from fsaf_jax.training import data_setup, train_loop
 
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import errors
+from fsaf_jax.core import errors
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.models.pretrained import MissingPretrainedError, pretrained_file, save_pretrained
 from fsaf_jax.training.train_state import check_initialisation, create_train_state, init_variables

@@ -1,5 +1,6 @@
-"""The one error path for user mistakes (`data_pipelines.errors`): the ERROR line, exit
-status 2, flag and config-field mistakes, and output paths checked without touching disk."""
+"""The one error path for user mistakes (`fsaf_jax.core.errors`, `fsaf_jax.core.cli`): the
+ERROR line, exit status 2, flag and config-field mistakes, and output paths checked without
+touching disk."""
 
 import os
 import pathlib
@@ -10,10 +11,10 @@ import textwrap
 import pytest
 from absl import app
 
-from data_pipelines import errors
+from fsaf_jax.core import cli, errors
 from tests.reference import ceiling, read_only
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def _snapshot(root: pathlib.Path) -> list[str]:
@@ -28,8 +29,8 @@ def test_user_error_is_one_error_line_and_a_hint_exit_2(capsys):
     raise errors.UserError("--out=/x is a directory\n  (second line)", hint="pass a file")
 
   with pytest.raises(SystemExit) as exit_info:
-    errors.user_errors(main)(["prog"])
-  assert exit_info.value.code == errors.EXIT_USER_ERROR == 2
+    cli.user_errors(main)(["prog"])
+  assert exit_info.value.code == cli.EXIT_USER_ERROR == 2
   assert capsys.readouterr().err == (
     "ERROR: --out=/x is a directory (second line)\nhint: pass a file\n"
   )
@@ -40,7 +41,7 @@ def test_usage_error_takes_the_same_path(capsys):
     raise app.UsageError("expected one argument")
 
   with pytest.raises(SystemExit) as exit_info:
-    errors.user_errors(main)(["prog"])
+    cli.user_errors(main)(["prog"])
   assert exit_info.value.code == 2
   err = capsys.readouterr().err.splitlines()
   assert err[0] == "ERROR: expected one argument" and err[1].startswith("hint: ")
@@ -51,9 +52,22 @@ def test_ctrl_c_is_one_line_exit_130(capsys):
     raise KeyboardInterrupt
 
   with pytest.raises(SystemExit) as exit_info:
-    errors.user_errors(main)(["prog"])
-  assert exit_info.value.code == errors.EXIT_INTERRUPTED == 130
+    cli.user_errors(main)(["prog"])
+  assert exit_info.value.code == cli.EXIT_INTERRUPTED == 130
   assert capsys.readouterr().err == "Interrupted (Ctrl-C).\n"
+
+
+def test_expected_failure_is_one_error_line_exit_1(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.exit_failure(OSError("writing /out/metrics.json:\n  no space left on device"))
+  assert exit_info.value.code == cli.EXIT_FAILURE == 1
+  assert capsys.readouterr().err == "ERROR: writing /out/metrics.json: no space left on device\n"
+
+
+def test_signal_stop_exits_128_plus_the_signal():
+  with pytest.raises(SystemExit) as exit_info:
+    cli.exit_signal(15)
+  assert exit_info.value.code == 143
 
 
 def test_subclasses_of_user_error_are_caught_and_bugs_are_not(capsys):
@@ -61,14 +75,14 @@ def test_subclasses_of_user_error_are_caught_and_bugs_are_not(capsys):
     pass
 
   with pytest.raises(SystemExit):
-    errors.user_errors(lambda argv: (_ for _ in ()).throw(MyError("gone")))(["p"])
+    cli.user_errors(lambda argv: (_ for _ in ()).throw(MyError("gone")))(["p"])
   assert capsys.readouterr().err == "ERROR: gone\n"
 
   def buggy(argv):
     raise KeyError("a bug keeps its traceback")
 
   with pytest.raises(KeyError):
-    errors.user_errors(buggy)(["p"])
+    cli.user_errors(buggy)(["p"])
 
 
 def test_project_error_classes_are_user_errors():
@@ -99,7 +113,7 @@ _PROGRAM = textwrap.dedent(
   """
   from absl import flags
   from ml_collections import config_flags
-  from data_pipelines import errors
+  from fsaf_jax.core import cli, errors
 
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   _OUT = flags.DEFINE_string("out", None, "Output.")
@@ -108,7 +122,7 @@ _PROGRAM = textwrap.dedent(
   def main(argv):
     print("ran", _CONFIG.value.optim.base_lr, _OUT.value)
 
-  errors.run(main)
+  cli.run(main)
   """
 )
 
@@ -194,14 +208,14 @@ def test_check_output_file(tmp_path):
   (tmp_path / "a_dir").mkdir()
   before = _snapshot(tmp_path)
   with pytest.raises(errors.UserError, match=r"--out=.*a_dir is a directory"):
-    errors.check_output_file(tmp_path / "a_dir", "--out")
+    cli.check_output_file(tmp_path / "a_dir", "--out")
   with pytest.raises(errors.UserError, match=r"a_file is not a directory"):
-    errors.check_output_file(tmp_path / "a_file" / "sub" / "f.npz", "--out")
+    cli.check_output_file(tmp_path / "a_file" / "sub" / "f.npz", "--out")
   with pytest.raises(errors.UserError, match="--out is empty"):
-    errors.check_output_file("", "--out")
-  errors.check_output_file(tmp_path / "a_file", "--out")  # overwriting a file is allowed
-  errors.check_output_file(tmp_path / "new" / "deeper" / "f.npz", "--out")
-  errors.check_output_file("gs://bucket/f.npz", "--out")  # remote: not checked
+    cli.check_output_file("", "--out")
+  cli.check_output_file(tmp_path / "a_file", "--out")  # overwriting a file is allowed
+  cli.check_output_file(tmp_path / "new" / "deeper" / "f.npz", "--out")
+  cli.check_output_file("gs://bucket/f.npz", "--out")  # remote: not checked
   assert _snapshot(tmp_path) == before  # nothing created
 
 
@@ -209,11 +223,11 @@ def test_check_output_dir(tmp_path):
   (tmp_path / "a_file").write_text("x")
   before = _snapshot(tmp_path)
   with pytest.raises(errors.UserError, match=r"--data_dir=.*a_file is a file"):
-    errors.check_output_dir(tmp_path / "a_file", "--data_dir")
+    cli.check_output_dir(tmp_path / "a_file", "--data_dir")
   with pytest.raises(errors.UserError, match="a_file is not a directory"):
-    errors.check_output_dir(tmp_path / "a_file" / "sub", "--data_dir")
-  errors.check_output_dir(tmp_path, "--data_dir")
-  errors.check_output_dir(tmp_path / "new" / "deeper", "--data_dir")
+    cli.check_output_dir(tmp_path / "a_file" / "sub", "--data_dir")
+  cli.check_output_dir(tmp_path, "--data_dir")
+  cli.check_output_dir(tmp_path / "new" / "deeper", "--data_dir")
   assert _snapshot(tmp_path) == before
 
 
@@ -225,13 +239,13 @@ def test_not_writable_places_are_refused(tmp_path, monkeypatch):
   (locked / "f.npz").write_text("x")
   read_only.deny_writes_under(monkeypatch, locked)
   with pytest.raises(errors.UserError, match=r"DST=.*directory .*locked is not writable"):
-    errors.check_output_file(locked / "new" / "x.msgpack", "DST")
+    cli.check_output_file(locked / "new" / "x.msgpack", "DST")
   with pytest.raises(errors.UserError, match=r"the file exists and is not writable"):
-    errors.check_output_file(locked / "f.npz", "--out")
+    cli.check_output_file(locked / "f.npz", "--out")
   with pytest.raises(errors.UserError, match=r"--outdir=.*existing: the directory is not"):
-    errors.check_output_dir(locked / "existing", "--outdir")
+    cli.check_output_dir(locked / "existing", "--outdir")
   with pytest.raises(errors.UserError, match=r"cannot create the directory"):
-    errors.check_output_dir(locked / "new", "--outdir")
+    cli.check_output_dir(locked / "new", "--outdir")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
@@ -241,6 +255,6 @@ def test_read_only_folder_for_real(tmp_path):
   locked.chmod(0o500)
   try:
     with pytest.raises(errors.UserError, match="not writable"):
-      errors.check_output_file(locked / "x.npz", "--out")
+      cli.check_output_file(locked / "x.npz", "--out")
   finally:
     locked.chmod(0o700)

@@ -1,8 +1,8 @@
-"""Tests of data_pipelines/logs.py: which log records and warnings a command-line entry
-prints. The end-to-end checks (every console line of a plain eval.py / train.py run is
-the project's; `--verbosity=1` brings third-party lines back) are in tests/test_eval.py
-and tests/test_train.py; the filter of failed saves that must keep working under it in
-tests/reliability/test_checkpoints.py."""
+"""Tests of the console part of fsaf_jax/core/cli.py: which log records and warnings a
+command-line entry prints. The end-to-end checks (every console line of a plain eval.py /
+train.py run is the project's; `--verbosity=1` brings third-party lines back) are in
+tests/test_eval.py and tests/test_train.py; the filter of failed saves that must keep
+working under it in tests/reliability/test_checkpoints.py."""
 
 import logging
 import pathlib
@@ -13,10 +13,10 @@ import textwrap
 import orbax.checkpoint
 import pytest
 
-from data_pipelines import logs
+from fsaf_jax.core import cli
 from tests.reference import ceiling
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 OURS = [
   REPO / "train.py",
   REPO / "eval.py",
@@ -35,12 +35,12 @@ THIRD_PARTY = [
 
 @pytest.mark.parametrize("path", OURS, ids=lambda p: p.name)
 def test_our_files(path):
-  assert logs.is_ours(str(path))
+  assert cli.is_ours(str(path))
 
 
 @pytest.mark.parametrize("path", THIRD_PARTY, ids=str)
 def test_third_party_files(path):
-  assert not logs.is_ours(str(path))
+  assert not cli.is_ours(str(path))
 
 
 def record(path, level) -> logging.LogRecord:
@@ -49,7 +49,7 @@ def record(path, level) -> logging.LogRecord:
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR])
 def test_filter(level):
-  f = logs.OursOnly()
+  f = cli.OursOnly()
   assert f.filter(record(OURS[2], level))
   assert f.filter(record(THIRD_PARTY[0], level)) == (level >= logging.ERROR)
   f.verbose = True
@@ -57,7 +57,7 @@ def test_filter(level):
 
 
 def run_entry(tmp_path, *flags: str) -> subprocess.CompletedProcess:
-  """An absl entry calling `logs.show_only_ours()` that logs and warns from a third-party
+  """An absl entry calling `cli.show_only_ours()` that logs and warns from a third-party
   module (in tmp_path) and from a project file."""
   (tmp_path / "other_package.py").write_text(
     textwrap.dedent("""\
@@ -79,20 +79,20 @@ def run_entry(tmp_path, *flags: str) -> subprocess.CompletedProcess:
 
     from absl import app
 
-    from data_pipelines import logs
+    from fsaf_jax.core import cli
     import other_package
 
 
     def main(argv):
       other_package.speak()
       # A record and a warning from a project file, as the project's code makes them.
-      record = logging.LogRecord("absl", logging.INFO, logs.__file__, 1, "our info", None, None)
+      record = logging.LogRecord("absl", logging.INFO, cli.__file__, 1, "our info", None, None)
       logging.getLogger("absl").handle(record)
-      warnings.warn_explicit("our UserWarning", UserWarning, logs.__file__, 1)
+      warnings.warn_explicit("our UserWarning", UserWarning, cli.__file__, 1)
 
 
     if __name__ == "__main__":
-      logs.show_only_ours()
+      cli.show_only_ours()
       app.run(main)
     """)
   (tmp_path / "entry.py").write_text(script)

@@ -1,33 +1,44 @@
-"""User mistakes: the project's exception for them and how command-line entries print it.
+"""Command-line entries: flag parsing, the exit status, output-path checks, the console.
 
-A mistake the user can fix (a wrong flag, a missing or unreadable input file, an output
-path that cannot be written, a refused overwrite) raises `UserError` (or a subclass)
-with a one-line message naming the file / flag / field and the value. Every
-command-line entry runs its `main` through `run` (or wraps it with `user_errors`), which
-prints such an error as
+Every command-line entry (train.py, eval.py, `python -m fsaf_jax.extract` / `.score` /
+`.convert_ibn`, `python -m data_pipelines.synthetic` / `.datasets.build`, the demo) runs
 
-  ERROR: <message>
-  hint: <what to do>          (only when the error carries a hint)
-
-on stderr and exits with status `EXIT_USER_ERROR` (2). `run` sends command-line
-mistakes the same way: absl flag errors, `app.UsageError`, an unknown field or section
-in a `--config.a.b=v` override (with a "did you mean" from the config's own fields), a
-config file that does not exist. Ctrl-C (KeyboardInterrupt) ends with one
-'Interrupted' line and status 130. A thread that cannot start or a MemoryError (a
-`ulimit -v` too low) ends with one ERROR line naming the limit, status 1
-(`check_address_space` refuses, before JAX starts, a limit at which JAX would abort).
-Any other exception is a bug or an environment failure and keeps its traceback.
-`check_output_file` / `check_output_dir` check output paths before any work starts,
-creating nothing.
-
-    from data_pipelines import errors
+    from fsaf_jax.core import cli
 
     def main(argv): ...
     if __name__ == "__main__":
-      errors.run(main)
+      cli.show_only_ours()
+      cli.run(main)
 
-This module lives in `data_pipelines` (which never imports `fsaf_jax`) so that both
-packages can use it.
+Exit status. A user mistake (`fsaf_jax.core.errors.UserError`) prints as one `ERROR:`
+line (and a `hint:` line) on stderr with status `EXIT_USER_ERROR` (2). `run` sends
+command-line mistakes the same way: absl flag errors, `app.UsageError`, an unknown field
+or section in a `--config.a.b=v` override (with a "did you mean" from the config's own
+fields), a config file that does not exist or is not a `get_config()` module. Ctrl-C
+(KeyboardInterrupt) ends with one 'Interrupted' line and status 130. A run that fails
+for a reason that is not the user's mistake but is expected (a NaN stop, a failed save,
+a full disk) ends through `exit_failure`: one `ERROR:` line, status `EXIT_FAILURE` (1);
+a run stopped by a signal ends with `exit_signal` (128 + the signal). A thread that
+cannot start or a MemoryError (a `ulimit -v` too low) ends with one ERROR line naming the
+limit, status 1 (`check_address_space` refuses, before JAX starts, a limit at which JAX
+would abort). Any other
+exception is a bug or an environment failure and keeps its traceback.
+
+Output paths. `check_output_file` / `check_output_dir` check output paths before any
+work starts, creating nothing.
+
+Console. `show_only_ours` keeps the project's log records, warnings (one
+`WARNING: message` line each), progress bars and tables, and shows log records and
+Python warnings raised in third-party code (orbax, tensorflow_datasets, jax, grain,
+etils, absl internals, ...) only from ERROR up; with
+absl's `--verbosity=1` (or higher) everything shows, as absl prints it. Records are told
+apart by the file they come from, not by logger name: absl sends every package's records
+through the one 'absl' logger. A file is the project's when it is in one of the project's
+source folders (`PROJECT_SOURCES`, at the checkout's root: the packages, the configs,
+the benchmarks and the two top-level entries). absl's default verbosity (0) shows INFO
+records, so the project's `logging.info` progress lines print. The filter sits on the
+handlers, after the loggers' own filters, so a logger filter that takes records off the
+log (e.g. the save monitor's catcher of failed saves) still sees every record.
 """
 
 from __future__ import annotations
@@ -35,62 +46,22 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
+import logging
 import os
 import resource
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from absl import app, flags
+from absl import logging as absl_logging
 
+from fsaf_jax.core.errors import UserError, format_error, one_line
+
+EXIT_FAILURE = 1  # an expected failure that is not the user's mistake (NaN stop, full disk)
 EXIT_USER_ERROR = 2
-EXIT_FAILURE = 1  # the environment failed (a resource limit), not the user's input
 EXIT_INTERRUPTED = 128 + 2  # as a shell reports a process ended by SIGINT
-
-
-class UserError(ValueError):
-  """A mistake the user can fix; the message names the file / flag / field and value.
-
-  Attributes:
-    hint: optional second line saying what to do (printed as `hint: ...`).
-  """
-
-  def __init__(self, message: str, *, hint: str | None = None):
-    super().__init__(message)
-    self.hint = hint
-
-
-class InputNotFoundError(UserError, FileNotFoundError):
-  """A file or folder the user named does not exist or holds nothing usable."""
-
-
-class OutputExistsError(UserError, FileExistsError):
-  """An output would replace or mix with something already there (refused)."""
-
-
-def one_line(text: str) -> str:
-  """`text` with its lines stripped and joined by spaces (blank lines dropped)."""
-  return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-  """Whether paths `a` and `b` name one file: equal once made absolute (`~` expanded),
-  or both existing and the same file (links)."""
-  a, b = (os.path.abspath(os.path.expanduser(os.fspath(p))) for p in (a, b))
-  return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
-
-
-def format_error(error: BaseException) -> str:
-  """The `ERROR: ...` line (and `hint: ...` line, if any) printed for `error`; an error
-  whose class sets `multiline = True` (e.g. one line per differing config field) keeps
-  its lines."""
-  text = str(error).strip() if getattr(error, "multiline", False) else one_line(str(error))
-  message = text or type(error).__name__
-  lines = [f"ERROR: {message}"]
-  hint = getattr(error, "hint", None)
-  if hint:
-    lines.append(f"hint: {one_line(hint)}")
-  return "\n".join(lines)
 
 
 def exit_with(error: BaseException) -> None:
@@ -98,6 +69,19 @@ def exit_with(error: BaseException) -> None:
   sys.stderr.flush()
   print(format_error(error), file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)
+
+
+def exit_failure(error: BaseException) -> NoReturn:
+  """Ends an entry whose run failed for a reason that is not the user's mistake (a NaN
+  stop, a failed checkpoint save or results write): one `ERROR:` line, status 1."""
+  sys.stderr.flush()
+  print(f"ERROR: {one_line(str(error))}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_FAILURE)
+
+
+def exit_signal(signum: int) -> NoReturn:
+  """Ends an entry stopped by signal `signum` (after saving) as a shell reports it."""
+  sys.exit(128 + signum)
 
 
 def user_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
@@ -334,6 +318,13 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
 # --- Output paths, checked before any work starts. ----------------------------------------
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+  """Whether paths `a` and `b` name one file: equal once made absolute (`~` expanded),
+  or both existing and the same file (links)."""
+  a, b = (os.path.abspath(os.path.expanduser(os.fspath(p))) for p in (a, b))
+  return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
 def _is_remote(path: str) -> bool:
   return "://" in path
 
@@ -438,3 +429,81 @@ def check_output_dir(path: str | os.PathLike[str], flag: str) -> None:
     _check_writable_dir(path, flag, f"{flag}={path}: the directory")
     return
   _check_can_create_in(path, "directory", flag)
+
+
+# --- The console: the project's lines, third-party ones on request. -----------------------
+
+# Show third-party log records and warnings from this absl verbosity up.
+THIRD_PARTY_VERBOSITY = 1
+
+# The project's source folders and files, at the checkout's root (see the module doc).
+PROJECT_SOURCES = ("fsaf_jax/", "data_pipelines/", "configs/", "benchmarks/", "train.py", "eval.py")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _our_prefixes(root: str) -> tuple[str, ...]:
+  return tuple(os.path.join(root, *source.split("/")) for source in PROJECT_SOURCES)
+
+
+_PREFIXES = tuple(dict.fromkeys(_our_prefixes(_ROOT) + _our_prefixes(os.path.realpath(_ROOT))))
+
+
+def is_ours(path: str) -> bool:
+  """Whether the source file `path` is the project's (see the module doc)."""
+  path = os.path.abspath(path)
+  if path.startswith(_PREFIXES):
+    return True
+  return os.path.realpath(path).startswith(_PREFIXES)
+
+
+class OursOnly(logging.Filter):
+  """Passes the project's records, and third-party ones from ERROR up or when `verbose`."""
+
+  def __init__(self):
+    super().__init__()
+    self.verbose = False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return self.verbose or record.levelno >= logging.ERROR or is_ours(record.pathname)
+
+
+_FILTER = OursOnly()
+
+
+class _OurWarnings:
+  """A `warnings.showwarning` printing the project's warnings as one `WARNING: message`
+  line (no file, line or source: they are for the user), third-party ones only when
+  verbose (then every warning as Python prints it)."""
+
+  def __init__(self, show):
+    self.show = show
+
+  def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+    if _FILTER.verbose:
+      self.show(message, category, filename, lineno, file, line)
+    elif is_ours(filename):
+      print(f"WARNING: {' '.join(str(message).split())}", file=file or sys.stderr, flush=True)
+
+
+def _apply_verbosity() -> None:
+  """After flag parsing: verbose from `--verbosity=THIRD_PARTY_VERBOSITY` up."""
+  _FILTER.verbose = flags.FLAGS["verbosity"].value >= THIRD_PARTY_VERBOSITY
+  tfds = sys.modules.get("tensorflow_datasets")
+  if tfds is not None and not _FILTER.verbose:
+    tfds.disable_progress_bar()  # its per-split bars while a dataset is built
+
+
+def show_only_ours() -> None:
+  """Keeps third-party log records and warnings below ERROR off the console.
+
+  Call once at a command-line entry's start, before `run(main)` (absl.app): the
+  verbosity is read once the flags are parsed. Until then, and at the default
+  verbosity, only the project's records and warnings below ERROR print; from
+  `--verbosity=1` everything does. Calling it again changes nothing.
+  """
+  for handler in (absl_logging.get_absl_handler(), logging.lastResort):
+    if handler is not None and _FILTER not in handler.filters:
+      handler.addFilter(_FILTER)
+  if not isinstance(warnings.showwarning, _OurWarnings):
+    warnings.showwarning = _OurWarnings(warnings.showwarning)
+    app.call_after_init(_apply_verbosity)
