@@ -56,12 +56,29 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- Data. ---------------------------------------------------------------------------
   config.input = ml_collections.ConfigDict()
-  config.input.dataset = "market1501"  # TFDS builder name (optionally 'name/config')
+  # TFDS builder name (optionally 'name/config'): the training set, and the set evaluated
+  # by default. With `datasets` set it must be the first of them.
+  config.input.dataset = "market1501"
+  # Several training sets, trained on as one (fast-reid's DATASETS.NAMES): TFDS names,
+  # e.g. ('market1501', 'dukemtmc_reid'); () = just `dataset`. Identities and cameras are
+  # offset per set so they never collide; model.num_classes is their total
+  # (data_pipelines/union_source.py, docs/datasets.md).
+  config.input.datasets = ()
   # Where TFDS writes/reads ArrayRecord; '' = WORKDIR/data/tfds (train.py).
   config.input.data_dir = "~/tensorflow_datasets"
   # Extracted dataset folder or archive; '' = TFDS default (<data_dir>/downloads/manual)
-  # (the demo: WORKDIR/data/synthetic, configs/demo.py).
+  # (the demo: WORKDIR/data/synthetic, configs/demo.py). One folder may hold the
+  # downloads of several datasets.
   config.input.manual_dir = ""
+  # Per set of `datasets`, aligned with it ('' entries, or (), = the single field above):
+  # where it is built, and where its download is. Two copies of one dataset (e.g. two
+  # synthetic Market-1501 folders) need two data_dirs.
+  config.input.data_dirs = ()
+  config.input.manual_dirs = ()
+  # torchreid's combineall ("all" protocol): every training set's query and gallery
+  # images join its training images, their ids relabelled after its training ids;
+  # junk (pid -1) and Market-1501's distractors (pid 0) stay out.
+  config.input.combineall = False
   config.input.image_size = (256, 128)  # (H, W)
   config.input.num_identities = 16  # P
   config.input.num_instances = 4  # K

@@ -63,6 +63,8 @@ RESUMABLE_FIELDS = (
   "train.eval_every_epochs",
   "input.data_dir",
   "input.manual_dir",
+  "input.data_dirs",
+  "input.manual_dirs",
   "input.num_workers",
   "input.prefetch",
   "input.eval_batch_size",

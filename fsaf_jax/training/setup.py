@@ -1,8 +1,10 @@
 """Everything a training run does before its first step.
 
 `check_settings(config)` refuses bad loop and initialisation settings before anything
-is written; `setup_run(config, workdir)` then makes the dataset ready, builds the P x K
-train iterator, resolves `model.num_classes` and `train.steps_per_epoch` from the data
+is written; `setup_run(config, workdir)` then makes the training sets ready (one, or
+the union of `config.input.datasets`: `data_setup`), builds the P x K train iterator
+over their training images, resolves `model.num_classes` and `train.steps_per_epoch`
+from the data
 (`resolve_config`), builds the `Evaluator` (its settings checked before any training
 step), the model, the initial train state (`config.init.pretrained` or 'scratch') and
 the run card (printed by process 0; the training loop writes it to
@@ -23,7 +25,6 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from data_pipelines import errors, train_pipeline
-from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation.evaluator import Evaluator
 from fsaf_jax.models import registry
@@ -110,7 +111,7 @@ def resolve_config(
   config = ml_collections.ConfigDict(config.to_dict())
   if config.model.num_classes not in (-1, num_train_ids):
     raise errors.UserError(
-      f"config.model.num_classes={config.model.num_classes} but {config.input.dataset!r} "
+      f"config.model.num_classes={config.model.num_classes} but {training_data_name(config)} "
       f"in {config.input.data_dir} has {num_train_ids} training identities: set "
       "config.model.num_classes=-1 (take it from the data) or fix it"
     )
@@ -127,7 +128,7 @@ def resolve_config(
       config.train.steps_per_epoch = num_train_images // batch
     if config.train.steps_per_epoch <= 0:
       raise errors.UserError(
-        f"{config.input.dataset!r} gives no full batch of P x K = {batch} per epoch "
+        f"{training_data_name(config)} gives no full batch of P x K = {batch} per epoch "
         f"({num_train_images} training images, {num_train_ids} identities)"
       )
   elif config.train.steps_per_epoch <= 0:
@@ -136,6 +137,12 @@ def resolve_config(
       f"positive, got {config.train.steps_per_epoch}"
     )
   return config
+
+
+def training_data_name(config: ml_collections.ConfigDict) -> str:
+  """The training data for messages: 'market1501', or 'market1501 + dukemtmc_reid'."""
+  names = " + ".join(config.input.datasets) or config.input.dataset
+  return f"{names!r}" + (" (combineall)" if config.input.combineall else "")
 
 
 def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
@@ -160,13 +167,15 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   """Refuses bad checkpoint and initialisation settings before anything is written.
 
   Raises:
-    errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, an
+    errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, a bad list
+      of training sets (`data_setup.training_sets`), an
       `input.image_size` that is not two positive integers, a loop or loader setting
       out of range (`check_loop_and_loader`), or an empty
       `init.pretrained` (the message names the IBN-Net release and the convert command).
   """
   checkpoint_interval(config)
   checkpoint_lib.check_keep(config.train.keep_checkpoints)
+  data_setup.training_sets(config)
   check_image_size(config.input.image_size)
   check_loop_and_loader(config)
   check_initialisation(config.init)
@@ -269,10 +278,8 @@ def setup_run(
   if prepare_data is not None:
     config = prepare_data(config, workdir)
   config = data_setup.prepare_dataset(config, workdir)
-  dataset, data_dir = config.input.dataset, config.input.data_dir
-  num_train_ids = source_lib.num_train_identities(dataset, data_dir)
-  train_source = source_lib.load_source(dataset, "train", data_dir)
-  person_ids, _ = train_pipeline.read_labels(train_source)
+  data = data_setup.load_training_data(config)
+  num_train_ids, train_source = data.num_classes, data.source
   mesh = make_mesh()
   train_iter = train_pipeline.create_train_iterator(
     train_source,
@@ -280,7 +287,7 @@ def setup_run(
     mesh,
     seed=int(config.seed),
     num_train_ids=num_train_ids,
-    person_ids=person_ids,
+    person_ids=data.person_ids,
   )
   config = resolve_config(
     config,
@@ -290,7 +297,11 @@ def setup_run(
   )
   # Built before any training step: bad eval settings fail here, not at the first eval.
   evaluator = Evaluator(
-    config, num_classes=num_train_ids, mesh=mesh, data_dir=data_dir, config_name=config_name
+    config,
+    num_classes=num_train_ids,
+    mesh=mesh,
+    data_dir=config.input.data_dir,
+    config_name=config_name,
   )
   steps_per_epoch = int(config.train.steps_per_epoch)
   image_size = tuple(int(s) for s in config.input.image_size)
@@ -321,6 +332,7 @@ def setup_run(
     variables=variables,
     pretrained_report=pretrained_report,
     mesh=mesh,
+    training_sets=data.sets,
   )
   if is_main:  # written to WORKDIR/run_card.json once the run is accepted (`train_loop`)
     console_line(run_card.format_run_card(card))
