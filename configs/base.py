@@ -59,22 +59,20 @@ def get_base_config() -> ml_collections.ConfigDict:
   # TFDS builder name (optionally 'name/config'): the training set, and the set evaluated
   # by default. With `datasets` set it must be the first of them.
   config.input.dataset = "market1501"
-  # Several training sets, trained on as one (fast-reid's DATASETS.NAMES): TFDS names,
-  # e.g. ('market1501', 'dukemtmc_reid'); () = just `dataset`. Identities and cameras are
-  # offset per set so they never collide; model.num_classes is their total
-  # (data_pipelines/union_source.py, docs/datasets.md).
+  # Several training sets, trained on as one (fast-reid's DATASETS.NAMES): entries 'name'
+  # or 'name@folder' (the folder holding that dataset's download), as config.eval.datasets,
+  # e.g. ('market1501@/data/Market-1501-v15.09.15', 'dukemtmc_reid@/data/DukeMTMC-reID');
+  # () = just `dataset`. Identities and cameras are offset per set so they never collide;
+  # model.num_classes is their total. Each set is built into data_dir on first use (a
+  # second copy of one dataset into <data_dir>/<name>@<folder's base name>). `dataset`
+  # must be the first name (docs/datasets.md).
   config.input.datasets = ()
   # Where TFDS writes/reads ArrayRecord; '' = WORKDIR/data/tfds (train.py).
   config.input.data_dir = "~/tensorflow_datasets"
   # Extracted dataset folder or archive; '' = TFDS default (<data_dir>/downloads/manual)
-  # (the demo: WORKDIR/data/synthetic, configs/demo.py). One folder may hold the
-  # downloads of several datasets.
+  # (the demo: WORKDIR/data/synthetic, configs/demo.py). With `datasets`: the first set's
+  # folder, if its entry gives none.
   config.input.manual_dir = ""
-  # Per set of `datasets`, aligned with it ('' entries, or (), = the single field above):
-  # where it is built, and where its download is. Two copies of one dataset (e.g. two
-  # synthetic Market-1501 folders) need two data_dirs.
-  config.input.data_dirs = ()
-  config.input.manual_dirs = ()
   # torchreid's combineall ("all" protocol): every training set's query and gallery
   # images join its training images, their ids relabelled after its training ids;
   # junk (pid -1) and Market-1501's distractors (pid 0) stay out.

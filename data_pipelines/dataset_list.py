@@ -1,16 +1,19 @@
-"""A list of datasets named in a config: each one's TFDS name, data_dir and manual_dir.
+"""A list of datasets named in a config, each entry `'name'` or `'name@folder'`.
 
 A built dataset is identified by its TFDS name (with config: 'msmt17/v2') and the
-data_dir it is built in (TFDS writes `<data_dir>/<name>/<version>/`); its manual_dir is
-where the download is read from when it is built. A config names several datasets
-with aligned tuples beside the single-valued fields they default to:
+data_dir it is built in (TFDS writes `<data_dir>/<name>/<version>/`); its folder
+(manual_dir) is where its download is read from when it is built. A config lists
+datasets as entries `'name'` or `'name@folder'` (the folder holding that dataset's
+download, the `--manual_dir` of `python -m data_pipelines.datasets.build`), the
+spelling of `config.input.datasets` and `config.eval.datasets`:
 
-    names       ('market1501', 'dukemtmc_reid')
-    data_dirs   ()  or  ('', '/data/duke_tfds')   '' or () = data_dir
-    manual_dirs ()  or  ('/data/Market', '')      '' or () = manual_dir
+    ('market1501@/data/Market-1501-v15.09.15', 'dukemtmc_reid@/data/DukeMTMC-reID')
 
-(the same dataset name twice, e.g. two synthetic Market-1501 folders, needs two
-data_dirs: one build per name and data_dir). `dataset_list` checks and aligns them.
+Every set is built into the config's data_dir, except a second copy of one dataset
+(the same name from another folder, e.g. two synthetic Market-layout folders): one
+data_dir holds one build per name, so it is built into
+`<data_dir>/<name>@<the folder's base name>/` (`own_data_dir`), the same whatever the
+rest of the list.
 """
 
 from __future__ import annotations
@@ -21,83 +24,75 @@ from collections.abc import Sequence
 
 from data_pipelines import errors
 
-# Characters that cannot be in a TFDS name: a tuple written without its quotes on the
-# command line arrives as one name holding them.
+FOLDER_SEPARATOR = "@"
+# Characters no TFDS name has: a tuple written without its quotes on the command line
+# arrives as one entry holding them.
 _NOT_IN_NAMES = ",()[]' \""
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetRef:
-  """One dataset of a list.
+  """One dataset of a list and where its data live.
 
   Attributes:
     name: TFDS name, optionally 'name/config'.
-    data_dir: where it is built.
-    manual_dir: where its download is read from; '' = TFDS's `<data_dir>/downloads/manual`.
+    data_dir: where it is (or will be) built.
+    manual_dir: the folder its download is read from, or None (TFDS's
+      `<data_dir>/downloads/manual`).
   """
 
   name: str
   data_dir: str
-  manual_dir: str
+  manual_dir: str | None
 
 
-def _same_place(a: str, b: str) -> bool:
-  return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
+def _absolute(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
 
 
-def dataset_list(
-  names: Sequence[str],
-  data_dirs: Sequence[str],
-  manual_dirs: Sequence[str],
-  *,
-  data_dir: str,
-  manual_dir: str,
-  field: str,
-) -> list[DatasetRef]:
-  """Aligns per-dataset paths with `names` (module doc) and checks the list.
-
-  Args:
-    names: TFDS names.
-    data_dirs, manual_dirs: () or one entry per name; '' entries take the default.
-    data_dir, manual_dir: the defaults.
-    field: the config section for messages, e.g. 'config.input'.
-
-  Returns:
-    One `DatasetRef` per name, in order.
+def parse_entry(entry: object, field: str) -> tuple[str, str | None]:
+  """(name, absolute folder or None) of one entry `'name'` / `'name@folder'` of `field`.
 
   Raises:
-    errors.UserError: a path tuple of another length than `names`, a name that is
-      not a TFDS name (e.g. a tuple without its quotes), or the same dataset twice
-      (same name and data_dir).
+    errors.UserError: not such a string (e.g. a tuple written without its quotes).
   """
-  names = tuple(names)
-  for name in names:
-    if not isinstance(name, str) or not name or any(c in name for c in _NOT_IN_NAMES):
-      raise errors.UserError(
-        f"{field}.datasets holds {name!r}, not a TFDS dataset name",
-        hint=f"write the tuple with its quotes: --{field.removeprefix('config.')}"
-        ".datasets=\"('market1501', 'dukemtmc_reid')\"",
-      )
-  for what, values in (("data_dirs", data_dirs), ("manual_dirs", manual_dirs)):
-    if len(values) not in (0, len(names)):
-      raise errors.UserError(
-        f"{field}.{what} has {len(values)} entries for {len(names)} datasets "
-        f"({field}.datasets={names}): give one per dataset ('' = {field}.{what[:-1]}), or ()"
-      )
-  refs = [
-    DatasetRef(
-      name,
-      (data_dirs[i] if data_dirs else "") or data_dir,
-      (manual_dirs[i] if manual_dirs else "") or manual_dir,
+  name, sep, folder = entry.partition(FOLDER_SEPARATOR) if isinstance(entry, str) else ("", "", "")
+  if not name or (sep and not folder) or any(c in name for c in _NOT_IN_NAMES):
+    raise errors.UserError(
+      f"{field} entry {entry!r}: must be a TFDS name or 'name@folder'",
+      hint=f"write the tuple with its quotes: --{field.removeprefix('config.')}="
+      "\"('market1501', 'dukemtmc_reid@/data/DukeMTMC-reID')\"",
     )
-    for i, name in enumerate(names)
-  ]
-  for i, ref in enumerate(refs):
-    for other in refs[:i]:
-      if other.name == ref.name and _same_place(other.data_dir, ref.data_dir):
-        raise errors.UserError(
-          f"{field}.datasets names {ref.name!r} in data_dir {ref.data_dir} twice",
-          hint=f"list each dataset once; two copies of one dataset need two data_dirs "
-          f"({field}.data_dirs)",
-        )
+  return name, _absolute(folder) if folder else None
+
+
+def own_data_dir(name: str, folder: str | None) -> str:
+  """'<name>@<folder's base name>' ('/' in the name written '_'): the folder, under a
+  data_dir, of a second copy of dataset `name` built from `folder`."""
+  base = os.path.basename((folder or "default").rstrip(os.sep))
+  return name.replace("/", "_") + FOLDER_SEPARATOR + base
+
+
+def place(entries: Sequence[tuple[str, str | None]], data_dir: str, field: str) -> list[DatasetRef]:
+  """Where each (name, folder) of a list is built (module doc): `data_dir`, or its own
+  data dir under it for a second copy of one name.
+
+  Raises:
+    errors.UserError: one dataset twice (the same name and folder, or two folders of
+      one base name).
+  """
+  owner: dict[str, str | None] = {}  # the folder each name is built from in data_dir
+  refs = []
+  for name, folder in entries:
+    here = data_dir
+    if owner.setdefault(name, folder) != folder:
+      here = os.path.join(data_dir, own_data_dir(name, folder))
+    ref = DatasetRef(name, here, folder)
+    if any(r.name == name and r.data_dir == here for r in refs):
+      raise errors.UserError(
+        f"{field} lists {name!r} from {folder or 'the default folder'} twice"
+        + ("" if ref in refs else " (two folders of one base name)"),
+        hint="list each set once; two copies of one dataset need folders of different names",
+      )
+    refs.append(ref)
   return refs

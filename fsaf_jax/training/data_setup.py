@@ -13,11 +13,14 @@
 source (`data_pipelines.union_source`: identities and cameras offset per set, and with
 `config.input.combineall` each set's query and gallery joining its training images).
 
-Several sets: `config.input.datasets` names them (TFDS names), `config.input.data_dirs`
-/ `manual_dirs` give each its own data_dir / manual_dir ('' or () = the single
-`data_dir` / `manual_dir`), and `config.input.dataset` must be the first of them: the
-set evaluated by default. Once resolved, `data_dirs` / `manual_dirs` hold one absolute
-path per set and `data_dir` / `manual_dir` are the first set's.
+Several sets: `config.input.datasets` lists them, each entry a TFDS name or
+`'name@folder'` (the folder holding its download; `data_pipelines.dataset_list`), and
+`config.input.dataset` must be the first name: the set evaluated by default. The first
+set's folder may instead be `config.input.manual_dir`; the others without a folder are
+read from TFDS's `<data_dir>/downloads/manual`. Every set is built into
+`config.input.data_dir`, a second copy of one dataset into
+`<data_dir>/<name>@<its folder's base name>/`. Once resolved, the entries' folders are
+absolute and `config.input.manual_dir` is the first set's folder.
 
 Multi-process: process 0 builds, the others wait at a barrier.
 """
@@ -34,8 +37,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data_pipelines import errors, train_pipeline, union_source
-from data_pipelines.dataset_list import DatasetRef, dataset_list
+from data_pipelines import dataset_list, errors, train_pipeline, union_source
+from data_pipelines.dataset_list import DatasetRef
 from data_pipelines.datasets import source as source_lib
 
 DATA_SUBDIR = "data"
@@ -47,34 +50,39 @@ def _absolute(path: str) -> str:
 
 
 def training_sets(config: ml_collections.ConfigDict) -> list[DatasetRef]:
-  """The training sets of `config`: `input.datasets` or, when empty, `input.dataset`.
+  """The training sets of `config` (module doc) and where each is built.
 
   Returns:
-    One `DatasetRef` per set, in order (paths as the config gives them).
+    One `DatasetRef` per set, in order.
 
   Raises:
-    errors.UserError: `input.datasets` is set and `input.dataset` is not its first
-      entry, or a bad list (`dataset_list.dataset_list`).
+    errors.UserError: a malformed entry of `input.datasets`, `input.dataset` not its
+      first name, `input.manual_dir` and the first entry's folder both given and
+      different, or one set twice (`dataset_list.place`).
   """
   inputs = config.input
-  names = tuple(inputs.datasets) or (inputs.dataset,)
-  refs = dataset_list(
-    names,
-    tuple(inputs.data_dirs),
-    tuple(inputs.manual_dirs),
-    data_dir=inputs.data_dir,
-    manual_dir=inputs.manual_dir,
-    field=FIELD,
-  )
-  if inputs.datasets and inputs.dataset != names[0]:
+  manual_dir = _absolute(inputs.manual_dir) if inputs.manual_dir else None
+  if not inputs.datasets:
+    return [DatasetRef(inputs.dataset, inputs.data_dir, manual_dir)]
+  field = f"{FIELD}.datasets"
+  entries = [dataset_list.parse_entry(entry, field) for entry in inputs.datasets]
+  name, folder = entries[0]
+  if inputs.dataset != name:
     raise errors.UserError(
-      f"{FIELD}.dataset={inputs.dataset!r} but {FIELD}.datasets={names} starts with "
-      f"{names[0]!r}: {FIELD}.dataset names the first training set (the one evaluated "
-      "by default)",
-      hint=f"set --{FIELD.removeprefix('config.')}.dataset={names[0]}, or list "
+      f"{FIELD}.dataset={inputs.dataset!r} but {field} starts with {name!r}: "
+      f"{FIELD}.dataset names the first training set (the one evaluated by default)",
+      hint=f"set --{FIELD.removeprefix('config.')}.dataset={name}, or list "
       f"{inputs.dataset!r} first",
     )
-  return refs
+  if folder and manual_dir and folder != manual_dir:
+    raise errors.UserError(
+      f"{FIELD}.manual_dir={inputs.manual_dir!r} but {field} reads its first set, "
+      f"{name!r}, from {folder}: give the folder once",
+      hint=f"drop --{FIELD.removeprefix('config.')}.manual_dir, or write {name!r} "
+      f"without '@folder' in {field}",
+    )
+  entries[0] = (name, folder or manual_dir)
+  return dataset_list.place(entries, inputs.data_dir, field)
 
 
 def resolve_data_paths(
@@ -88,10 +96,11 @@ def resolve_data_paths(
     config.input.manual_dir = _absolute(config.input.manual_dir)
   if config.input.datasets:
     sets = training_sets(config)
-    config.input.data_dirs = tuple(_absolute(s.data_dir) for s in sets)
-    config.input.manual_dirs = tuple(s.manual_dir and _absolute(s.manual_dir) for s in sets)
-    config.input.data_dir = config.input.data_dirs[0]
-    config.input.manual_dir = config.input.manual_dirs[0]
+    config.input.datasets = tuple(
+      s.name + (f"{dataset_list.FOLDER_SEPARATOR}{s.manual_dir}" if s.manual_dir else "")
+      for s in sets
+    )
+    config.input.manual_dir = sets[0].manual_dir or ""
   return config
 
 
@@ -105,7 +114,7 @@ def _build(ref: DatasetRef) -> None:
     # A build already there is checked against manual_dir: training on a build made
     # from another copy of the dataset than the one named is refused, as the build
     # command refuses it.
-    source_lib.build(ref.name, ref.data_dir, ref.manual_dir or None)
+    source_lib.build(ref.name, ref.data_dir, ref.manual_dir)
 
 
 def prepare_dataset(
@@ -168,10 +177,10 @@ def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:
     extra = ()
     if config.input.combineall:
       extra = tuple(_split(ref.name, s, ref.data_dir) for s in ("query", "gallery"))
-    twice = sum(r.name == ref.name for r in refs) > 1  # copies told apart by data_dir
+    twice = sum(r.name == ref.name for r in refs) > 1  # copies told apart by their folder
     splits.append(
       union_source.SetSplits(
-        f"{ref.name} in {ref.data_dir}" if twice else ref.name,
+        f"{ref.name} from {ref.manual_dir}" if twice else ref.name,
         _split(ref.name, "train", ref.data_dir),
         extra,
         source_lib.junk_pids(ref.name, ref.data_dir),

@@ -1,9 +1,10 @@
 """Two tiny synthetic Market-1501 sets (seeds 0 and 1) and their union built by hand.
 
 `write(root)` writes `tiny_synthetic_run.SYNTHETIC` with two seeds into
-`root/{a,b}/synthetic`; `config(root)` is the tiny run's config training on both
-(`config.input.datasets`, one data_dir and manual_dir per set: the two copies of
-`market1501` are built into `root/a/tfds` and `root/b/tfds`).
+`root/synth_a` and `root/synth_b`; `config(root)` is the tiny run's config training on
+both: `config.input.datasets = ('market1501@ROOT/synth_a', 'market1501@ROOT/synth_b')`,
+data_dir `root/tfds` (the second copy of `market1501` is built into
+`root/tfds/market1501@synth_b`).
 
 `hand_union(root, combineall)` is the union read straight from the file names of the
 two folders (a regex over the Market-1501 names, not the code under test): set after
@@ -24,25 +25,24 @@ import ml_collections
 from data_pipelines import synthetic
 from tests.reference import tiny_synthetic_run
 
-SETS = ("a", "b")
+SETS = ("synth_a", "synth_b")
 _MARKET_NAME = re.compile(r"^(-1|\d{4})_c(\d)s\d_\d+_\d+\.jpg$")
 NOT_IDENTITIES = (-1, 0)  # Market-1501's junk and distractor pids
 
 
 def write(root: str | pathlib.Path) -> None:
-  """Writes the two synthetic folders (seed 0 into `a`, seed 1 into `b`)."""
+  """Writes the two synthetic folders (seed 0 into `synth_a`, seed 1 into `synth_b`)."""
   for seed, name in enumerate(SETS):
-    out = pathlib.Path(root) / name / "synthetic"
+    out = pathlib.Path(root) / name
     synthetic.generate(out, dataclasses.replace(tiny_synthetic_run.SYNTHETIC, seed=seed))
 
 
 def config(root: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The tiny run's config on the union of the two sets."""
   root = pathlib.Path(root)
-  c = tiny_synthetic_run.config(root / SETS[0])
-  c.input.datasets = ("market1501",) * len(SETS)
-  c.input.data_dirs = tuple(str(root / s / "tfds") for s in SETS)
-  c.input.manual_dirs = tuple(str(root / s / "synthetic") for s in SETS)
+  c = tiny_synthetic_run.config(root)
+  c.input.datasets = tuple(f"market1501@{root / s}" for s in SETS)
+  c.input.manual_dir = ""  # the first entry names its folder
   return c
 
 
@@ -76,7 +76,7 @@ def hand_union(root: str | pathlib.Path, combineall: bool = False) -> HandUnion:
   union = HandUnion([], [], [], [])
   label_offset = camera_offset = 0
   for name in SETS:
-    top = pathlib.Path(root) / name / "synthetic" / synthetic.MARKET_DIR
+    top = pathlib.Path(root) / name / synthetic.MARKET_DIR
     train = _listing(top / synthetic.TRAIN_DIR)
     label = {pid: i for i, pid in enumerate(sorted({pid for _, pid, _ in train}))}
     rows = [(f, label[pid], cam) for f, pid, cam in train]

@@ -69,17 +69,21 @@ def test_sampler_epoch_is_bots_formula_on_the_union(root, combineall):
   assert sampler.num_ids == hand.num_classes
 
 
-def test_paths_resolve_per_set(root):
+def test_paths_resolve_per_set(root, monkeypatch):
   resolved = _resolved(root)
-  assert resolved.input.data_dirs == (str(root / "a" / "tfds"), str(root / "b" / "tfds"))
-  assert resolved.input.data_dir == resolved.input.data_dirs[0]  # the evaluated set's
-  assert resolved.input.manual_dir == str(root / "a" / "synthetic")
+  a, b = root / "synth_a", root / "synth_b"
+  assert [(s.name, s.data_dir, s.manual_dir) for s in data_setup.training_sets(resolved)] == [
+    ("market1501", str(root / "tfds"), str(a)),
+    ("market1501", str(root / "tfds" / "market1501@synth_b"), str(b)),  # a second copy
+  ]
+  assert resolved.input.manual_dir == str(a)  # the first (evaluated) set's folder
   c = two_sets.config(root)
-  c.input.data_dirs = ("", str(root / "b" / "tfds"))  # '' = input.data_dir
-  c.input.manual_dirs = ()  # () = input.manual_dir for every set
+  monkeypatch.chdir(root)
+  c.input.datasets = ("market1501", "market1501@synth_b")  # relative folder
+  c.input.manual_dir = "synth_a"  # the first set's, its entry giving none
   resolved = data_setup.resolve_data_paths(c, root / "w")
-  assert resolved.input.data_dirs[0] == str(root / "a" / "tfds")
-  assert resolved.input.manual_dirs == (str(root / "a" / "synthetic"),) * 2
+  assert resolved.input.datasets == (f"market1501@{a}", f"market1501@{b}")
+  assert resolved.input.manual_dir == str(a)
 
 
 @pytest.mark.parametrize(
@@ -87,12 +91,17 @@ def test_paths_resolve_per_set(root):
   [
     (
       {"dataset": "dukemtmc_reid"},
-      r"config.input.dataset='dukemtmc_reid' but config.input.datasets=.* starts with "
+      r"config.input.dataset='dukemtmc_reid' but config.input.datasets starts with "
       "'market1501'",
     ),
-    ({"manual_dirs": ("/x",)}, r"config.input.manual_dirs has 1 entries for 2 datasets"),
-    ({"datasets": ("market1501,dukemtmc_reid",)}, r"not a TFDS dataset name"),
-    ({"data_dirs": ()}, r"names 'market1501' in data_dir .* twice"),
+    ({"manual_dir": "/x"}, r"config.input.manual_dir='/x' but config.input.datasets reads"),
+    ({"datasets": ("market1501,dukemtmc_reid",)}, r"must be a TFDS name or 'name@folder'"),
+    ({"datasets": ("market1501@",)}, r"must be a TFDS name or 'name@folder'"),
+    ({"datasets": ("market1501@/a", "market1501@/a")}, r"lists 'market1501' from /a twice"),
+    (
+      {"datasets": ("market1501", "market1501@/x/s", "market1501@/y/s")},
+      r"twice \(two folders of one base name\)",
+    ),
   ],
 )
 def test_bad_lists_are_refused_before_any_work(tmp_path, change, message):
@@ -141,13 +150,13 @@ def test_a_run_on_the_union(root, combined_setup, capsys):
   _check_run_card(run.card, hand)
   text = run_card.format_run_card(run.card)
   assert "2 training sets: 80 training images, 20 train identities" in text
-  assert f"market1501 in {root / 'b' / 'tfds'}: 10 ids, 40 images, 6 cameras" in text
+  assert f"market1501 from {root / 'synth_b'}: 10 ids, 40 images, 6 cameras" in text
   # Evaluated on the first set: its query and gallery, in its data_dir.
-  assert (run.evaluator.dataset, run.evaluator.data_dir) == ("market1501", str(root / "a" / "tfds"))
+  assert (run.evaluator.dataset, run.evaluator.data_dir) == ("market1501", str(root / "tfds"))
 
 
 CHANGED_LISTS = [
-  ({"datasets": ("market1501",), "data_dirs": (), "manual_dirs": ()}, "input.datasets"),
+  ({"datasets": ("market1501",)}, "input.datasets"),
   ({"combineall": True}, "input.combineall"),
 ]
 
@@ -198,3 +207,13 @@ def test_combined_run_trains_resumes_and_refuses_another_list(root, tmp_path):
   again = _run_config(root)
   again.train.num_epochs = 2  # the same list resumes
   assert train_loop.train_and_evaluate(again, tmp_path).step == 4
+
+
+def test_a_moved_download_folder_is_no_other_list(root, combined_setup):
+  """The sets are compared by name: their folders may move, as input.manual_dir may."""
+  c = _run_config(root)
+  c.input.datasets = (c.input.datasets[0], "market1501@/moved/synth_b")
+  moved = data_setup.resolve_data_paths(c, root / "unused_workdir")
+  moved.model.num_classes = combined_setup.config.model.num_classes
+  moved.train.steps_per_epoch = combined_setup.config.train.steps_per_epoch
+  assert checkpoint.resume_differences(combined_setup.config, moved) == []
