@@ -60,7 +60,7 @@ def parse_entry(entry: object, field: str) -> tuple[str, str | None]:
   if not name or (sep and not folder) or any(c in name for c in _NOT_IN_NAMES):
     raise errors.UserError(
       f"{field} entry {entry!r}: must be a TFDS name or 'name@folder'",
-      hint=f"write the tuple with its quotes: --{field.removeprefix('config.')}="
+      hint=f"write the tuple with its quotes: --{field}="
       "\"('market1501', 'dukemtmc_reid@/data/DukeMTMC-reID')\"",
     )
   return name, _absolute(folder) if folder else None

@@ -71,15 +71,13 @@ def training_sets(config: ml_collections.ConfigDict) -> list[DatasetRef]:
     raise errors.UserError(
       f"{FIELD}.dataset={inputs.dataset!r} but {field} starts with {name!r}: "
       f"{FIELD}.dataset names the first training set (the one evaluated by default)",
-      hint=f"set --{FIELD.removeprefix('config.')}.dataset={name}, or list "
-      f"{inputs.dataset!r} first",
+      hint=f"set --{FIELD}.dataset={name}, or list {inputs.dataset!r} first",
     )
   if folder and manual_dir and folder != manual_dir:
     raise errors.UserError(
       f"{FIELD}.manual_dir={inputs.manual_dir!r} but {field} reads its first set, "
       f"{name!r}, from {folder}: give the folder once",
-      hint=f"drop --{FIELD.removeprefix('config.')}.manual_dir, or write {name!r} "
-      f"without '@folder' in {field}",
+      hint=f"drop --{FIELD}.manual_dir, or write {name!r} without '@folder' in {field}",
     )
   entries[0] = (name, folder or manual_dir)
   return dataset_list.place(entries, inputs.data_dir, field)
