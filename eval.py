@@ -1,6 +1,6 @@
 r"""Evaluates a trained checkpoint on the query / gallery splits of its dataset.
 
-  python eval.py --config=configs/fsaf_market.py --workdir=workdirs/market \
+  python eval.py --config=configs/fsaf.py:market,fsaf --workdir=workdirs/market \
       [--checkpoint=workdirs/market/checkpoints/STEP] [--config.eval.rerank=True]
 
 Restores the latest checkpoint of WORKDIR (or --checkpoint=PATH), refuses one whose
@@ -17,7 +17,6 @@ must be built (train.py builds it; or `python -m data_pipelines.datasets.build`)
 Runs `fsaf_jax.evaluation.evaluator.evaluate_checkpoint`.
 """
 
-import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ from ml_collections import config_flags
 
 from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
+from fsaf_jax.core.config_json import config_name
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.evaluation.result_dirs import ResultsWriteError
@@ -37,6 +37,7 @@ _WORKDIR = flags.DEFINE_string(
 _CHECKPOINT = flags.DEFINE_string(
   "checkpoint", None, "Checkpoint to evaluate instead: WORKDIR/checkpoints/<step>."
 )
+_HOST_ALLOCATOR = host_allocator.define_flag()
 _OUTDIR = flags.DEFINE_string(
   "outdir", None, "Where eval/ is written; default --workdir, else the checkpoint's work dir."
 )
@@ -49,16 +50,15 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("pass --workdir=DIR (its latest checkpoint) or --checkpoint=PATH")
   if _OUTDIR.value:
     errors.check_output_dir(_OUTDIR.value, "--outdir")
-  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
+  host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()
-  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   try:
     evaluator.evaluate_checkpoint(
       _CONFIG.value,
       workdir=_WORKDIR.value,
       checkpoint=_CHECKPOINT.value,
       outdir=_OUTDIR.value,
-      config_name=os.path.splitext(os.path.basename(config_path))[0],
+      config_name=config_name(config_flags.get_config_filename(flags.FLAGS["config"])),
     )
   except ResultsWriteError as e:  # disk full, ...: one line, exit 1
     sys.exit(f"ERROR: {errors.one_line(str(e))}")

@@ -1,6 +1,6 @@
 r"""Trains a ReID model, resuming from the work directory, and evaluates it.
 
-  python train.py --config=configs/fsaf_market.py --workdir=workdirs/market \
+  python train.py --config=configs/fsaf.py:market,fsaf --workdir=workdirs/market \
       [--config.train.num_epochs=60 ...]
 
 Runs `fsaf_jax.training.train_loop.train_and_evaluate` (a config with a `demo` section,
@@ -18,7 +18,6 @@ exits with 2; a NaN stop, a failed checkpoint save or a failed write of the resu
 full) prints one `ERROR:` line and exits with 1.
 """
 
-import os
 import sys
 from collections.abc import Sequence
 
@@ -28,13 +27,16 @@ from ml_collections import config_flags
 
 from data_pipelines import errors, logs
 from fsaf_jax.core import host_allocator
-from fsaf_jax.core.checkpoint_integrity import CheckpointSaveError
+from fsaf_jax.core.config_json import config_name
+from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.demo import run as demo_run
 from fsaf_jax.evaluation.result_dirs import ResultsWriteError
 from fsaf_jax.training import train_loop
+from fsaf_jax.training.save_monitor import CheckpointSaveError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")
+_HOST_ALLOCATOR = host_allocator.define_flag()
 
 
 def run(
@@ -54,9 +56,9 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   """The program; `on_step` is passed to the training loop (tests install one)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
-  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-  name = os.path.splitext(os.path.basename(config_path))[0]
+  host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
+  maybe_initialize_distributed()  # multi-host: join the other processes (module doc)
+  name = config_name(config_flags.get_config_filename(flags.FLAGS["config"]))
   try:
     result = run(_CONFIG.value, _WORKDIR.value, config_name=name, on_step=on_step)
   except (FloatingPointError, CheckpointSaveError, ResultsWriteError) as e:

@@ -14,51 +14,63 @@ def get_base_config() -> ml_collections.ConfigDict:
   """Returns the full default config (FSAF `full` on Market-1501, BoT recipe)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # CPU backend only: glibc malloc settings that keep XLA's buffers mapped between steps
-  # (fsaf_jax/core/host_allocator.py; docs/performance.md has the effect). Read by
-  # train.py, eval.py and fsaf_jax.extract before JAX starts.
-  config.host_allocator = True
+  config.model = _model()
+  config.init = _init()
+  config.input = _input()
+  config.loss = _loss()
+  config.optim = _optim()
+  config.train = _train()
+  config.eval = _eval()
+  return config
 
-  # --- Network. ------------------------------------------------------------------------
-  config.model = ml_collections.ConfigDict()
+
+def _model() -> ml_collections.ConfigDict:
+  """Network: `config.model`."""
+  model = ml_collections.ConfigDict()
   # fsaf_jax/models/registry.py: the model and its backbone by name; the backbone reads
   # its own fields below ('resnet_ibn_a': stage_sizes .. eca_placement).
-  config.model.name = "fsaf"
-  config.model.backbone = "resnet_ibn_a"
-  config.model.stage_sizes = (3, 4, 6, 3)  # bottlenecks in Conv2_x..Conv5_x
-  config.model.stem_width = 64
-  config.model.widths = (64, 128, 256, 512)  # bottleneck planes; outputs are 4x these
-  config.model.ibn_stages = (2, 3, 4)  # Conv{n}_x whose bottlenecks use IBN-a
-  config.model.mhsa_stages = (4, 5)  # Conv{n}_x whose 3x3 convs become BoTNet MHSA
-  config.model.num_heads = 4
-  config.model.last_stride = 2  # paper: 2 (Conv5_x 8x4); BoT / fast-reid recipe: 1
-  config.model.eca_placement = "stage"  # 'stage' | 'block' | 'none'
-  config.model.fusion = "concat"  # 'concat' | 'none'
-  config.model.pooling = "avg"  # 'avg' | 'gem'
-  config.model.gem_p = 3.0
+  model.name = "fsaf"
+  model.backbone = "resnet_ibn_a"
+  model.stage_sizes = (3, 4, 6, 3)  # bottlenecks in Conv2_x..Conv5_x
+  model.stem_width = 64
+  model.widths = (64, 128, 256, 512)  # bottleneck planes; outputs are 4x these
+  model.ibn_stages = (2, 3, 4)  # Conv{n}_x whose bottlenecks use IBN-a
+  model.mhsa_stages = (4, 5)  # Conv{n}_x whose 3x3 convs become BoTNet MHSA
+  model.num_heads = 4
+  model.last_stride = 2  # paper: 2 (Conv5_x 8x4); BoT / fast-reid recipe: 1
+  model.eca_placement = "stage"  # 'stage' | 'block' | 'none'
+  model.fusion = "concat"  # 'concat' | 'none'
+  model.pooling = "avg"  # 'avg' | 'gem'
+  model.gem_p = 3.0
   # Training identities. -1: taken from the dataset's metadata when training starts;
   # a positive value must equal it.
-  config.model.num_classes = -1
-  config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params f32)
+  model.num_classes = -1
+  model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params f32)
+  return model
 
-  # --- Initialisation. -----------------------------------------------------------------
-  config.init = ml_collections.ConfigDict()
+
+def _init() -> ml_collections.ConfigDict:
+  """Initialisation: `config.init`."""
+  init = ml_collections.ConfigDict()
   # Flax-native file written by `python -m fsaf_jax.convert_ibn` from the official
   # IBN-Net release resnet50_ibn_a-d9d0bb7b.pth. Every published recipe starts from it:
   # training refuses '' (naming the file and the command); 'scratch' = random init on
   # purpose (the tiny and demo configs).
-  config.init.pretrained = ""
+  init.pretrained = ""
   # BoTNet: the last BatchNorm scale of every MHSA block starts at 0 (after the
   # pretrained weights are loaded), so the new attention starts as an identity
   # residual. The FSAF paper does not say how it initialises its MHSA blocks; this
   # follows BoTNet, whose blocks it uses. No effect on models without MHSA.
-  config.init.zero_init_attention_bn = True
+  init.zero_init_attention_bn = True
+  return init
 
-  # --- Data. ---------------------------------------------------------------------------
-  config.input = ml_collections.ConfigDict()
+
+def _input() -> ml_collections.ConfigDict:
+  """Data: `config.input`."""
+  input = ml_collections.ConfigDict()
   # TFDS builder name (optionally 'name/config'): the training set, and the set evaluated
   # by default. With `datasets` set it must be the first of them.
-  config.input.dataset = "market1501"
+  input.dataset = "market1501"
   # Several training sets, trained on as one (fast-reid's DATASETS.NAMES): entries 'name'
   # or 'name@folder' (the folder holding that dataset's download), as config.eval.datasets,
   # e.g. ('market1501@/data/Market-1501-v15.09.15', 'dukemtmc_reid@/data/DukeMTMC-reID');
@@ -66,94 +78,106 @@ def get_base_config() -> ml_collections.ConfigDict:
   # model.num_classes is their total. Each set is built into data_dir on first use (a
   # second copy of one dataset into <data_dir>/<name>@<folder's base name>). `dataset`
   # must be the first name (docs/datasets.md).
-  config.input.datasets = ()
+  input.datasets = ()
   # Where TFDS writes/reads ArrayRecord; '' = WORKDIR/data/tfds (train.py).
-  config.input.data_dir = "~/tensorflow_datasets"
+  input.data_dir = "~/tensorflow_datasets"
   # Extracted dataset folder or archive; '' = TFDS default (<data_dir>/downloads/manual)
   # (the demo: WORKDIR/data/synthetic, configs/demo.py). With `datasets`: the first set's
   # folder, if its entry gives none.
-  config.input.manual_dir = ""
+  input.manual_dir = ""
   # torchreid's combineall ("all" protocol): every training set's query and gallery
   # images join its training images, their ids relabelled after its training ids;
   # junk (pid -1) and Market-1501's distractors (pid 0) stay out.
-  config.input.combineall = False
-  config.input.image_size = (256, 128)  # (H, W)
-  config.input.num_identities = 16  # P
-  config.input.num_instances = 4  # K
+  input.combineall = False
+  input.image_size = (256, 128)  # (H, W)
+  input.num_identities = 16  # P
+  input.num_instances = 4  # K
   # 'bot': BoT's RandomIdentitySampler epoch (each identity visited in proportion to its
   # image count; ~184 batches on Market-1501); 'uniform': every identity once per epoch
   # (num_ids // P batches). data_pipelines/pk_sampler.py.
-  config.input.sampler = "bot"
-  config.input.flip_prob = 0.5
-  config.input.pad = 10
-  config.input.erasing_prob = 0.5
-  config.input.erasing_area = (0.02, 0.4)
-  config.input.erasing_aspect = (0.3, 3.3)
-  config.input.num_workers = 2  # grain worker processes (0 = in-process)
-  config.input.prefetch = 2  # batches prefetched onto the devices
-  config.input.eval_batch_size = 128
+  input.sampler = "bot"
+  input.flip_prob = 0.5
+  input.pad = 10
+  input.erasing_prob = 0.5
+  input.erasing_area = (0.02, 0.4)
+  input.erasing_aspect = (0.3, 3.3)
+  input.num_workers = 2  # grain worker processes (0 = in-process)
+  input.prefetch = 2  # batches prefetched onto the devices
+  input.eval_batch_size = 128
+  return input
 
-  # --- Losses. -------------------------------------------------------------------------
-  config.loss = ml_collections.ConfigDict()
-  config.loss.ce_weight = 1.0
-  config.loss.label_smoothing = 0.1
-  config.loss.triplet_weight = 1.0
+
+def _loss() -> ml_collections.ConfigDict:
+  """Losses: `config.loss`."""
+  loss = ml_collections.ConfigDict()
+  loss.ce_weight = 1.0
+  loss.label_smoothing = 0.1
+  loss.triplet_weight = 1.0
   # None = soft-margin triplet (log(1 + exp(d_ap - d_an))).
-  config.loss.triplet_margin = config_dict.placeholder(float)
-  config.loss.triplet_margin = 0.3
-  config.loss.center_weight = 0.0  # centre loss off by default (BoT: 5e-4 when on)
+  loss.triplet_margin = config_dict.placeholder(float)
+  loss.triplet_margin = 0.3
+  loss.center_weight = 0.0  # centre loss off by default (BoT: 5e-4 when on)
+  loss.center_lr = 0.5  # SGD lr of the centre-loss centres (BoT's CENTER_LR)
+  return loss
 
-  # --- Optimiser and schedule: the BoT recipe. -----------------------------------------
-  config.optim = ml_collections.ConfigDict()
-  config.optim.base_lr = 3.5e-4
-  config.optim.b1 = 0.9
-  config.optim.b2 = 0.999
-  config.optim.eps = 1e-8
-  config.optim.weight_decay = 5e-4  # coupled: added to the gradient before Adam
-  config.optim.weight_decay_bias = 5e-4
-  config.optim.weight_decay_norm = 5e-4  # BN/IN scales and shifts
+
+def _optim() -> ml_collections.ConfigDict:
+  """Optimiser and schedule: the BoT recipe: `config.optim`."""
+  optim = ml_collections.ConfigDict()
+  optim.base_lr = 3.5e-4
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+  optim.weight_decay = 5e-4  # coupled: added to the gradient before Adam
+  optim.weight_decay_bias = 5e-4
+  optim.weight_decay_norm = 5e-4  # BN/IN scales and shifts
   # 'bot': BoT's WarmupMultiStepLR, a per-epoch staircase (epoch e runs with
   # last_epoch = e + 1); 'fastreid': per-iteration warmup over warmup_iters, then
   # multi-step at epoch ends (fsaf_jax/training/optimizer.py).
-  config.optim.lr_schedule = "bot"
-  config.optim.warmup_epochs = 10  # 'bot' only
-  config.optim.warmup_iters = 0  # 'fastreid' only
-  config.optim.warmup_factor = 0.01
-  config.optim.milestones = (40, 70)
-  config.optim.gamma = 0.1
-  config.optim.center_lr = 0.5  # SGD lr of the centre-loss centres
+  optim.lr_schedule = "bot"
+  optim.warmup_epochs = 10  # 'bot' only
+  optim.warmup_iters = 0  # 'fastreid' only
+  optim.warmup_factor = 0.01
+  optim.milestones = (40, 70)
+  optim.gamma = 0.1
+  return optim
 
-  # --- Loop. ---------------------------------------------------------------------------
-  config.train = ml_collections.ConfigDict()
-  config.train.num_epochs = 120
+
+def _train() -> ml_collections.ConfigDict:
+  """Loop: `config.train`."""
+  train = ml_collections.ConfigDict()
+  train.num_epochs = 120
   # Steps per epoch (the unit of the lr schedule); -1 = from the data, as `epoch_length`
   # says: 'sampler' = the sampler's epoch (BoT: floor(sum_i max(n_i, K) // K / P));
   # 'images' = num_train_images // (P * K) (fast-reid's iters_per_epoch).
-  config.train.steps_per_epoch = -1
-  config.train.epoch_length = "sampler"
-  config.train.log_every_steps = 20
-  config.train.checkpoint_every_steps = 500
-  config.train.keep_checkpoints = 3
-  config.train.eval_every_epochs = 40  # 0: evaluate only at the end
+  train.steps_per_epoch = -1
+  train.epoch_length = "sampler"
+  train.log_every_steps = 20
+  train.checkpoint_every_steps = 500
+  train.keep_checkpoints = 3
+  train.eval_every_epochs = 40  # 0: evaluate only at the end
+  return train
 
-  # --- Evaluation. ---------------------------------------------------------------------
-  config.eval = ml_collections.ConfigDict()
-  config.eval.metric = "cosine"  # 'cosine' | 'euclidean'
-  config.eval.flip = False  # average the embeddings of the image and its mirror
-  config.eval.max_rank = 50
-  config.eval.query_chunk = 1024  # queries scored per chunk (bounds memory)
+
+def _eval() -> ml_collections.ConfigDict:
+  """Evaluation: `config.eval`."""
+  eval = ml_collections.ConfigDict()
+  eval.metric = "cosine"  # 'cosine' | 'euclidean'
+  eval.flip = False  # average the embeddings of the image and its mirror
+  eval.max_rank = 50
+  eval.query_chunk = 1024  # queries scored per chunk (bounds memory)
   # Split the gallery over the mesh's devices to score it (metrics.evaluate_features_
   # sharded), and all images for re-ranking (rerank_sharded): device memory per device
   # falls with their number, for galleries larger than one device holds. Same figures
   # as one device up to rounding (exact ties may flip).
-  config.eval.shard_gallery = False
-  config.eval.rerank = False
-  config.eval.rerank_k1 = 20
-  config.eval.rerank_k2 = 6
-  config.eval.rerank_lambda = 0.3
+  eval.shard_gallery = False
+  eval.rerank = False
+  eval.rerank_k1 = 20
+  eval.rerank_k2 = 6
+  eval.rerank_lambda = 0.3
   # Re-ranking's input: False = the distances as given (BoT's feature-based
   # re_ranking); True = squared first, as fast-reid's and torchreid's re_ranking do
   # (their re-ranked figures for the same features).
-  config.eval.rerank_squared = False
-  config.eval.num_figure_queries = 8  # rows of the ranked-list figure
-  return config
+  eval.rerank_squared = False
+  eval.num_figure_queries = 8  # rows of the ranked-list figure
+  return eval

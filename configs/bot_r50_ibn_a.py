@@ -37,5 +37,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fusion = "none"
   config.model.last_stride = 1
   config.loss.center_weight = 5e-4
-  config.optim.center_lr = 0.5
+  config.loss.center_lr = 0.5
   return config

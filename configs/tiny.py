@@ -25,8 +25,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.eval_batch_size = 16
   # No ImageNet weights exist for the tiny widths: random initialisation on purpose.
   config.init.pretrained = "scratch"
-  # The tiny model's steps are milliseconds and the host (decoding, logging) dominates:
-  # one shared malloc arena slowed the demo (configs/demo.py; README), so the large-model
-  # malloc settings are off here.
-  config.host_allocator = False
   return config

@@ -155,6 +155,11 @@ def _config_file_error(argv: Sequence[str], error: BaseException) -> UserError |
     return UserError(f"{arg}: syntax error in {where}: {error.msg}{': ' + text if text else ''}")
   if isinstance(error, AttributeError) and "get_config" in str(error):
     return UserError(f"{arg}: the config file defines no get_config() function")
+  # A ValueError of get_config itself (e.g. configs/fsaf.py refusing its `:argument`),
+  # which ml_collections wraps with its traceback: the config's own message.
+  last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+  if "Error whilst parsing config file" in str(error) and last.startswith("ValueError: "):
+    return UserError(f"{arg}: {last.removeprefix('ValueError: ')}")
   return None
 
 

@@ -39,18 +39,19 @@ class PadBatch:
   """Stacks up to `batch_size` eval records and pads to exactly `batch_size`.
 
   Padding rows have a zero image, `person_id` / `camera_id` / `index` -1, `file_name`
-  '' and `mask` False.
+  '' and `mask` False; so has a record with `valid` False (an image left out, e.g. one
+  that does not decode: `fsaf_jax.extract --skip_corrupt`).
   """
 
   def __init__(self, batch_size: int):
     self.batch_size = batch_size
 
   def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    n, pad = len(records), self.batch_size - len(records)
+    pad = self.batch_size - len(records)
     image = np.stack([r["image"] for r in records])
     batch = {
       "image": np.concatenate([image, np.zeros((pad, *image.shape[1:]), image.dtype)]),
-      "mask": np.arange(self.batch_size) < n,
+      "mask": np.array([bool(r.get("valid", True)) for r in records] + [False] * pad),
       "file_name": np.array([r["file_name"] for r in records] + [""] * pad, dtype=object),
     }
     for key, dtype in (("person_id", np.int32), ("camera_id", np.int32), ("index", np.int64)):
@@ -65,6 +66,7 @@ def create_eval_batches(
   *,
   num_threads: int | None = None,
   num_workers: int = 0,
+  read: grain.transforms.Map | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields the whole source once, in order, as fixed-size padded host batches.
 
@@ -75,6 +77,9 @@ def create_eval_batches(
     num_threads: decoding threads (default: the CPU count); PIL releases the GIL while
       decoding and resizing.
     num_workers: grain worker processes (0: decode in this process with the threads).
+    read: the transform from a source index to a decoded record (the keys of
+      `ReadEvalRecord`'s, optionally `valid`); default `ReadEvalRecord(source,
+      image_size)`.
 
   Yields:
     dicts: `image` uint8 [batch_size, H, W, 3], `person_id` int32, `camera_id` int32,
@@ -86,7 +91,8 @@ def create_eval_batches(
   if len(source) == 0:
     return
   num_threads = num_threads or os.cpu_count() or 1
-  ds = grain.MapDataset.range(len(source)).map(ReadEvalRecord(source, image_size))
+  read = read or ReadEvalRecord(source, image_size)
+  ds = grain.MapDataset.range(len(source)).map(read)
   ds = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
   )

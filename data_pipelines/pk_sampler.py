@@ -40,6 +40,7 @@ process-local batches in process order.
 import sys
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -104,6 +105,41 @@ def bot_epoch(
   return np.asarray(batches, np.int64).reshape(num_batches, p * k)
 
 
+def _check_arguments(
+  person_ids: np.ndarray,
+  num_identities: int,
+  num_instances: int,
+  seed: Any,
+  mode: str,
+  num_epochs: int | None,
+  shard_index: int,
+  shard_count: int,
+) -> None:
+  """`PKSampler`'s argument checks (see its `__init__`): UserError for a setting of the
+  config, ValueError for a caller's mistake."""
+  if mode not in MODES:
+    raise errors.UserError(f"config.input.sampler={mode!r}: must be one of {MODES}")
+  if person_ids.ndim != 1 or person_ids.size == 0:
+    raise ValueError(f"person_ids must be a non-empty 1-D sequence, got shape {person_ids.shape}")
+  if not np.issubdtype(person_ids.dtype, np.integer):
+    raise ValueError(f"person_ids must be integers, got dtype {person_ids.dtype}")
+  if num_identities < 1 or num_instances < 1:
+    raise errors.UserError(
+      f"num_identities (P={num_identities}) and num_instances (K={num_instances}) must be positive"
+    )
+  if not isinstance(seed, int | np.integer) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
+  if shard_count < 1 or not 0 <= shard_index < shard_count:
+    raise ValueError(f"invalid shard {shard_index} of {shard_count}")
+  if num_identities % shard_count:
+    raise errors.UserError(
+      f"P x K sampling gives each process whole identities: P={num_identities} "
+      f"identities per batch must be divisible by the process count {shard_count}"
+    )
+
+
 class PKSampler:
   """Grain sampler yielding P x K identity batches, one record per position.
 
@@ -150,29 +186,9 @@ class PKSampler:
       shard_count: number of processes (`jax.process_count()`); must divide P.
     """
     person_ids = np.asarray(person_ids)
-    if mode not in MODES:
-      raise errors.UserError(f"config.input.sampler={mode!r}: must be one of {MODES}")
-    if person_ids.ndim != 1 or person_ids.size == 0:
-      raise ValueError(f"person_ids must be a non-empty 1-D sequence, got shape {person_ids.shape}")
-    if not np.issubdtype(person_ids.dtype, np.integer):
-      raise ValueError(f"person_ids must be integers, got dtype {person_ids.dtype}")
-    if num_identities < 1 or num_instances < 1:
-      raise errors.UserError(
-        f"num_identities (P={num_identities}) and num_instances (K={num_instances}) "
-        "must be positive"
-      )
-    if not isinstance(seed, int | np.integer) or seed < 0:
-      raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if num_epochs is not None and num_epochs < 1:
-      raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-      raise ValueError(f"invalid shard {shard_index} of {shard_count}")
-    if num_identities % shard_count:
-      raise errors.UserError(
-        f"P x K sampling gives each process whole identities: P={num_identities} "
-        f"identities per batch must be divisible by the process count {shard_count}"
-      )
-
+    _check_arguments(
+      person_ids, num_identities, num_instances, seed, mode, num_epochs, shard_index, shard_count
+    )
     identities, inverse, counts = np.unique(person_ids, return_inverse=True, return_counts=True)
     if len(identities) < num_identities:
       raise errors.UserError(

@@ -247,6 +247,36 @@ class TrainIterator(Iterator[dict[str, jax.Array]]):
     self.close()
 
 
+def _checked_labels(
+  source: Any, person_ids: np.ndarray | None, num_train_ids: int | None
+) -> np.ndarray:
+  """The training labels of `source` (`person_ids` if given, else read), int [N],
+  checked: one per record, in [0, num_train_ids).
+
+  Raises:
+    ValueError: a source of 2**31 records or more, or `person_ids` of another length.
+    errors.UserError: a negative label (not the train split) or one out of range.
+  """
+  if len(source) >= 2**31:
+    raise ValueError(f"sources of {len(source)} records (>= 2**31) are not supported")
+  if person_ids is None:
+    person_ids, _ = read_labels(source)
+  person_ids = np.asarray(person_ids)
+  if len(person_ids) != len(source):
+    raise ValueError(f"person_ids has {len(person_ids)} entries, the source {len(source)}")
+  if person_ids.min() < 0:
+    raise errors.UserError(
+      f"training labels must be >= 0, got person_id {person_ids.min()}: is this the "
+      "train split (ids remapped to 0..N-1)?"
+    )
+  if num_train_ids is not None and person_ids.max() >= num_train_ids:
+    raise errors.UserError(
+      f"training label {person_ids.max()} is out of range for num_train_ids="
+      f"{num_train_ids} (labels must be 0..{num_train_ids - 1})"
+    )
+  return person_ids
+
+
 def create_train_iterator(
   source: Any,
   config: ml_collections.ConfigDict,
@@ -293,24 +323,7 @@ def create_train_iterator(
   if mesh.size != mesh.shape["data"]:
     raise ValueError(f"expected a 1-D data-parallel mesh, got shape {dict(mesh.shape)}")
 
-  if len(source) >= 2**31:
-    raise ValueError(f"sources of {len(source)} records (>= 2**31) are not supported")
-  if person_ids is None:
-    person_ids, _ = read_labels(source)
-  person_ids = np.asarray(person_ids)
-  if len(person_ids) != len(source):
-    raise ValueError(f"person_ids has {len(person_ids)} entries, the source {len(source)}")
-  if person_ids.min() < 0:
-    raise errors.UserError(
-      f"training labels must be >= 0, got person_id {person_ids.min()}: is this the "
-      "train split (ids remapped to 0..N-1)?"
-    )
-  if num_train_ids is not None and person_ids.max() >= num_train_ids:
-    raise errors.UserError(
-      f"training label {person_ids.max()} is out of range for num_train_ids="
-      f"{num_train_ids} (labels must be 0..{num_train_ids - 1})"
-    )
-
+  person_ids = _checked_labels(source, person_ids, num_train_ids)
   sampler = PKSampler(
     person_ids,
     num_identities=p,

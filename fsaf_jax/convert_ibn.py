@@ -293,6 +293,50 @@ class Conversion:
     return "\n".join(lines)
 
 
+def _check_converted(
+  state_dict: Mapping[str, np.ndarray],
+  flat: Mapping[Path, np.ndarray],
+  missing: Sequence[str],
+  allow_missing: bool,
+  source: str,
+) -> None:
+  """Raises ConversionError if nothing of `state_dict` was converted, or (unless
+  `allow_missing`) backbone entries an ImageNet ResNet has are `missing`."""
+  if not flat:
+    sample = ", ".join(list(state_dict)[:6])
+    raise ConversionError(
+      f"{source}: none of its {len(state_dict)} tensors belongs to the model's backbone "
+      f"(its keys start: {sample}); expected an IBN-Net / torchvision ResNet state_dict "
+      "with keys like conv1.weight, bn1.running_mean, layer1.0.conv1.weight"
+    )
+  if missing and not allow_missing:
+    raise ConversionError(
+      f"{source} lacks backbone entries an ImageNet ResNet has; they would stay at their "
+      "random initial values (pass --allow_missing to accept that).\n"
+      + pretrained.format_paths("missing model entries", missing, limit=12)
+    )
+
+
+def _unused_tensors(
+  state_dict: Mapping[str, np.ndarray], used: set[str], shapes: Mapping[Path, Any]
+) -> dict[str, list[str]]:
+  """The checkpoint keys not converted, by reason: 'replaced by MHSA' (a `conv2` of a
+  block the model turns into MHSA), 'ImageNet classifier' (`fc.*`) or 'unexpected'."""
+  model_modules = {path[:i] for path in shapes for i in range(1, len(path))}
+  unused = {"replaced by MHSA": [], "ImageNet classifier": [], "unexpected": []}
+  for key in state_dict:
+    if key in used:
+      continue
+    conv2 = _TORCH_CONV2.match(key)
+    if conv2 and ("params", "backbone", f"layer{conv2[1]}_{conv2[2]}", "mhsa") in model_modules:
+      unused["replaced by MHSA"].append(key)
+    elif key.startswith("fc."):
+      unused["ImageNet classifier"].append(key)
+    else:
+      unused["unexpected"].append(key)
+  return unused
+
+
 def convert_state_dict(
   state_dict: Mapping[str, np.ndarray],
   entries: Mapping[Path, Any],
@@ -335,7 +379,7 @@ def convert_state_dict(
           "layout (pass --config=<the training config> / check model.stage_sizes, "
           "stem_width, widths)"
         )
-      check_finite(value, f"{source}: tensor {key!r}")  # indices in the checkpoint's layout
+      check_finite_tensor(value, f"{source}: tensor {key!r}")  # indices in the checkpoint's layout
       value = _from_torch(value)
       used.add(key)
     elif key is not None and path[-3] == "bn1" and path[-2] in ("IN", "BN"):
@@ -343,7 +387,7 @@ def convert_state_dict(
       if value is not None:
         plain = key.rsplit(".", 2)[0]
         source_key = f"{plain}.{key.rsplit('.', 1)[1]}"
-        check_finite(state_dict[source_key], f"{source}: tensor {source_key!r}")
+        check_finite_tensor(state_dict[source_key], f"{source}: tensor {source_key!r}")
         used.add(source_key)
         if plain not in ibn_from_bn:
           ibn_from_bn.append(plain)
@@ -352,32 +396,8 @@ def convert_state_dict(
       continue
     flat[path] = np.asarray(value, np.float32)
 
-  if not flat:
-    sample = ", ".join(list(state_dict)[:6])
-    raise ConversionError(
-      f"{source}: none of its {len(state_dict)} tensors belongs to the model's backbone "
-      f"(its keys start: {sample}); expected an IBN-Net / torchvision ResNet state_dict "
-      "with keys like conv1.weight, bn1.running_mean, layer1.0.conv1.weight"
-    )
-  if missing and not allow_missing:
-    raise ConversionError(
-      f"{source} lacks backbone entries an ImageNet ResNet has; they would stay at their "
-      "random initial values (pass --allow_missing to accept that).\n"
-      + pretrained.format_paths("missing model entries", missing, limit=12)
-    )
-
-  model_modules = {path[:i] for path in shapes for i in range(1, len(path))}
-  unused = {"replaced by MHSA": [], "ImageNet classifier": [], "unexpected": []}
-  for key in state_dict:
-    if key in used:
-      continue
-    conv2 = _TORCH_CONV2.match(key)
-    if conv2 and ("params", "backbone", f"layer{conv2[1]}_{conv2[2]}", "mhsa") in model_modules:
-      unused["replaced by MHSA"].append(key)
-    elif key.startswith("fc."):
-      unused["ImageNet classifier"].append(key)
-    else:
-      unused["unexpected"].append(key)
+  _check_converted(state_dict, flat, missing, allow_missing, source)
+  unused = _unused_tensors(state_dict, used, shapes)
   return Conversion(
     variables=traverse_util.unflatten_dict(flat),
     converted=["/".join(p) for p in flat],
@@ -387,7 +407,7 @@ def convert_state_dict(
   )
 
 
-def check_finite(value: np.ndarray, what: str) -> None:
+def check_finite_tensor(value: np.ndarray, what: str) -> None:
   """Raises ConversionError naming `what` if `value` holds NaN or inf."""
   finite = np.isfinite(value)
   if not finite.all():

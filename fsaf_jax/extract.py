@@ -30,28 +30,31 @@ the `jax.export` extractor (symbolic batch, weights inside): load it with
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import numpy as np
 import PIL.Image
 from absl import app, flags, logging
 from etils import epath
+from flax import linen as nn
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from data_pipelines import augment, errors, logs
+from data_pipelines import augment, errors, eval_pipeline, logs
 from data_pipelines.datasets import image_check, naming
 from fsaf_jax.core import checkpoint_restore, host_allocator
+from fsaf_jax.core.distributed import maybe_initialize_distributed
+from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import pretrained, registry
-from fsaf_jax.training import train_state
+from fsaf_jax.training import setup
 
 IMAGE_EXTENSIONS = naming.IMAGE_EXTENSIONS
 
@@ -123,89 +126,89 @@ def parse_ids(file_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   return pids, camids
 
 
+class ReadFolderImage(grain.transforms.Map):
+  """Index -> the evaluation record (`eval_pipeline.ReadEvalRecord`'s keys) of the image
+  `paths[index]`: decoded by `load_image`, ids from `parse_ids`, `file_name` relative to
+  `root`.
+
+  An image that does not decode raises `CorruptImageError` naming it, or with a
+  `skipped` list gets `valid` False (masked out of its batch) and (index, file name,
+  reason) appended to `skipped`.
+  """
+
+  def __init__(
+    self,
+    paths: Sequence[pathlib.Path],
+    root: pathlib.Path,
+    image_size: tuple[int, int],
+    skipped: list[tuple[int, str, str]] | None = None,
+  ):
+    self._paths, self._image_size, self._skipped = paths, image_size, skipped
+    self._names = [p.relative_to(root).as_posix() for p in paths]
+    self._pids, self._camids = parse_ids(self._names)
+
+  def map(self, index: int) -> dict[str, Any]:
+    path, name, valid = self._paths[index], self._names[index], True
+    try:
+      image = load_image(path, self._image_size)
+    except image_check.CorruptImageError as e:
+      if self._skipped is None:
+        raise
+      reason = str(e).removeprefix(f"cannot decode image {path}: ")
+      self._skipped.append((index, name, reason))
+      image, valid = np.zeros((*self._image_size, 3), np.uint8), False
+    return {
+      "image": image,
+      "person_id": self._pids[index],
+      "camera_id": self._camids[index],
+      "file_name": name,
+      "index": np.int64(index),
+      "valid": valid,
+    }
+
+
 def folder_batches(
   paths: Sequence[pathlib.Path],
   root: pathlib.Path,
   *,
   image_size: tuple[int, int],
   batch_size: int,
-  pids: np.ndarray,
-  camids: np.ndarray,
   num_threads: int = 4,
-  skipped: list[tuple[str, str]] | None = None,
+  skipped: list[tuple[int, str, str]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Evaluation batches of the images at `paths` (fixed size, last one padded).
-
-  Yields dicts `image` uint8 [batch_size, H, W, 3], `person_id`, `camera_id` int32,
-  `mask` bool (False on padding rows and on skipped images) and `file_name` str
-  (relative to `root`), the format of `data_pipelines.eval_pipeline.create_eval_batches`.
+  """Evaluation batches of the images at `paths` (fixed size, last one padded):
+  `eval_pipeline.create_eval_batches` over `ReadFolderImage` records (`mask` False on
+  padding rows and on skipped images).
 
   Args:
     skipped: None: an image that does not decode raises `CorruptImageError` naming
-      it. A list: such images get mask False and (file name, reason) is appended.
+      it. A list: such images are masked out and (index, file name, reason) appended.
   """
-  h, w = image_size
-
-  def load(path: pathlib.Path) -> np.ndarray | image_check.CorruptImageError:
-    try:
-      return load_image(path, image_size)
-    except image_check.CorruptImageError as e:
-      if skipped is None:
-        raise
-      return e
-
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    for start in range(0, len(paths), batch_size):
-      chunk = paths[start : start + batch_size]
-      n, pad = len(chunk), batch_size - len(chunk)
-      image = np.zeros((batch_size, h, w, 3), np.uint8)
-      mask = np.arange(batch_size) < n
-      names = [p.relative_to(root).as_posix() for p in chunk]
-      for i, loaded in enumerate(pool.map(load, chunk)):
-        if isinstance(loaded, image_check.CorruptImageError):
-          mask[i] = False
-          reason = str(loaded).removeprefix(f"cannot decode image {chunk[i]}: ")
-          skipped.append((names[i], reason))
-        else:
-          image[i] = loaded
-      sl = slice(start, start + n)
-      yield {
-        "image": image,
-        "person_id": np.pad(pids[sl], (0, pad), constant_values=-1),
-        "camera_id": np.pad(camids[sl], (0, pad), constant_values=-1),
-        "mask": mask,
-        "file_name": np.array(names + [""] * pad),
-      }
+  read = ReadFolderImage(paths, root, image_size, skipped)
+  return eval_pipeline.create_eval_batches(
+    paths, batch_size, image_size, num_threads=num_threads, read=read
+  )
 
 
 # --- Variables. -------------------------------------------------------------------------
 
 
-def init_variables(config: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
-  """Variables from the config alone, exactly as training starts from them.
+def embedding_model(
+  config: ml_collections.ConfigDict, workdir: str | None, mesh: Mesh
+) -> tuple[nn.Module, dict[str, Any]]:
+  """The model to embed with and its `{'params', 'batch_stats'}`.
 
-  `fsaf_jax.training.train_state.init_variables` with the config's seed: `model.init`,
-  then `config.init.pretrained` (a converted file; '' or 'scratch' = none).
-
-  Returns {'params', 'batch_stats'}.
+  With `workdir`: the latest intact checkpoint there (`checkpoint_restore.restore_variables`;
+  `config.model` and `config.input.image_size` must describe its model,
+  `checkpoint_restore.inference_config`: a differing field is an
+  IncompatibleCheckpointError naming it, `model.num_classes` -1 means "the
+  checkpoint's"). Without: the variables a training run of `config` starts from
+  (`training.setup.initial_variables`: the config's seed, `config.init.pretrained`).
   """
-  variables, _ = train_state.init_variables(
-    config, model, jax.random.key(config.seed), tuple(config.input.image_size), data_mesh()
-  )
-  return variables
-
-
-def restore_variables(
-  config: ml_collections.ConfigDict, workdir: str
-) -> tuple[int, dict[str, Any]]:
-  """Trained {'params', 'batch_stats'} of the latest checkpoint in `workdir`.
-
-  Returns:
-    (num_classes of the checkpoint's classifier, host variables). `config.model` and
-    `config.input.image_size` must describe the checkpoint's model
-    (`checkpoint_restore.inference_config`: a differing field is an IncompatibleCheckpointError,
-    a ValueError, naming it; `model.num_classes` -1 means "the checkpoint's").
-  """
+  if not workdir:
+    num_classes = max(int(config.model.num_classes), 1)  # the classifier is not used here
+    model, variables, _ = setup.initial_variables(config, num_classes, mesh)
+    return model, variables
   try:
     saved, variables = checkpoint_restore.restore_variables(workdir)
   except FileNotFoundError as e:
@@ -213,7 +216,7 @@ def restore_variables(
       raise
     raise errors.InputNotFoundError(f"--workdir={workdir}: {e}") from e
   config = checkpoint_restore.inference_config(config, saved, f"--workdir={workdir}")
-  return int(config.model.num_classes), variables
+  return registry.create_model(config.model, int(config.model.num_classes)), variables
 
 
 def check_arguments(
@@ -258,11 +261,6 @@ def check_arguments(
     list_images(images)  # the error naming --images
 
 
-def data_mesh() -> Mesh:
-  """1-D mesh over all devices with axis 'data'."""
-  return Mesh(np.asarray(jax.devices()), (extractor_lib.DATA_AXIS,))
-
-
 # --- Driver. ----------------------------------------------------------------------------
 
 
@@ -302,32 +300,15 @@ def extract_folder(
   check_arguments(
     config, images=images, out=out, workdir=workdir, export=export, random_weights=random_weights
   )
-  if batch_size is not None and int(batch_size) < 1:
-    raise errors.UserError(f"--batch_size={batch_size}: must be >= 1")
-  if batch_size is None and int(config.input.eval_batch_size) < 1:
-    raise errors.UserError(
-      f"config.input.eval_batch_size={config.input.eval_batch_size}: must be >= 1"
-    )
+  check_batch_size(config, batch_size)
   image_size = tuple(config.input.image_size)
   root = pathlib.Path(images)
   paths = list_images(root)
-  file_names = [p.relative_to(root).as_posix() for p in paths]
-  pids, camids = parse_ids(file_names)
-  logging.info("%d of %d names follow a known dataset scheme", (camids != -1).sum(), len(pids))
-
-  if workdir:
-    num_classes, variables = restore_variables(config, workdir)
-    model = registry.create_model(config.model, num_classes)
-  else:
-    num_classes = max(int(config.model.num_classes), 1)  # the classifier is not used here
-    model = registry.create_model(config.model, num_classes)
-    variables = init_variables(config, model)
-
-  mesh = data_mesh()
-  local = jax.local_device_count()
-  batch_size = int(config.input.eval_batch_size if batch_size is None else batch_size)
-  batch_size = min(batch_size, -(-len(paths) // local) * local)  # no all-padding compute
-  batch_size = -(-batch_size // local) * local  # a multiple of the local devices
+  mesh = make_mesh()
+  model, variables = embedding_model(config, workdir, mesh)
+  batch_size = _device_batch(
+    int(config.input.eval_batch_size if batch_size is None else batch_size), len(paths)
+  )
   extractor = extractor_lib.make_extractor(
     model,
     variables,
@@ -337,44 +318,14 @@ def extract_folder(
     mesh=mesh,
   )
   logging.info("Embedding %d images from %s, batches of %d", len(paths), root, batch_size)
-  skipped: list[tuple[str, str]] | None = [] if skip_corrupt else None
+  skipped: list[tuple[int, str, str]] | None = [] if skip_corrupt else None
   batches = folder_batches(
-    paths,
-    root,
-    image_size=image_size,
-    batch_size=batch_size,
-    pids=pids,
-    camids=camids,
-    skipped=skipped,
+    paths, root, image_size=image_size, batch_size=batch_size, skipped=skipped
   )
-  try:
-    feats, pids, camids, names = extractor_lib.extract_features(extractor, batches)
-  except ValueError as e:
-    if skipped and len(skipped) == len(paths):
-      raise image_check.CorruptImageError(
-        f"none of the {len(paths)} images under --images={images} decodes: "
-        + "; ".join(f"{n} ({r})" for n, r in skipped[:5])
-      ) from e
-    raise
-  if skipped:
-    logging.warning(
-      "Skipped %d image(s) that do not decode: %s",
-      len(skipped),
-      "; ".join(f"{n} ({r})" for n, r in skipped),
-    )
+  feats, pids, camids, names = _embed(extractor, batches, skipped, len(paths), images)
+  logging.info("%d of %d names follow a known dataset scheme", (camids != -1).sum(), len(pids))
   result = {"feats": feats, "file_names": names, "pids": pids, "camids": camids}
-  out_path = epath.Path(out)
-  partial = out_path.parent / f".{out_path.name}.partial"  # never a half-written `out`
-  try:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with partial.open("wb") as f:
-      np.savez(f, **result)
-    partial.replace(out_path)
-  except OSError as e:
-    partial.unlink(missing_ok=True)
-    raise errors.UserError(f"cannot write --out={out}: {errors.one_line(str(e))}") from e
-  logging.info("Wrote %s: feats %s", out_path, feats.shape)
-
+  write_npz(result, out)
   if export:
     export_lib.export_extractor(
       model, variables, export, image_size=image_size, flip=config.eval.flip
@@ -383,10 +334,73 @@ def extract_folder(
   return result
 
 
+def _embed(
+  extractor: extractor_lib.Extractor,
+  batches: Iterator[dict[str, np.ndarray]],
+  skipped: list[tuple[int, str, str]] | None,
+  num_images: int,
+  images: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """`extractor_lib.extract_features` of `batches`, the skipped images listed in one
+  warning line. Raises CorruptImageError if none of the `num_images` decodes."""
+  try:
+    feats, pids, camids, names = extractor_lib.extract_features(extractor, batches)
+  except ValueError as e:
+    if skipped and len(skipped) == num_images:
+      raise image_check.CorruptImageError(
+        f"none of the {num_images} images under --images={images} decodes: "
+        + "; ".join(f"{n} ({r})" for _, n, r in sorted(skipped)[:5])
+      ) from e
+    raise
+  if skipped:
+    logging.warning(
+      "Skipped %d image(s) that do not decode: %s",
+      len(skipped),
+      "; ".join(f"{n} ({r})" for _, n, r in sorted(skipped)),
+    )
+  return feats, pids, camids, names
+
+
+def check_batch_size(config: ml_collections.ConfigDict, batch_size: int | None) -> None:
+  """Raises UserError for `--batch_size` < 1, or (without it)
+  `config.input.eval_batch_size` < 1."""
+  if batch_size is not None and int(batch_size) < 1:
+    raise errors.UserError(f"--batch_size={batch_size}: must be >= 1")
+  if batch_size is None and int(config.input.eval_batch_size) < 1:
+    raise errors.UserError(
+      f"config.input.eval_batch_size={config.input.eval_batch_size}: must be >= 1"
+    )
+
+
+def _device_batch(batch_size: int, num_images: int) -> int:
+  """`batch_size` cut to what `num_images` fill (no all-padding compute), rounded up to a
+  multiple of the local devices."""
+  local = jax.local_device_count()
+  batch_size = min(batch_size, -(-num_images // local) * local)
+  return -(-batch_size // local) * local
+
+
+def write_npz(arrays: dict[str, np.ndarray], out: str) -> None:
+  """Writes `arrays` to the .npz `out` through a temporary file (never a half-written
+  `out`). Raises UserError (one line) if it cannot be written."""
+  out_path = epath.Path(out)
+  partial = out_path.parent / f".{out_path.name}.partial"
+  try:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("wb") as f:
+      np.savez(f, **arrays)
+    partial.replace(out_path)
+  except OSError as e:
+    partial.unlink(missing_ok=True)
+    raise errors.UserError(f"cannot write --out={out}: {errors.one_line(str(e))}") from e
+  logging.info("Wrote %s: feats %s", out_path, arrays["feats"].shape)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  host_allocator.configure_for(_CONFIG.value)  # CPU: keep XLA's buffers mapped
+  host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
+  maybe_initialize_distributed()  # multi-host: join the other processes
   extract_folder(
     _CONFIG.value,
     images=_IMAGES.value,
@@ -409,6 +423,7 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", None, "Output .npz.")
   _EXPORT = flags.DEFINE_string("export", None, "Also write the jax.export extractor here.")
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: config.input.eval_batch_size.")
+  _HOST_ALLOCATOR = host_allocator.define_flag()
   _RANDOM_WEIGHTS = flags.DEFINE_bool(
     "random_weights",
     False,

@@ -148,7 +148,7 @@ def _read_inference_step(
     raise integrity.as_damage(where, e) from None
   finally:
     manager.close()
-  integrity.check_finite(variables, where, "variables")
+  integrity.check_finite_checkpoint(variables, where, "variables")
   return config, variables
 
 
@@ -241,7 +241,7 @@ def newest_restorable_step(workdir_or_checkpoints: str | os.PathLike) -> int | N
       raise integrity.as_damage(where, e) from None
     finally:
       manager.close()
-    integrity.check_finite(train_state, where, "train_state")
+    integrity.check_finite_checkpoint(train_state, where, "train_state")
     return step
 
   step, _, _ = integrity.newest_intact(step_dirs(directory), check)

@@ -3,12 +3,14 @@
 A checkpoint stores its run's config as JSON (`config_to_json`); reading it back
 (`config_from_json`) gives tuples where the config had tuples. `config_differences`
 lists the dotted fields whose values differ, for the checks that refuse a checkpoint
-of another config (resume, inference).
+of another config (resume, inference). `config_name` names a run's config from its
+`--config` argument.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -79,3 +81,10 @@ def config_differences(
     if va != vb:
       lines.append(f"{field}: checkpoint {va!r}, {label} {vb!r}")
   return lines
+
+
+def config_name(config_file: str) -> str:
+  """The name a run records for its `--config` argument (run card, metrics.json):
+  'configs/fsaf.py:market,fsaf' -> 'fsaf:market,fsaf', 'configs/demo.py' -> 'demo'."""
+  path, sep, argument = config_file.partition(":")
+  return os.path.splitext(os.path.basename(path))[0] + sep + argument

@@ -17,12 +17,14 @@ docs/performance.md) instead of going up and down every step. It changes no
 result.
 
 It acts only when JAX is going to run on the CPU (see `will_run_on_cpu`), with glibc,
-and unless `FSAF_HOST_ALLOCATOR=default` is set; the entry points call
-`configure_for(config)`, which also honours `config.host_allocator` (off in the tiny and
-demo configs, whose millisecond steps are bound by host work: the single shared arena
-made the demo slower). Call it first thing in an entry point,
-before JAX starts its backend (importing jax is fine), so that XLA's threads attach to
-the shared arena.
+and unless `FSAF_HOST_ALLOCATOR=default` is set. It is a setting of the process, not of
+the experiment: the entry points (train.py, eval.py, `fsaf_jax.extract`) take a
+`--host_allocator=auto|on|off` flag (`define_flag`) and call `configure_for(config,
+choice)`; `auto` (the default) turns the settings on except for narrow models (last
+stage width below `NARROW_WIDTH`: the tiny and demo configs), whose millisecond steps
+are bound by host work (the single shared arena made the demo slower). Call it first
+thing in an entry point, before JAX starts its backend (importing jax is fine), so that
+XLA's threads attach to the shared arena.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+
+from absl import flags
 
 ENV_VAR = "FSAF_HOST_ALLOCATOR"  # 'default': leave malloc alone
 
@@ -116,14 +120,41 @@ def apply_settings() -> None:
       raise OSError(f"glibc mallopt({param}, {value}) failed; set {ENV_VAR}=default to skip")
 
 
-def configure_for(config) -> bool:
-  """`configure()` if the run's config asks for it (`config.host_allocator`).
+CHOICES = ("auto", "on", "off")
+# `auto`: off for models whose last stage is narrower (the tiny widths 8-64 and the
+# demo's 16-128; ResNet-50's is 512).
+NARROW_WIDTH = 256
+
+
+def define_flag() -> flags.FlagHolder[str]:
+  """Defines an entry point's `--host_allocator` flag (`CHOICES`, default 'auto')."""
+  return flags.DEFINE_enum(
+    "host_allocator",
+    "auto",
+    CHOICES,
+    "CPU only: glibc malloc settings keeping XLA's buffers mapped between steps "
+    "(fsaf_jax/core/host_allocator.py). auto: on, except for narrow models (the tiny and "
+    f"demo configs); {ENV_VAR}=default in the environment turns them off too.",
+  )
+
+
+def configure_for(config, choice: str = "auto") -> bool:
+  """`configure()` if `choice` asks for it for the run of `config`.
 
   Args:
-    config: the run's ConfigDict (`configs/base.py` declares `host_allocator`; the tiny
-      and demo configs turn it off: their host-bound steps were slower with one arena).
+    config: the run's ConfigDict (`model.widths` decides 'auto').
+    choice: 'on', 'off', or 'auto' (on unless the model's last stage width is below
+      `NARROW_WIDTH`: the tiny and demo configs, whose host-bound steps were slower
+      with one arena).
 
   Returns:
     Whether the settings are in effect (see `configure`).
+
+  Raises:
+    ValueError: `choice` is not one of `CHOICES`.
   """
-  return configure() if config.host_allocator else False
+  if choice not in CHOICES:
+    raise ValueError(f"host_allocator={choice!r}: must be one of {CHOICES}")
+  if choice == "auto":
+    choice = "on" if max(int(w) for w in config.model.widths) >= NARROW_WIDTH else "off"
+  return configure() if choice == "on" else False

@@ -86,7 +86,7 @@ def run_demo(
     outdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
     demo.baselines = baselines.compare_baselines(
       result.evaluator,
-      untrained.initial_variables(result.config, result.evaluator.mesh),
+      untrained.untrained_variables(result.config, result.evaluator.mesh),
       outdir=outdir if jax.process_index() == 0 else None,
     )
   return demo

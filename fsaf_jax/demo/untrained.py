@@ -1,6 +1,6 @@
 """The network as training starts: the demo's untrained comparison.
 
-`initial_variables(config, mesh)` re-creates the variables a training run of `config`
+`untrained_variables(config, mesh)` re-creates the variables a training run of `config`
 starts from (`training.setup.initial_variables`, as the run's set-up), so the demo
 scores the untrained network without the training loop keeping a copy of them.
 """
@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from fsaf_jax.training import setup
 
 
-def initial_variables(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
+def untrained_variables(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
   """The initial `{'params', 'batch_stats'}` of a run of `config`, on the host.
 
   Args:

@@ -165,6 +165,59 @@ class _ShardedImages:
     return functools.cache(build)
 
 
+def _weighted_neighbours(
+  images: _ShardedImages,
+  x: distance_lib.Prepared,
+  everything: np.ndarray,
+  *,
+  k1_top: int,
+  k1_half: int,
+  row_chunk: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Stages 1-3 of the re-ranking, each image's row ranked against the sharded `x`.
+
+  Args:
+    images: the sharded-images helper of the call.
+    x: every image's prepared features, split along the mesh axis.
+    everything: [N, D] the query then gallery features (host).
+    k1_top, k1_half: the k-reciprocal neighbourhood sizes (k1 + 1, round(k1 / 2) + 1).
+    row_chunk: images ranked per device call.
+
+  Returns:
+    (rank int32 [N, k1_top], row_max float32 [N], v_idx [N, E], v_val float32 [N, E]):
+    the initial ranking, each row's largest distance, the expansion sets (replicated)
+    and their weights.
+  """
+  num_all = everything.shape[0]
+  size = max(1, min(int(row_chunk), num_all))
+  starts = rerank.row_starts(num_all, size)
+
+  def rows(s: int) -> distance_lib.Prepared:
+    return images.prepare(everything[s : s + size], images.rep)
+
+  # Stage 1: the initial ranking.
+  rank = np.empty((num_all, k1_top), np.int32)
+  row_max = np.empty(num_all, np.float32)
+  ok = np.empty(num_all, bool)
+  rank_fn = images.rank_block(k1_top, num_all)
+  blocks = [(s, rank_fn(*rows(s), *x)) for s in starts]
+  for s, (top, mx, good) in blocks:
+    host = [mesh_arrays.to_host(a) for a in (top, mx, good)]
+    rank[s : s + size], row_max[s : s + size], ok[s : s + size] = host
+  rerank.check_initial_ranking(ok)
+  # Stages 2-3: expansion sets (replicated), their weights (sharded distances).
+  v_idx = np.asarray(
+    rerank.expansion_set_table(jnp.asarray(rank), k1_half=k1_half, row_chunk=row_chunk)
+  )
+  weight_fn = images.weight_block(num_all)
+  v_val = np.empty(v_idx.shape, np.float32)
+  for s in starts:
+    idx = mesh_arrays.global_array(v_idx[s : s + size], images.rep)
+    mx = mesh_arrays.global_array(row_max[s : s + size], images.rep)
+    v_val[s : s + size] = mesh_arrays.to_host(weight_fn(*rows(s), *x, idx, mx))
+  return rank, row_max, v_idx, v_val
+
+
 def re_ranking_features_sharded(
   q_feats,
   g_feats,
@@ -203,8 +256,7 @@ def re_ranking_features_sharded(
     raise inputs.EvaluationInputError(f"The mesh has axes {mesh.axis_names}, not {axis!r}.")
   q_feats, g_feats = inputs.feature_pair(q_feats, g_feats)
   rerank.check_parameters(k1, k2, lambda_value)
-  nq, ng = q_feats.shape[0], g_feats.shape[0]
-  num_all = nq + ng
+  num_all = q_feats.shape[0] + g_feats.shape[0]
   k1_top = min(k1 + 1, num_all)
   k1_half = min(int(np.around(k1 / 2.0)) + 1, num_all)
   k2 = min(k2, num_all)
@@ -212,32 +264,9 @@ def re_ranking_features_sharded(
   images = _ShardedImages(mesh, axis, metric, squared)
   everything = np.concatenate([q_feats, g_feats])
   x = images.prepare(mesh_arrays.pad_rows(everything, shards), images.split)
-  size = max(1, min(int(row_chunk), num_all))
-  starts = rerank.row_starts(num_all, size)
-
-  def rows(s: int) -> distance_lib.Prepared:
-    return images.prepare(everything[s : s + size], images.rep)
-
-  # Stage 1: the initial ranking.
-  rank = np.empty((num_all, k1_top), np.int32)
-  row_max = np.empty(num_all, np.float32)
-  ok = np.empty(num_all, bool)
-  rank_fn = images.rank_block(k1_top, num_all)
-  blocks = [(s, rank_fn(*rows(s), *x)) for s in starts]
-  for s, (top, mx, good) in blocks:
-    host = [mesh_arrays.to_host(a) for a in (top, mx, good)]
-    rank[s : s + size], row_max[s : s + size], ok[s : s + size] = host
-  rerank.check_initial_ranking(ok)
-  # Stages 2-3: expansion sets (replicated), their weights (sharded distances).
-  v_idx = np.asarray(
-    rerank.expansion_set_table(jnp.asarray(rank), k1_half=k1_half, row_chunk=row_chunk)
+  rank, row_max, v_idx, v_val = _weighted_neighbours(
+    images, x, everything, k1_top=k1_top, k1_half=k1_half, row_chunk=row_chunk
   )
-  weight_fn = images.weight_block(num_all)
-  v_val = np.empty(v_idx.shape, np.float32)
-  for s in starts:
-    idx = mesh_arrays.global_array(v_idx[s : s + size], images.rep)
-    mx = mesh_arrays.global_array(row_max[s : s + size], images.rep)
-    v_val[s : s + size] = mesh_arrays.to_host(weight_fn(*rows(s), *x, idx, mx))
   # Stage 4: local query expansion (replicated).
   if k2 != 1:
     v_idx, v_val = rerank.local_query_expansion(
@@ -245,6 +274,24 @@ def re_ranking_features_sharded(
     )
     v_idx, v_val = np.asarray(v_idx), np.asarray(v_val)
   # Stage 5: Jaccard distance and blend, the gallery split along the axis.
+  return _jaccard_sharded(images, q_feats, g_feats, v_idx, v_val, row_max, query_rows, lambda_value)
+
+
+def _jaccard_sharded(
+  images: _ShardedImages,
+  q_feats: np.ndarray,
+  g_feats: np.ndarray,
+  v_idx: np.ndarray,
+  v_val: np.ndarray,
+  row_max: np.ndarray,
+  query_rows: int,
+  lambda_value: float,
+) -> np.ndarray:
+  """Stage 5 of the re-ranking: the Jaccard distances of the queries to the gallery
+  (split along the mesh axis through an inverted index of its expansion sets), blended
+  with the original distances. Returns float32 [Q, G] on the host."""
+  nq, ng = q_feats.shape[0], g_feats.shape[0]
+  num_all, shards = nq + ng, images.mesh.shape[images.axis]
   g_idx = mesh_arrays.pad_rows(v_idx[nq:], shards, fill=num_all)  # padding rows: no entries
   g_val = mesh_arrays.pad_rows(v_val[nq:], shards)
   local_nnz = (g_idx < num_all).reshape(shards, -1).sum(axis=1)

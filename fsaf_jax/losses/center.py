@@ -4,7 +4,7 @@ the 'center' loss (`config.loss.center_weight`).
 `L_c = 1/B * sum_i |f_i - c_{y_i}|^2`: the squared Euclidean distance of each pre-BN
 feature to its identity's centre, summed over the feature and averaged over the batch
 (BoT's `CenterLoss`; no factor 1/2). The centres are the term's trained parameters, a
-[num_classes, C] array trained by SGD (`config.optim.center_lr`) on the *unweighted*
+[num_classes, C] array trained by SGD (`config.loss.center_lr`) on the *unweighted*
 loss, as BoT rescales the centre gradients by `1 / center_loss_weight`
 (`center_optimizer`); the features receive the weighted one.
 """
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from data_pipelines import errors
 from fsaf_jax.losses.registry import register_loss
 
 
@@ -56,11 +57,19 @@ def divide_updates(divisor: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def center_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """BoT's centre optimiser: SGD with lr `config.optim.center_lr` on the gradient of the
+def center_optimizer(loss_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """BoT's centre optimiser: SGD with lr `config.loss.center_lr` on the gradient of the
   *unweighted* centre loss (the gradient of the total divided by
   `config.loss.center_weight`)."""
-  return optax.chain(divide_updates(config.loss.center_weight), optax.sgd(config.optim.center_lr))
+  return optax.chain(divide_updates(loss_config.center_weight), optax.sgd(loss_config.center_lr))
+
+
+def _check(loss_config: ml_collections.ConfigDict) -> None:
+  """Raises errors.UserError unless `config.loss.center_lr` is positive."""
+  if not float(loss_config.center_lr) > 0:
+    raise errors.UserError(
+      f"config.loss.center_lr={loss_config.center_lr}: must be > 0 (BoT's 0.5)"
+    )
 
 
 def _init(
@@ -70,7 +79,7 @@ def _init(
   return init_centers(rng, num_classes, feature_dim)
 
 
-@register_loss("center", init=_init, optimizer=center_optimizer)
+@register_loss("center", init=_init, optimizer=center_optimizer, check=_check)
 def center_term(
   outputs: Mapping[str, jax.Array],
   labels: jax.Array,

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from data_pipelines import errors
 from fsaf_jax.losses.registry import register_loss
 
 
@@ -34,7 +35,16 @@ def smoothed_cross_entropy(
   return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
 
 
-@register_loss("ce")
+def _check(loss_config) -> None:
+  """Raises errors.UserError unless `config.loss.label_smoothing` is in [0, 1)."""
+  if not 0.0 <= float(loss_config.label_smoothing) < 1.0:
+    raise errors.UserError(
+      f"config.loss.label_smoothing={loss_config.label_smoothing}: must be in [0, 1) "
+      "(the recipe's 0.1)"
+    )
+
+
+@register_loss("ce", check=_check)
 def ce_term(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config) -> jax.Array:
   """`smoothed_cross_entropy` of `outputs['logits']` [B, num_classes]; scalar float32."""
   return smoothed_cross_entropy(outputs["logits"], labels, loss_config.label_smoothing)

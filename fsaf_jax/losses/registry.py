@@ -6,8 +6,11 @@ A term is registered with `@register_loss('<name>')` on its function
 model's dict). A term with trained parameters of its own (the centre loss's centres)
 takes them as a fourth argument, `fn(outputs, labels, loss_config, params)`, and also
 gives `init(rng, num_classes, feature_dim, loss_config) -> pytree` and
-`optimizer(config) -> optax.GradientTransformation` (the train state trains them beside
-the model's parameters, `fsaf_jax.training.train_state`).
+`optimizer(loss_config) -> optax.GradientTransformation` (the train state trains them
+beside the model's parameters, `fsaf_jax.training.train_state`). A term may give
+`check(loss_config)`, raising `errors.UserError` for a bad value of its fields:
+`check_loss_config` runs the active terms' checks before any data work. A term reads
+`config.loss` only.
 
 Every module of the package `fsaf_jax.losses` is imported on the first look-up, so
 adding a loss is one new file in `fsaf_jax/losses/` (its registered function) plus a
@@ -23,6 +26,7 @@ from typing import Any
 import ml_collections
 
 import fsaf_jax.losses
+from data_pipelines import errors
 
 WEIGHT_SUFFIX = "_weight"
 
@@ -35,14 +39,17 @@ class LossTerm:
     name: the registry name; its weight is `config.loss.<name>_weight`.
     fn: the unweighted term.
     init: initial trained parameters of the term, or None (no parameters).
-    optimizer: the optimiser of those parameters from the full config (needed iff
+    optimizer: the optimiser of those parameters from `config.loss` (needed iff
       `init` is given).
+    check: raises errors.UserError for a bad value of the term's fields of
+      `config.loss`, or None (nothing to check).
   """
 
   name: str
   fn: Callable[..., Any]
   init: Callable[..., Any] | None = None
   optimizer: Callable[[ml_collections.ConfigDict], Any] | None = None
+  check: Callable[[ml_collections.ConfigDict], None] | None = None
 
 
 _LOSSES: dict[str, LossTerm] = {}
@@ -54,6 +61,7 @@ def register_loss(
   *,
   init: Callable[..., Any] | None = None,
   optimizer: Callable[[ml_collections.ConfigDict], Any] | None = None,
+  check: Callable[[ml_collections.ConfigDict], None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
   """Decorator registering `fn` as the loss term `name` (returns `fn` unchanged).
 
@@ -66,7 +74,7 @@ def register_loss(
   def register(fn: Callable[..., Any]) -> Callable[..., Any]:
     if name in _LOSSES and _LOSSES[name].fn is not fn:
       raise ValueError(f"a loss named {name!r} is already registered")
-    _LOSSES[name] = LossTerm(name, fn, init, optimizer)
+    _LOSSES[name] = LossTerm(name, fn, init, optimizer, check)
     return fn
 
   return register
@@ -109,3 +117,22 @@ def active_terms(loss_config: ml_collections.ConfigDict) -> list[tuple[LossTerm,
       )
     terms.append((_LOSSES[name], float(loss_config[key])))
   return sorted(terms, key=lambda t: (t[0].init is not None, t[0].name))
+
+
+def check_loss_config(loss_config: ml_collections.ConfigDict) -> None:
+  """Checks `config.loss` before any data work: every `<name>_weight` names a registered
+  term and is not negative, and each active term's `check` accepts its fields.
+
+  Raises:
+    errors.UserError: naming the field and its value.
+  """
+  for key in loss_config.keys():
+    if key.endswith(WEIGHT_SUFFIX) and float(loss_config[key]) < 0:
+      raise errors.UserError(f"config.loss.{key}={loss_config[key]}: must be >= 0 (0: off)")
+  try:
+    terms = active_terms(loss_config)
+  except ValueError as e:
+    raise errors.UserError(str(e)) from None
+  for term, _ in terms:
+    if term.check is not None:
+      term.check(loss_config)

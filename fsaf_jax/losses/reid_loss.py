@@ -81,10 +81,12 @@ def init_loss_params(
   }
 
 
-def loss_optimizers(config: ml_collections.ConfigDict) -> dict[str, optax.GradientTransformation]:
-  """`{name: optimiser}` of the active terms with parameters (`config.loss`, `optim`)."""
+def loss_optimizers(
+  loss_config: ml_collections.ConfigDict,
+) -> dict[str, optax.GradientTransformation]:
+  """`{name: optimiser}` of the active terms with parameters (`config.loss`)."""
   return {
-    term.name: term.optimizer(config)
-    for term, _ in active_terms(config.loss)
+    term.name: term.optimizer(loss_config)
+    for term, _ in active_terms(loss_config)
     if term.init is not None
   }

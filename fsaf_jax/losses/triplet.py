@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from data_pipelines import errors
 from fsaf_jax.losses.registry import register_loss
 
 _MIN_SQUARED_DISTANCE = 1e-12  # fast-reid's clamp before sqrt
@@ -137,7 +138,18 @@ def batch_hard_triplet_loss(
   return triplet_loss_from_distances(d_ap, d_an, valid, margin)
 
 
-@register_loss("triplet")
+def _check(loss_config) -> None:
+  """Raises errors.UserError unless `config.loss.triplet_margin` is >= 0 or None (soft
+  margin)."""
+  margin = loss_config.triplet_margin
+  if margin is not None and not float(margin) >= 0:
+    raise errors.UserError(
+      f"config.loss.triplet_margin={margin}: must be >= 0, or None for the soft margin "
+      "(the recipe's 0.3)"
+    )
+
+
+@register_loss("triplet", check=_check)
 def triplet_term(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config) -> jax.Array:
   """The 'triplet' loss (`config.loss.triplet_weight`): `batch_hard_triplet_loss` of the
   pre-BNNeck `outputs['feat']` [B, C] with margin `config.loss.triplet_margin`."""

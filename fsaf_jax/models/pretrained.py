@@ -275,6 +275,38 @@ def _place(value: np.ndarray, like: Any) -> Any:
   return value
 
 
+def _check_matches(
+  source: str,
+  layout: Any,
+  mismatched: Sequence[str],
+  unknown: Sequence[str],
+  loaded: Sequence[str],
+) -> None:
+  """Raises PretrainedError if a file entry's shape differs from the model's
+  (`mismatched`), the file holds entries the model lacks (`unknown`) or nothing loaded."""
+  hint = (f" The file was converted for the layout {layout}." if layout else "") + (
+    " Re-run `python -m fsaf_jax.convert_ibn SRC.pth DST --config=<the training config>` "
+    "with the config you train, or fix the config."
+  )
+  if mismatched:
+    raise PretrainedError(
+      f"pretrained {source or 'file'}: {len(mismatched)} shape mismatch(es) with the model: "
+      + "; ".join(mismatched[:10])
+      + (f"; ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
+      + "."
+      + hint
+    )
+  if unknown:
+    raise PretrainedError(
+      f"pretrained {source or 'file'} holds entries the model does not have.\n"
+      + format_paths("entries without a place in the model", unknown, limit=12)
+      + "\n"
+      + hint.strip()
+    )
+  if not loaded:
+    raise PretrainedError(f"pretrained {source or 'file'} holds no entry of this model")
+
+
 def apply_pretrained(
   variables: Mapping[str, Any],
   pretrained: Mapping[str, Any] | str | os.PathLike,
@@ -326,28 +358,7 @@ def apply_pretrained(
     out[path] = _place(value, model[path])
     loaded.append(name)
 
-  layout = metadata.get("layout")
-  hint = (f" The file was converted for the layout {layout}." if layout else "") + (
-    " Re-run `python -m fsaf_jax.convert_ibn SRC.pth DST --config=<the training config>` "
-    "with the config you train, or fix the config."
-  )
-  if mismatched:
-    raise PretrainedError(
-      f"pretrained {source or 'file'}: {len(mismatched)} shape mismatch(es) with the model: "
-      + "; ".join(mismatched[:10])
-      + (f"; ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
-      + "."
-      + hint
-    )
-  if unknown:
-    raise PretrainedError(
-      f"pretrained {source or 'file'} holds entries the model does not have.\n"
-      + format_paths("entries without a place in the model", unknown, limit=12)
-      + "\n"
-      + hint.strip()
-    )
-  if not loaded:
-    raise PretrainedError(f"pretrained {source or 'file'} holds no entry of this model")
+  _check_matches(source, metadata.get("layout"), mismatched, unknown, loaded)
   loaded_set = set(loaded)
   left = tuple(name for name in map(_name, model) if name not in loaded_set)
   report = PretrainedReport(

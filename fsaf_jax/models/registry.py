@@ -1,6 +1,7 @@
 """Models and backbones by name: `config.model.name` and `config.model.backbone`.
 
   model = create_model(config.model, num_classes)   # an unbound Flax module
+  check_model_config(config.model, image_size)       # every field, no weights made
 
 A backbone builder `build(model_config, dtype) -> nn.Module` reads its own fields of
 `config.model` and returns an unbound module that maps normalised images [N, H, W, 3]
@@ -21,6 +22,7 @@ an outside package) before `create_model`.
 __all__ = [
   "DTYPES",
   "backbone_names",
+  "check_model_config",
   "create_backbone",
   "create_model",
   "model_names",
@@ -34,6 +36,7 @@ import pkgutil
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -44,6 +47,7 @@ from fsaf_jax.models.plugin import register_backbone, register_model
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 _plugins_loaded = False
+_checked_models: set[tuple[str, tuple[int, int]]] = set()  # check_model_config
 
 
 def _load_plugins() -> None:
@@ -111,3 +115,28 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     raise UserError(f"model.name={model_config.name!r}: must be one of {model_names()}")
   backbone = create_backbone(model_config)
   return plugin.MODELS[model_config.name](model_config, num_classes, backbone)
+
+
+def check_model_config(model_config: ml_collections.ConfigDict, image_size: Any) -> None:
+  """Checks every field of `config.model` before any data work by building the model
+  abstractly: `create_model`, then `jax.eval_shape` of its `init` on one image of
+  `image_size` (H, W), which makes no parameter (milliseconds to seconds of tracing;
+  each distinct config once per process).
+
+  Args:
+    model_config: the `model` section; `num_classes` -1 (from the data) is checked with
+      two classes.
+    image_size: (H, W) of the input (already checked: two positive integers).
+
+  Raises:
+    UserError: a field has an unsupported value (the message names it).
+  """
+  image_size = tuple(int(s) for s in image_size)
+  key = (model_config.to_json(), image_size)
+  if key in _checked_models:
+    return
+  num_classes = model_config.num_classes if model_config.num_classes > 0 else 2
+  model = create_model(model_config, num_classes)
+  image = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+  _checked_models.add(key)

@@ -70,7 +70,7 @@ RESUMABLE_FIELDS = (
   "input.eval_batch_size",
   "init.pretrained",
   "init.zero_init_attention_bn",
-  "host_allocator",
+  "host_allocator",  # a field of older configs (now the --host_allocator flag)
   "eval.",
 )
 
@@ -275,8 +275,8 @@ def _read_train_step(
     raise integrity.as_damage(where, e) from None
   if restored_step != step:
     raise integrity.DamagedCheckpointError(where, f"it holds state.step={restored_step}")
-  integrity.check_finite(restored.variables, where, "variables")
-  integrity.check_finite(restored.train_state, where, "train_state")
+  integrity.check_finite_checkpoint(restored.variables, where, "variables")
+  integrity.check_finite_checkpoint(restored.train_state, where, "train_state")
   return restored
 
 

@@ -1,13 +1,13 @@
 """Everything a training run does before its first step.
 
-`check_settings(config)` refuses bad loop and initialisation settings before anything
-is written; `setup_run(config, workdir)` then makes the training sets ready (one, or
-the union of `config.input.datasets`: `data_setup`), builds the P x K train iterator
-over their training images, resolves `model.num_classes` and `train.steps_per_epoch`
-from the data
-(`resolve_config`), builds the `Evaluator` (its settings checked before any training
-step), the model, the initial train state (`config.init.pretrained` or 'scratch') and
-the run card (printed by process 0; the training loop writes it to
+`check_settings(config)` refuses a bad value of any field (loop, initialisation, loss,
+evaluation, model, the list of training sets) before anything is written or any data
+work; `setup_run(config, workdir)` then makes the training sets ready (one, or the
+union of `config.input.datasets`: `data_setup`), builds the P x K train iterator over
+their training images, resolves `model.num_classes` and `train.steps_per_epoch` from
+the data (`resolve_config`), builds the `Evaluator`, the model, the initial train state
+(`config.init.pretrained` or 'scratch') and the run card (printed by process 0; the
+training loop writes it to
 `WORKDIR/run_card.json` once a resume is accepted, so a refused run leaves the work
 dir's card as it was).
 """
@@ -27,6 +27,8 @@ from jax.sharding import Mesh
 from data_pipelines import errors, train_pipeline
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.evaluation.settings import EvalSettings
+from fsaf_jax.losses.registry import check_loss_config
 from fsaf_jax.models import registry
 from fsaf_jax.models.pretrained import PretrainedReport
 from fsaf_jax.training import checkpoint as checkpoint_lib
@@ -164,14 +166,17 @@ def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
 
 
 def check_settings(config: ml_collections.ConfigDict) -> None:
-  """Refuses bad checkpoint and initialisation settings before anything is written.
+  """Refuses a bad value of any config field before anything is written or any data work.
 
   Raises:
     errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, a bad list
       of training sets (`data_setup.training_sets`), an
       `input.image_size` that is not two positive integers, a loop or loader setting
-      out of range (`check_loop_and_loader`), or an empty
-      `init.pretrained` (the message names the IBN-Net release and the convert command).
+      out of range (`check_loop_and_loader`), an empty `init.pretrained` (the message
+      names the IBN-Net release and the convert command), a bad `config.loss` field
+      (each active term checks its own, `losses.registry.check_loss_config`), a bad
+      `config.eval` field (`EvalSettings`) or a bad `config.model` field (the model
+      built abstractly, `models.registry.check_model_config`).
   """
   checkpoint_interval(config)
   checkpoint_lib.check_keep(config.train.keep_checkpoints)
@@ -179,14 +184,16 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   check_image_size(config.input.image_size)
   check_loop_and_loader(config)
   check_initialisation(config.init)
+  check_loss_config(config.loss)
+  EvalSettings.from_config(config)
+  registry.check_model_config(config.model, config.input.image_size)
 
 
 def check_loop_and_loader(config: ml_collections.ConfigDict) -> None:
   """Raises errors.UserError for `train.num_epochs` < 1, `train.eval_every_epochs` < 0
   (a negative interval would evaluate every epoch), `train.log_every_steps` < 1,
-  `input.num_workers` < 0,
-  K (`input.num_instances`) < 2 with a triplet loss (no positive pair to mine), or
-  `loss.label_smoothing` outside [0, 1)."""
+  `input.num_workers` < 0, or K (`input.num_instances`) < 2 with a triplet loss (no
+  positive pair to mine)."""
   if int(config.train.num_epochs) < 1:
     raise errors.UserError(f"config.train.num_epochs={config.train.num_epochs}: must be >= 1")
   if int(config.train.eval_every_epochs) < 0:
@@ -208,11 +215,6 @@ def check_loop_and_loader(config: ml_collections.ConfigDict) -> None:
       f"config.input.num_instances={config.input.num_instances}: the triplet loss needs "
       "K >= 2 images per identity in a batch (a positive pair)",
       hint="set --config.input.num_instances=4 (the recipe's K), or --config.loss.triplet_weight=0",
-    )
-  if not 0.0 <= float(config.loss.label_smoothing) < 1.0:
-    raise errors.UserError(
-      f"config.loss.label_smoothing={config.loss.label_smoothing}: must be in [0, 1) "
-      "(the recipe's 0.1)"
     )
 
 
@@ -250,6 +252,23 @@ def initial_variables(
   return model, variables, report
 
 
+def _train_input(
+  config: ml_collections.ConfigDict, mesh: Mesh
+) -> tuple[data_setup.TrainingData, Any]:
+  """The ready training sets' images (`data_setup.load_training_data`: one set, or the
+  union of several) and the P x K train iterator over them on `mesh`."""
+  data = data_setup.load_training_data(config)
+  train_iter = train_pipeline.create_train_iterator(
+    data.source,
+    config,
+    mesh,
+    seed=int(config.seed),
+    num_train_ids=data.num_classes,
+    person_ids=data.person_ids,
+  )
+  return data, train_iter
+
+
 def setup_run(
   config: ml_collections.ConfigDict,
   workdir: epath.Path,
@@ -278,17 +297,9 @@ def setup_run(
   if prepare_data is not None:
     config = prepare_data(config, workdir)
   config = data_setup.prepare_dataset(config, workdir)
-  data = data_setup.load_training_data(config)
-  num_train_ids, train_source = data.num_classes, data.source
   mesh = make_mesh()
-  train_iter = train_pipeline.create_train_iterator(
-    train_source,
-    config,
-    mesh,
-    seed=int(config.seed),
-    num_train_ids=num_train_ids,
-    person_ids=data.person_ids,
-  )
+  data, train_iter = _train_input(config, mesh)
+  num_train_ids, train_source = data.num_classes, data.source
   config = resolve_config(
     config,
     num_train_ids,

@@ -2,9 +2,9 @@
 
 `train_and_evaluate(config, workdir)` is what `python train.py` runs:
 
-1. Bad loop or initialisation settings refused before anything is written
-   (`setup.check_settings`); `jax.distributed` if the environment asks for it; the
-   work dir locked.
+1. Bad settings refused before anything is written (`setup.check_settings`); the work
+   dir locked. (`jax.distributed` is started by the entry points, train.py and eval.py,
+   before they call the library.)
 2. `setup.setup_run`: the caller's `prepare_data` hook, if any (the demo writes its
    synthetic data there), the dataset made ready, the P x K train iterator, the
    config resolved from the data (`model.num_classes`, `train.steps_per_epoch`), the
@@ -27,9 +27,9 @@
 6. A NaN / inf loss, gradient or parameter norm stops the run with FloatingPointError
    naming the first bad step and the newest checkpoint that restores with finite values.
    Metrics are checked (fetched from the device) only at log, checkpoint and evaluation
-   steps, so the step loop stays asynchronous; every step's metrics are kept until then,
-   so the reported step is the first bad one and no checkpoint ever holds a non-finite
-   state.
+   steps (`periodic`, big_vision's `itstime`), so the step loop stays asynchronous;
+   every step's metrics are kept until then, so the reported step is the first bad one
+   and no checkpoint ever holds a non-finite state.
 
 Only process 0 writes logs, event files and metrics; every process takes part in
 checkpointing and evaluation.
@@ -37,16 +37,16 @@ checkpointing and evaluation.
 Reliability (`checkpoint_integrity`, `workdir_lock`): the work dir is locked for the
 run (a second run on it is refused); every checkpoint gets a checksum manifest once
 written, resume skips damaged ones (one warning line), a failed save stops the run at
-the next step with one line (`CheckpointSaveError`); `config.json` is written once the
-resume check has accepted the run.
+the next step with one line (`save_monitor.CheckpointSaveError`); `config.json` is
+written once the resume check has accepted the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,14 +56,16 @@ import numpy as np
 from etils import epath
 
 from data_pipelines import errors
-from fsaf_jax.core import checkpoint_integrity, checkpoint_restore
-from fsaf_jax.core.distributed import maybe_initialize_distributed
+from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.evaluation.evaluator import Evaluator
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import run_card, setup, workdir_lock
+from fsaf_jax.training.periodic import StepTimer, periodic
 from fsaf_jax.training.preemption import StopOnSignal
+from fsaf_jax.training.save_monitor import CheckpointSaveError, SaveMonitor
 from fsaf_jax.training.setup import check_settings, checkpoint_interval, setup_run
-from fsaf_jax.training.train_step import check_finite, make_train_step
+from fsaf_jax.training.train_state import TrainState
+from fsaf_jax.training.train_step import check_finite_metrics, make_train_step
 from fsaf_jax.training.writers import MetricLogger, progress_bar
 
 TB_SUBDIR = "tb"
@@ -109,7 +111,7 @@ def _fetch_and_check(
   host = [(step, jax.device_get(m)) for step, m in pending]
   for step, metrics in host:
     try:
-      check_finite(metrics, step, FINITE_KEYS)
+      check_finite_metrics(metrics, step, FINITE_KEYS)
     except FloatingPointError as e:
       good = last_good()
       where = (
@@ -156,10 +158,14 @@ def train_and_evaluate(
       another config (`checkpoint.check_workdir_config`: before any data work).
     errors.UserError: `workdir` cannot be created or written, or a setting is out of
       range or inconsistent (checkpoint interval, P x K vs devices, eval settings, ...).
-    What `_train` raises (an incompatible or damaged checkpoint, a NaN, a failed save).
+    FloatingPointError: a non-finite loss / gradient / parameter norm (first bad
+      step named, and the newest checkpoint that restores with finite values).
+    save_monitor.CheckpointSaveError: a checkpoint could not be written (the partial
+      one is removed).
+    checkpoint_integrity.DamagedCheckpointError: every checkpoint in `workdir` is
+      damaged.
   """
   check_settings(config)  # refused before anything is written or any data work
-  maybe_initialize_distributed()
   workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
   is_main = jax.process_index() == 0
   if is_main:
@@ -173,169 +179,198 @@ def train_and_evaluate(
 
 def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> TrainResult:
   """Resumes `run` from `workdir`'s newest intact checkpoint (if any), trains and
-  evaluates (module doc, steps 3-6).
+  evaluates (module doc, steps 3-6; `train_and_evaluate` lists what it raises).
 
   Args:
     run: from `setup.setup_run`.
-    workdir: the locked work directory: `checkpoints/`, `tb/`, `eval/step_<N>/`,
-      `config.json`.
+    workdir: the locked work directory.
     on_step: called with (step, batch) before each step trains on `batch` (`OnStep`).
-
-  Returns:
-    A `TrainResult`.
-
-  Raises:
-    checkpoint_restore.IncompatibleCheckpointError: `workdir` holds a checkpoint of
-      another config.
-    FloatingPointError: a non-finite loss / gradient / parameter norm (first bad
-      step named, and the newest checkpoint that restores with finite values).
-    checkpoint_integrity.CheckpointSaveError: a checkpoint could not be written (the
-      partial one is removed).
-    checkpoint_integrity.DamagedCheckpointError: every checkpoint in `workdir` is
-      damaged.
   """
-  is_main = jax.process_index() == 0
-  config, mesh, train_iter, model, state, evaluator = (
-    run.config,
-    run.mesh,
-    run.train_iter,
-    run.model,
-    run.state,
-    run.evaluator,
-  )
-  steps_per_epoch, total_steps, global_batch = (
-    run.steps_per_epoch,
-    run.total_steps,
-    run.global_batch,
-  )
-  ckpt_every = checkpoint_interval(config)
-  manager = checkpoint_lib.create_checkpoint_manager(workdir, config.train.keep_checkpoints)
-  state = checkpoint_lib.restore_checkpoint(manager, state, train_iter, config)
-  if is_main:  # the run is accepted: config.json describes the checkpoints beside it
-    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
-    run_card.write_run_card(run.card, workdir)
-  saves = checkpoint_integrity.SaveMonitor(manager)
-  start_step = int(state.step)
-  if start_step:
-    logging.info("Resuming from step %d of %d", start_step, total_steps)
-  train_step = make_train_step(model, config.loss, mesh)
-
-  log_every = max(1, int(config.train.log_every_steps))
-  eval_every = int(config.train.eval_every_epochs) * steps_per_epoch
-
-  def save(step):
-    saves.finish()  # the previous save is complete and checked before the next one
-    if checkpoint_lib.save_checkpoint(manager, step, state, train_iter, config):
-      saves.started(step)
-
-  def last_good():
-    try:
-      saves.finish()
-    except checkpoint_integrity.CheckpointSaveError as e:
-      logging.error("%s", e)
-    return checkpoint_restore.newest_restorable_step(manager.directory)
-
-  def evaluate(step):
-    metrics = evaluator.run(state.variables, step=step)
-    evaluator.print_table()
-    result = evaluator.write(workdir)
-    logger.write(step, metrics, prefix="eval")
-    return result
-
-  logger = MetricLogger(workdir / TB_SUBDIR, is_main)
-  bar = progress_bar(total_steps, start_step, is_main)
-  result = TrainResult(step=start_step, total_steps=total_steps, config=config, evaluator=evaluator)
-  pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet fetched / checked
-  window_metrics: list[dict[str, float]] = []  # checked, since the last log line
-  step = start_step
-  trained = False
-  try:
+  config, total, train_iter = run.config, run.total_steps, run.train_iter
+  with contextlib.ExitStack() as stack:
+    state, saver, logger, bar = _open(stack, run, workdir)
+    step = int(state.step)
+    train_step = make_train_step(run.model, config.loss, run.mesh)
+    log_every = max(1, int(config.train.log_every_steps))
+    eval_every = int(config.train.eval_every_epochs) * run.steps_per_epoch
+    ckpt_every = checkpoint_interval(config)
+    result = TrainResult(step, total, config=config, evaluator=run.evaluator)
+    metrics, timer = _StepMetrics(saver.last_good), StepTimer(run.global_batch)
     with StopOnSignal() as stop:
-      window_start, window_steps = None, 0
-      while step < total_steps:
+      while step < total:
         # Multi-process: agree on stopping at log steps only (it is a collective).
-        if (jax.process_count() == 1 or step % log_every == 0) and stop.agreed():
+        if (jax.process_count() == 1 or periodic(step, log_every)) and stop.agreed():
           break
         batch = next(train_iter)
         if on_step is not None:
           on_step(step + 1, batch)
-        state, metrics = train_step(state, batch)
+        state, step_metrics = train_step(state, batch)
         step += 1
-        pending.append((step, metrics))
-        saves.poll()  # a failed save stops the run here, not at the next one
-        if window_start is None:  # the first step compiles: time from its end
-          jax.block_until_ready(metrics)
-          window_start, window_steps = time.perf_counter(), 0
-        else:
-          window_steps += 1
+        metrics.add(step, step_metrics)
+        saver.monitor.poll()  # a failed save stops the run here, not at the next one
+        timer.tick(step_metrics)
         bar.update(1)
-
-        at_eval = bool(eval_every) and step % eval_every == 0 and step < total_steps
-        at_ckpt = step % ckpt_every == 0 or step == total_steps
-        if step % log_every == 0 or at_ckpt or at_eval:
-          window_metrics.extend(_fetch_and_check(pending, last_good))
-          pending.clear()
-          if step % log_every == 0 or step == total_steps:
-            means = {k: float(np.mean([m[k] for m in window_metrics])) for k in window_metrics[-1]}
-            window_metrics.clear()
-            elapsed = time.perf_counter() - window_start
-            if window_steps and elapsed > 0:
-              means["images_per_s"] = window_steps * global_batch / elapsed
-              means["steps_per_s"] = window_steps / elapsed
-            means["epoch"] = step / steps_per_epoch
-            logger.write(step, means)
-            postfix = {"loss": f"{means['loss']:.4f}", "lr": f"{means['lr']:.3g}"}
-            if "images_per_s" in means:
-              postfix["img_s"] = f"{means['images_per_s']:.1f}"
-            bar.set_postfix(postfix, refresh=False)
-            window_start, window_steps = time.perf_counter(), 0
+        at_eval = periodic(step, eval_every) and step < total
+        at_ckpt = periodic(step, ckpt_every, total)
+        at_log = periodic(step, log_every, total)
+        if at_log or at_ckpt or at_eval:
+          metrics.check()
+        if at_log:
+          _log(step, metrics.means(), timer, logger, bar, run.steps_per_epoch)
         if at_ckpt:
-          save(step)
+          saver.save(step, state)
         if at_eval:
-          result.eval = evaluate(step)
-          window_start, window_steps = time.perf_counter(), 0
-
-      if step < total_steps:  # stopped by a signal
-        if pending:
-          _fetch_and_check(pending, last_good)
-          pending.clear()
-        save(step)
-        result.signal = stop.signum
-        logging.warning(
-          "Stopped by signal %s at step %d of %d; checkpoint saved in %s. Run the same "
-          "command again to resume.",
-          stop.signum,
-          step,
-          total_steps,
-          manager.directory,
-        )
-    trained = True
-  finally:
+          result.eval = _evaluate(run.evaluator, state, step, workdir, logger)
+          timer.restart()
+      if step < total:
+        result.signal = _stop(stop.signum, step, total, metrics, saver, state)
     bar.close()
-    try:
-      saves.finish()  # the last checkpoint is complete and checked, whatever happened
-    except checkpoint_integrity.CheckpointSaveError as e:
-      if not trained:  # another exception is on its way: it stays the one raised
-        logging.error("%s", e)
-      else:
-        trained = False
-        raise
-    finally:
-      train_iter.close()
-      if not trained:  # an exception is on its way
-        saves.close()
-        logger.close()
-        manager.close()
-  result.step = step
-
-  try:
+    saver.monitor.finish()  # the last checkpoint is complete and checked
+    train_iter.close()
+    result.step = step
     if result.signal is None:
       # Trained to the end: evaluate (also when a finished run is started again).
-      save(step)
-      saves.finish()
-      result.eval = evaluate(step)
-  finally:
-    saves.close()
-    logger.close()
-    manager.close()
+      saver.save(step, state)
+      saver.monitor.finish()
+      result.eval = _evaluate(run.evaluator, state, step, workdir, logger)
   return result
+
+
+def _open(
+  stack: contextlib.ExitStack, run: setup.Run, workdir: epath.Path
+) -> tuple[TrainState, _Saver, MetricLogger, Any]:
+  """Restores the run's newest intact checkpoint and opens what the steps use, each
+  closed by `stack`: the checkpoint manager, the metric logger, the save monitor (the
+  last save finished and checked on the way out, reported in one line if another
+  exception is already on its way), the train iterator and the progress bar.
+
+  Returns:
+    (the state to train from, the `_Saver`, the `MetricLogger`, the progress bar).
+  """
+  config, is_main = run.config, jax.process_index() == 0
+  manager = checkpoint_lib.create_checkpoint_manager(workdir, config.train.keep_checkpoints)
+  stack.callback(manager.close)
+  state = checkpoint_lib.restore_checkpoint(manager, run.state, run.train_iter, config)
+  if is_main:  # the run is accepted: config.json describes the checkpoints beside it
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+    run_card.write_run_card(run.card, workdir)
+  logger = MetricLogger(workdir / TB_SUBDIR, is_main)
+  stack.callback(logger.close)
+  saver = _Saver(manager, run.train_iter, config)
+  stack.callback(saver.monitor.close)
+  stack.callback(run.train_iter.close)
+  stack.push(saver.finish_on_exit)
+  start = int(state.step)
+  if start:
+    logging.info("Resuming from step %d of %d", start, run.total_steps)
+  bar = stack.enter_context(progress_bar(run.total_steps, start, is_main))
+  return state, saver, logger, bar
+
+
+class _Saver:
+  """The run's checkpoint saves: one at a time, each checked (`SaveMonitor`) before the
+  next starts."""
+
+  def __init__(self, manager, train_iter, config: ml_collections.ConfigDict):
+    self.manager, self._train_iter, self._config = manager, train_iter, config
+    self.monitor = SaveMonitor(manager)
+
+  def save(self, step: int, state: TrainState) -> None:
+    self.monitor.finish()  # the previous save is complete and checked before the next one
+    if checkpoint_lib.save_checkpoint(self.manager, step, state, self._train_iter, self._config):
+      self.monitor.started(step)
+
+  def last_good(self) -> int | None:
+    """The newest checkpoint step that restores with finite values (None: none)."""
+    try:
+      self.monitor.finish()
+    except CheckpointSaveError as e:
+      logging.error("%s", e)
+    return checkpoint_restore.newest_restorable_step(self.manager.directory)
+
+  def finish_on_exit(self, exc_type, exc, tb) -> bool:
+    """`ExitStack` exit: the pending save finished and checked; its failure is raised,
+    or logged in one line when another exception is already on its way."""
+    del exc, tb
+    if exc_type is None:
+      self.monitor.finish()
+      return False
+    try:
+      self.monitor.finish()
+    except CheckpointSaveError as e:
+      logging.error("%s", e)
+    return False
+
+
+class _StepMetrics:
+  """The steps' metrics: kept on the device until a log, checkpoint or evaluation step
+  fetches them and checks them finite (`_fetch_and_check`), then averaged per log line."""
+
+  def __init__(self, last_good: Callable[[], int | None]):
+    self._last_good = last_good
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet fetched / checked
+    self._window: list[dict[str, float]] = []  # checked, since the last log line
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append((step, metrics))
+
+  def check(self) -> None:
+    """Fetches and checks the pending steps (raises FloatingPointError, see
+    `_fetch_and_check`)."""
+    if self._pending:
+      self._window.extend(_fetch_and_check(self._pending, self._last_good))
+      self._pending.clear()
+
+  def means(self) -> dict[str, float]:
+    """The mean of each metric over the checked steps since the last call."""
+    window, self._window = self._window, []
+    return {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+
+
+def _log(
+  step: int,
+  means: dict[str, float],
+  timer: StepTimer,
+  logger: MetricLogger,
+  bar: Any,
+  steps_per_epoch: int,
+) -> None:
+  """One log line: the window's mean metrics, the step rate and the epoch, to
+  TensorBoard, stdout and the progress bar; the timer restarts."""
+  means = {**means, **timer.rates(), "epoch": step / steps_per_epoch}
+  logger.write(step, means)
+  postfix = {"loss": f"{means['loss']:.4f}", "lr": f"{means['lr']:.3g}"}
+  if "images_per_s" in means:
+    postfix["img_s"] = f"{means['images_per_s']:.1f}"
+  bar.set_postfix(postfix, refresh=False)
+  timer.restart()
+
+
+def _evaluate(
+  evaluator: Evaluator, state: TrainState, step: int, workdir: epath.Path, logger: MetricLogger
+) -> dict[str, Any]:
+  """Evaluates `state` at `step`: the table printed, `WORKDIR/eval/step_<step>/` written,
+  the metrics to TensorBoard. Returns the metrics.json content."""
+  metrics = evaluator.run(state.variables, step=step)
+  evaluator.print_table()
+  result = evaluator.write(workdir)
+  logger.write(step, metrics, prefix="eval")
+  return result
+
+
+def _stop(
+  signum: int, step: int, total: int, metrics: _StepMetrics, saver: _Saver, state: TrainState
+) -> int:
+  """Stopped by signal `signum` at `step`: the pending metrics checked, a checkpoint
+  saved. Returns `signum`."""
+  metrics.check()
+  saver.save(step, state)
+  logging.warning(
+    "Stopped by signal %s at step %d of %d; checkpoint saved in %s. Run the same "
+    "command again to resume.",
+    signum,
+    step,
+    total,
+    saver.manager.directory,
+  )
+  return signum

@@ -110,7 +110,7 @@ def create_tx(
     'loss'/<term>.
   """
   model_tx, schedule = create_optimizer(config.optim, steps_per_epoch, params)
-  loss_tx = partition_optimizer(loss_optimizers(config))
+  loss_tx = partition_optimizer(loss_optimizers(config.loss))
   return partition_optimizer({"model": model_tx, "loss": loss_tx}), schedule
 
 

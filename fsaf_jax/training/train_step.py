@@ -113,7 +113,7 @@ def make_train_step(
   return step
 
 
-def check_finite(metrics: Mapping[str, Any], step: int, keys: tuple[str, ...] = ("loss",)):
+def check_finite_metrics(metrics: Mapping[str, Any], step: int, keys: tuple[str, ...] = ("loss",)):
   """Raises FloatingPointError if a metric is NaN or infinite.
 
   Args:

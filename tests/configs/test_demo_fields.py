@@ -15,9 +15,11 @@ NAMES = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("__init__"
 GONE = ("input.synthetic", "eval.compare_baselines", "train.log_batch_indices")
 
 
-def _config(name):
+def _configs(name):
+  """Every config of configs/<name>.py: each of its `ARGUMENTS` for a parameterised one."""
   module = importlib.import_module(f"configs.{name}")
-  return module.get_config()
+  arguments = getattr(module, "ARGUMENTS", None)
+  return [module.get_config(a) for a in arguments] if arguments else [module.get_config()]
 
 
 def _has(config, dotted: str) -> bool:
@@ -30,9 +32,9 @@ def _has(config, dotted: str) -> bool:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_only_the_demo_has_demo_fields(name):
-  c = _config(name)
-  assert ("demo" in c) == (name == "demo")
-  assert [f for f in GONE if _has(c, f)] == []
+  for c in _configs(name):
+    assert ("demo" in c) == (name == "demo")
+    assert [f for f in GONE if _has(c, f)] == []
 
 
 def test_base_has_no_demo_fields():

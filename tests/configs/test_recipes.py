@@ -22,20 +22,39 @@ from tests.reference.market_shape import market_shaped_counts
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
-# name: (target figures as written in the header, last stride, MHSA stages, ECA, fusion,
-# centre-loss weight, lr schedule)
+# config (file[:argument]): (target figures as written in the header, last stride, MHSA
+# stages, ECA, fusion, centre-loss weight, lr schedule)
 PUBLISHED = {
-  "baseline": (("71.7", "82.4"), 2, (), "none", "none", 0.0, "bot"),
-  "baseline_sam": (("76.3", "89.6"), 2, (4, 5), "stage", "none", 0.0, "bot"),
-  "fsaf_market": (("81.5", "92.7", "82.4", "94.8"), 2, (4, 5), "stage", "concat", 0.0, "bot"),
-  "fsaf_duke": (("65.9", "84.5"), 2, (4, 5), "stage", "concat", 0.0, "bot"),
-  "bot_r50_ibn_a": (("95.0", "88.2"), 1, (), "none", "none", 5e-4, "bot"),
-  "fastreid_bot_r50_ibn": (("94.9", "87.6"), 1, (), "none", "none", 0.0, "fastreid"),
+  "fsaf.py:market,baseline": (("71.7", "82.4"), 2, (), "none", "none", 0.0, "bot"),
+  "fsaf.py:market,baseline_sam": (("76.3", "89.6"), 2, (4, 5), "stage", "none", 0.0, "bot"),
+  "fsaf.py:market,fsaf": (
+    ("81.5", "92.7", "82.4", "94.8"),
+    2,
+    (4, 5),
+    "stage",
+    "concat",
+    0.0,
+    "bot",
+  ),
+  "fsaf.py:duke,fsaf": (("65.9", "84.5"), 2, (4, 5), "stage", "concat", 0.0, "bot"),
+  "bot_r50_ibn_a.py": (("95.0", "88.2"), 1, (), "none", "none", 5e-4, "bot"),
+  "fastreid_bot_r50_ibn.py": (("94.9", "87.6"), 1, (), "none", "none", 0.0, "fastreid"),
 }
+# The former one-file-per-row names, kept as aliases of configs/fsaf.py rows.
+ALIASES = {
+  "baseline": "fsaf.py:market,baseline",
+  "baseline_sam": "fsaf.py:market,baseline_sam",
+  "fsaf_market": "fsaf.py:market,fsaf",
+  "fsaf_duke": "fsaf.py:duke,fsaf",
+}
+DATASETS = {"market": "market1501", "duke": "dukemtmc_reid"}
 
 
-def _config(name):
-  return importlib.import_module(f"configs.{name}").get_config()
+def _config(spec):
+  """`get_config` of 'file.py[:argument]' in configs/, as --config=configs/<spec> calls it."""
+  file, _, arg = spec.partition(":")
+  module = importlib.import_module(f"configs.{file.removesuffix('.py')}")
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def _bot_lr(epoch: int, base=3.5e-4, warmup=10, factor=0.01, milestones=(40, 70)) -> float:
@@ -47,13 +66,41 @@ def _bot_lr(epoch: int, base=3.5e-4, warmup=10, factor=0.01, milestones=(40, 70)
 
 def test_every_config_file_is_covered():
   names = {p.stem for p in CONFIGS.glob("*.py")} - {"__init__", "base", "tiny", "demo"}
-  assert names == set(PUBLISHED)
+  assert names == {spec.split(".py")[0] for spec in PUBLISHED} | set(ALIASES)
+  # Every argument of configs/fsaf.py is a published row or one the paper does not have.
+  from configs import fsaf
+
+  published = {spec.split(":")[1] for spec in PUBLISHED if spec.startswith("fsaf.py:")}
+  assert set(fsaf.ARGUMENTS) == published | {"duke,baseline", "duke,baseline_sam"}
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_former_names_are_their_rows(alias):
+  assert _config(alias + ".py").to_dict() == _config(ALIASES[alias]).to_dict()
+  header = (CONFIGS / f"{alias}.py").read_text().split('"""')[1]
+  assert f"configs/{ALIASES[alias]}" in header
+
+
+@pytest.mark.parametrize("arg", [None, "", "market", "market,fsf", "msmt,fsaf", "fsaf,market"])
+def test_a_bad_fsaf_argument_names_the_valid_ones(arg):
+  from configs import fsaf
+
+  with pytest.raises(ValueError) as e:
+    fsaf.get_config(arg)
+  message = str(e.value)
+  assert "\n" not in message and "DATASET,VARIANT" in message
+  for valid in ("market,baseline", "market,baseline_sam", "market,fsaf", "duke,fsaf"):
+    assert f"configs/fsaf.py:{valid}" in message
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_config_is_the_recipe(name):
   figures, last_stride, mhsa, eca, fusion, center, schedule = PUBLISHED[name]
   c = _config(name)
+  if name.startswith("fsaf.py:"):  # the dataset is the argument's, not the base default
+    assert c.input.dataset == DATASETS[name.split(":")[1].split(",")[0]]
+  else:
+    assert c.input.dataset == "market1501"
   m = c.model
   # ResNet50-IBN-a at 256x128 with a BNNeck, the recipe's variant of it.
   assert tuple(m.stage_sizes) == (3, 4, 6, 3) and tuple(m.widths) == (64, 128, 256, 512)
@@ -84,12 +131,12 @@ def test_published_config_is_the_recipe(name):
     assert (o.warmup_iters, o.warmup_factor, tuple(o.milestones)) == (2000, 0.1, (40, 90))
     assert c.train.epoch_length == "images"
   if center:
-    assert c.optim.center_lr == 0.5
+    assert c.loss.center_lr == 0.5
   # The header names the figures, the run command with the pretrained file, the steps.
-  header = (CONFIGS / f"{name}.py").read_text().split('"""')[1]
+  header = (CONFIGS / name.split(":")[0]).read_text().split('"""')[1]
   for figure in figures:
     assert figure in header, figure
-  assert f"--config=configs/{name}.py" in header
+  assert f"--config=configs/{name} " in header
   assert "--config.init.pretrained=" in header
   assert "Steps:" in header and "not ours" in header
 
@@ -97,7 +144,7 @@ def test_published_config_is_the_recipe(name):
 def test_baseline_lr_at_every_step_of_a_market_run_is_bots():
   # A Market-1501-shaped training split: 751 identities, 12,936 images, 2 to 72 each.
   counts = market_shaped_counts()
-  c = _config("baseline")
+  c = _config("fsaf.py:market,baseline")
   spe = bot_batches_per_epoch(counts, c.input.num_identities, c.input.num_instances)
   assert 175 <= spe <= 205
   total = c.train.num_epochs * spe
@@ -128,7 +175,7 @@ def test_full_size_config_without_pretrained_stops_before_any_data_work(name, tm
 
 @pytest.mark.slow
 def test_full_size_config_trains_from_scratch_on_purpose(data_root, tmp_path):
-  c = _config("baseline")  # ResNet50-IBN-a, full widths
+  c = _config("fsaf.py:market,baseline")  # ResNet50-IBN-a, full widths
   c.init.pretrained = "scratch"
   c.input.data_dir = str(data_root / "tfds")
   c.input.manual_dir = str(data_root / "synthetic")

@@ -12,9 +12,11 @@ import pytest
 
 from configs import tiny
 from fsaf_jax import extract
+from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import exported as exported_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import registry
+from fsaf_jax.training import setup
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -88,7 +90,7 @@ def test_extract_folder(folder, tmp_path):
   np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
   np.testing.assert_array_equal(feats, result["feats"])
 
-  variables = extract.init_variables(config, registry.create_model(config.model, 1))
+  _, variables, _ = setup.initial_variables(config, 1, make_mesh())  # as training starts
   np.testing.assert_allclose(feats, _expected_feats(config, folder, names, variables), atol=2e-5)
 
   np.testing.assert_array_equal(saved["pids"], [FILES[n][0] for n in names])
@@ -155,7 +157,7 @@ def test_cli_end_to_end(folder, tmp_path):
   saved = np.load(out)
   config = tiny.get_config()
   config.eval.flip = True
-  variables = extract.init_variables(config, registry.create_model(config.model, 1))
+  _, variables, _ = setup.initial_variables(config, 1, make_mesh())  # as training starts
   names = saved["file_names"].tolist()
   assert len(names) == len(FILES)
   np.testing.assert_allclose(

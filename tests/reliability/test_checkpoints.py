@@ -1,5 +1,6 @@
 """Checkpoints damaged on purpose: detected, named in one line, skipped for an intact one;
-failed saves stop at once and leave nothing partial (fsaf_jax/core/checkpoint_integrity.py).
+failed saves stop at once and leave nothing partial (fsaf_jax/core/checkpoint_integrity.py,
+fsaf_jax/training/save_monitor.py).
 
 Checkpoints of a small state (two layers + Adam) are saved at steps 2 and 4 through the
 `SaveMonitor` (as the training loop does: each gets its sha256 manifest), then step 4 is
@@ -21,6 +22,7 @@ import pytest
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import checkpoint as checkpoint_lib
+from fsaf_jax.training import save_monitor
 from tests.reliability import checkpoint_damage as damage
 
 STEPS = (2, 4)
@@ -30,7 +32,7 @@ def save_steps(workdir, steps=STEPS, nan_at=(), manifests=True):
   """Saves `small_state(seed=step, step)` at each step, as the loop does. Returns the
   host variables of each step."""
   manager = checkpoint_lib.create_checkpoint_manager(workdir, keep=5)
-  monitor = integrity.SaveMonitor(manager, write_manifests=manifests)
+  monitor = save_monitor.SaveMonitor(manager, write_manifests=manifests)
   saved = {}
   config = damage.resolved_config()
   for step in steps:
@@ -221,7 +223,7 @@ def fail_finalize_at(monkeypatch, failing_step):
 
 def test_failed_save_raises_one_line_and_leaves_no_partial_step(tmp_path, monkeypatch):
   fail_finalize_at(monkeypatch, 4)
-  with pytest.raises(integrity.CheckpointSaveError) as e:
+  with pytest.raises(save_monitor.CheckpointSaveError) as e:
     save_steps(tmp_path)
   message = str(e.value)
   assert "\n" not in message
@@ -236,13 +238,13 @@ def test_failed_save_raises_one_line_and_leaves_no_partial_step(tmp_path, monkey
 def test_poll_reports_the_failure_without_waiting_for_the_next_save(tmp_path, monkeypatch):
   fail_finalize_at(monkeypatch, 2)
   manager = checkpoint_lib.create_checkpoint_manager(tmp_path, keep=5)
-  monitor = integrity.SaveMonitor(manager)
+  monitor = save_monitor.SaveMonitor(manager)
   checkpoint_lib.save_checkpoint(
     manager, 2, damage.small_state(2, 2), damage.FakeIterator(2), damage.resolved_config()
   )
   monitor.started(2)
   deadline = time.monotonic() + 60
-  with pytest.raises(integrity.CheckpointSaveError, match="step 2"):
+  with pytest.raises(save_monitor.CheckpointSaveError, match="step 2"):
     while time.monotonic() < deadline:  # the training loop polls once per step
       monitor.poll()
       time.sleep(0.01)
@@ -284,7 +286,7 @@ def test_ctrl_c_while_waiting_for_a_save_leaves_it_to_orbax(tmp_path, monkeypatc
 
   monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", interrupted_wait)
   manager = checkpoint_lib.create_checkpoint_manager(tmp_path, keep=5)
-  monitor = integrity.SaveMonitor(manager)
+  monitor = save_monitor.SaveMonitor(manager)
   checkpoint_lib.save_checkpoint(
     manager, 2, damage.small_state(2, 2), damage.FakeIterator(2), damage.resolved_config()
   )

@@ -137,6 +137,16 @@ def _run_program(*args: str) -> subprocess.CompletedProcess:
       "ERROR: --config.optim.bse_lr=0.1: unknown config field 'bse_lr' (did you mean 'base_lr'?)",
     ),
     (["--config=configs/nothere.py", "--out=x"], "ERROR: --config=configs/nothere.py: no such"),
+    (
+      ["--config=configs/fsaf.py:market,fsf", "--out=x"],
+      "ERROR: --config=configs/fsaf.py:market,fsf: configs/fsaf.py takes DATASET,VARIANT after "
+      "a ':' (got ':market,fsf'); valid: configs/fsaf.py:market,baseline, ",
+    ),
+    (
+      ["--config=configs/fsaf.py", "--out=x"],
+      "ERROR: --config=configs/fsaf.py: configs/fsaf.py takes DATASET,VARIANT after a ':' "
+      "(got no argument)",
+    ),
     (["--config=configs/tiny.py"], "ERROR: flag --out=None: Flag --out must have a value"),
     (["--config=configs/tiny.py", "--out=x", "--outt=y"], "ERROR: Unknown command line flag"),
     (["--config=configs/tiny.py", "--out=x", "--config.seed=1.5"], "ERROR: flag --config.seed"),

@@ -74,13 +74,25 @@ def test_real_mallopt_binding():
   assert host_allocator._mallopt(m_perturb, 0) is True
 
 
-def test_config_field_decides(fresh, monkeypatch):
-  from configs import base, demo, fsaf_market, tiny
+def test_flag_decides_and_auto_leaves_narrow_models_alone(fresh, monkeypatch):
+  from configs import demo, fsaf, tiny
 
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert base.get_base_config().host_allocator and fsaf_market.get_config().host_allocator
-  assert not tiny.get_config().host_allocator and not demo.get_config().host_allocator
-  assert not host_allocator.configure_for(demo.get_config())
+  assert "host_allocator" not in fsaf.get_config("market,fsaf")  # not an experiment field
+  # auto (the entry points' default): off for the host-bound tiny and demo models.
+  assert not host_allocator.configure_for(tiny.get_config())
+  assert not host_allocator.configure_for(demo.get_config(), "auto")
+  assert not host_allocator.configure_for(fsaf.get_config("market,fsaf"), "off")
   assert fresh == []
-  assert host_allocator.configure_for(fsaf_market.get_config())
+  with pytest.raises(ValueError, match="must be one of"):
+    host_allocator.configure_for(demo.get_config(), "yes")
+  assert host_allocator.configure_for(fsaf.get_config("market,fsaf"))
+  assert fresh == list(host_allocator.SETTINGS)
+
+
+def test_on_applies_them_to_a_narrow_model_too(fresh, monkeypatch):
+  from configs import demo
+
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert host_allocator.configure_for(demo.get_config(), "on")
   assert fresh == list(host_allocator.SETTINGS)

@@ -61,7 +61,7 @@ def test_training_config_drops_the_demo_section():
 
 def test_untrained_variables_are_what_training_starts_from(demo_run_result):
   workdir, result, start = demo_run_result
-  again = untrained.initial_variables(result.train.config, make_mesh())
+  again = untrained.untrained_variables(result.train.config, make_mesh())
   assert jax.tree.structure(again) == jax.tree.structure(start)
   for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(start), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -75,7 +75,7 @@ def test_untrained_variables_are_what_training_starts_from(demo_run_result):
 
 def test_untrained_needs_the_resolved_config():
   with pytest.raises(ValueError, match="num_classes=-1"):
-    untrained.initial_variables(tiny.get_config(), make_mesh())
+    untrained.untrained_variables(tiny.get_config(), make_mesh())
 
 
 def test_demo_run_trains_and_writes_the_comparison(demo_run_result, capsys):

@@ -53,7 +53,7 @@ def test_a_term_with_parameters_gets_init_and_optimizer(fresh_registry):
   @registry.register_loss(
     "bias",
     init=lambda rng, num_classes, dim, cfg: jnp.full((dim,), cfg.bias_init),
-    optimizer=lambda config: optax.sgd(0.1),
+    optimizer=lambda loss_config: optax.sgd(0.1),
   )
   def bias(outputs, labels, loss_config, params):
     return jnp.sum((outputs["feat"] - params) ** 2)
@@ -67,7 +67,7 @@ def test_a_term_with_parameters_gets_init_and_optimizer(fresh_registry):
   assert sorted(params) == ["bias", "center"]
   np.testing.assert_array_equal(params["bias"], np.full(4, 0.5, np.float32))
   assert params["center"].shape == (5, 4)
-  assert sorted(loss_optimizers(config)) == ["bias", "center"]
+  assert sorted(loss_optimizers(config.loss)) == ["bias", "center"]
   with pytest.raises(ValueError, match="bias_weight=1.0 but no parameters of the 'bias'"):
     reid_loss(_outputs(), jnp.zeros(8, jnp.int32), config.loss, {"center": params["center"]})
 
@@ -87,7 +87,7 @@ def test_centre_optimizer_is_sgd_on_the_unweighted_gradient():
   """BoT: centres -= center_lr * grad(total) / center_weight."""
   config = get_base_config()
   config.loss.center_weight = 5e-4
-  tx = loss_optimizers(config)["center"]
+  tx = loss_optimizers(config.loss)["center"]
   centers = jnp.asarray(np.random.default_rng(1).normal(size=(3, 2)), jnp.float32)
   grads = jnp.asarray(np.random.default_rng(2).normal(size=(3, 2)), jnp.float32)
   updates, _ = tx.update(grads, tx.init(centers), centers)

@@ -16,7 +16,7 @@ import pytest
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.losses.reid_loss import reid_loss
 from fsaf_jax.models.preprocessing import normalize_images
-from fsaf_jax.training.train_step import check_finite, make_train_step
+from fsaf_jax.training.train_step import check_finite_metrics, make_train_step
 from tests.reference.tiny_train_run import (
   BATCH,
   NUM_CLASSES,
@@ -116,7 +116,7 @@ def test_center_loss_centres_follow_unweighted_sgd():
   grad = np.zeros_like(centers, np.float64)
   for i, y in enumerate(labels):
     grad[y] -= 2.0 * (feat[i] - centers[y]) / BATCH
-  want = centers - cfg.optim.center_lr * grad
+  want = centers - cfg.loss.center_lr * grad
   new_centers = states[0].loss_params["center"]
   np.testing.assert_allclose(new_centers, want, rtol=1e-4, atol=1e-5)
   absent = np.setdiff1d(np.arange(NUM_CLASSES), labels)
@@ -133,9 +133,9 @@ def test_batch_not_divisible_by_devices_raises():
 
 
 def test_check_finite():
-  check_finite({"loss": np.float32(1.5), "ce": np.float32(1.0)}, step=3)
+  check_finite_metrics({"loss": np.float32(1.5), "ce": np.float32(1.0)}, step=3)
   for bad in (np.nan, np.inf):
     with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step 7"):
-      check_finite({"loss": np.float32(bad), "ce": np.float32(1.0)}, step=7)
+      check_finite_metrics({"loss": np.float32(bad), "ce": np.float32(1.0)}, step=7)
   with pytest.raises(FloatingPointError, match="grad_norm"):
-    check_finite({"loss": 1.0, "grad_norm": np.nan}, step=0, keys=("loss", "grad_norm"))
+    check_finite_metrics({"loss": 1.0, "grad_norm": np.nan}, step=0, keys=("loss", "grad_norm"))
