@@ -6,14 +6,18 @@ r"""Evaluates a trained checkpoint on the query / gallery splits of its dataset.
 Restores the latest checkpoint of WORKDIR (or --checkpoint=PATH), refuses one whose
 network or input size differ from --config, embeds the query and gallery images,
 prints Rank-1/5/10, mAP and mINP (also after k-reciprocal re-ranking with
-`--config.eval.rerank=True`), and writes WORKDIR/eval/step_<N>/metrics.json and the
-ranked-list figure WORKDIR/eval/step_<N>/ranked_list.png for the checkpoint's step N
-(`--outdir` to put eval/ elsewhere); WORKDIR/eval/latest names the newest step's folder,
-and evaluating an older step never overwrites a newer one's results. Checkpoints are
-verified (checksums, finite values): with --workdir a damaged newest one is skipped
-with a warning line naming it; --checkpoint=<a damaged step> fails naming it. An empty
-`--config.input.data_dir` means the data the checkpoint was trained on; the dataset
-must be built (train.py builds it; or `python -m data_pipelines.datasets.build`).
+`--config.eval.rerank=True`), and writes WORKDIR/eval/step_<N>/metrics.json, the
+ranked-list figure ranked_list.png and the diagnostic pictures (distances.png, roc.png,
+activation_maps.png) for the checkpoint's step N (`--outdir` to put eval/ elsewhere).
+`--config.eval.datasets='("market1501", "dukemtmc_reid@/data/DukeMTMC-reID")'`
+evaluates several sets, each into WORKDIR/eval/step_<N>/<set>/, a set named with its
+folder built there on first use (docs/evaluation.md); WORKDIR/eval/latest names the
+newest step's folder, and evaluating an older step never overwrites a newer one's
+results. Checkpoints are verified (checksums, finite values): with --workdir a damaged
+newest one is skipped with a warning line naming it; --checkpoint=<a damaged step>
+fails naming it. An empty `--config.input.data_dir` means the data the checkpoint was
+trained on; the dataset (the default set) must be built (train.py builds it; or
+`python -m data_pipelines.datasets.build`).
 Runs `fsaf_jax.evaluation.evaluator.evaluate_checkpoint`.
 """
 

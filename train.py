@@ -26,6 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import errors, logs
+from fsaf_jax import imagenet_weights
 from fsaf_jax.core import host_allocator
 from fsaf_jax.core.config_json import config_name
 from fsaf_jax.core.distributed import maybe_initialize_distributed
@@ -59,8 +60,9 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()  # multi-host: join the other processes (module doc)
   name = config_name(config_flags.get_config_filename(flags.FLAGS["config"]))
+  config = imagenet_weights.resolve_config(_CONFIG.value)  # 'imagenet': the cached release
   try:
-    result = run(_CONFIG.value, _WORKDIR.value, config_name=name, on_step=on_step)
+    result = run(config, _WORKDIR.value, config_name=name, on_step=on_step)
   except (FloatingPointError, CheckpointSaveError, ResultsWriteError) as e:
     sys.exit(f"ERROR: {errors.one_line(str(e))}")
   if result.signal is not None:

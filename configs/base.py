@@ -52,10 +52,11 @@ def _model() -> ml_collections.ConfigDict:
 def _init() -> ml_collections.ConfigDict:
   """Initialisation: `config.init`."""
   init = ml_collections.ConfigDict()
-  # Flax-native file written by `python -m fsaf_jax.convert_ibn` from the official
-  # IBN-Net release resnet50_ibn_a-d9d0bb7b.pth. Every published recipe starts from it:
-  # training refuses '' (naming the file and the command); 'scratch' = random init on
-  # purpose (the tiny and demo configs).
+  # 'imagenet': the backbone's official release (IBN-Net's resnet50_ibn_a-d9d0bb7b.pth),
+  # downloaded and converted once into $FSAF_CACHE (fsaf_jax/imagenet_weights.py); or a
+  # Flax-native file written by `python -m fsaf_jax.convert_ibn`. Every published recipe
+  # starts from it: training refuses '' (naming the file and the command); 'scratch' =
+  # random init on purpose (the tiny and demo configs).
   init.pretrained = ""
   # BoTNet: the last BatchNorm scale of every MHSA block starts at 0 (after the
   # pretrained weights are loaded), so the new attention starts as an identity
@@ -180,4 +181,9 @@ def _eval() -> ml_collections.ConfigDict:
   # (their re-ranked figures for the same features).
   eval.rerank_squared = False
   eval.num_figure_queries = 8  # rows of the ranked-list figure
+  # Evaluation sets, each a TFDS name or 'name@folder' (the folder holding its download,
+  # built on first use): e.g. ('market1501', 'dukemtmc_reid@/data/DukeMTMC-reID').
+  # Empty: the training set, results in eval/step_<N>/; otherwise each set's results
+  # in eval/step_<N>/<label>/ (docs/evaluation.md).
+  eval.datasets = ()
   return eval

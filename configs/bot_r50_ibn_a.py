@@ -6,7 +6,7 @@ claimed.
 Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
   python train.py --config=configs/bot_r50_ibn_a.py --workdir=workdirs/bot_r50_ibn_a \
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
 Steps: 120 epochs of BoT's sampler epoch (~185 P x K = 16 x 4 batches on Market-1501:
 ~22,200 steps; the run card prints the exact count). Expected time: not measured on a
 GPU/TPU; about a day on a 2-core CPU (README, Benchmarks).

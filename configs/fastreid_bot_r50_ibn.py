@@ -7,7 +7,7 @@ Run (ImageNet weights: see the README, "Reproducing the paper and BoT"):
   python train.py --config=configs/fastreid_bot_r50_ibn.py \
     --workdir=workdirs/fastreid_bot_r50_ibn \
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
 Steps: 120 epochs of 12,936 // 64 = 202 iterations = 24,240 steps. Expected time: not
 measured on a GPU/TPU; over a day on a 2-core CPU (README, Benchmarks).
 

@@ -19,19 +19,18 @@ Targets (the paper's figures, not ours; mAP / Rank-1, %); no run of ours is clai
 The other pairs (`duke,baseline`, `duke,baseline_sam`) are not in the paper.
 
 Run (ImageNet weights: docs/recipes.md), one command per published row:
-  python -m fsaf_jax.convert_ibn resnet50_ibn_a-d9d0bb7b.pth r50_ibn_a.msgpack
   python train.py --config=configs/fsaf.py:market,baseline --workdir=workdirs/baseline \
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
   python train.py --config=configs/fsaf.py:market,baseline_sam \
     --workdir=workdirs/baseline_sam --config.input.manual_dir=/data/Market-1501-v15.09.15 \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
   python train.py --config=configs/fsaf.py:market,fsaf --workdir=workdirs/fsaf_market \
     --config.input.manual_dir=/data/Market-1501-v15.09.15 \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
   python train.py --config=configs/fsaf.py:duke,fsaf --workdir=workdirs/fsaf_duke \
     --config.input.manual_dir=/data/DukeMTMC-reID \
-    --config.init.pretrained=r50_ibn_a.msgpack
+    --config.init.pretrained=imagenet
 Steps: 120 epochs of BoT's sampler epoch, floor(sum_i max(n_i, 4) // 4 / 16) P x K =
 16 x 4 batches (~185 on Market-1501: ~22,200 steps; ~240 on DukeMTMC-reID: ~29,000; the
 run card prints the exact count). Expected time: not measured on a GPU/TPU; about a day

@@ -25,7 +25,6 @@ https://download.pytorch.org/whl/cpu` (the CPU build is enough).
 """
 
 import dataclasses
-import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,7 @@ from flax import traverse_util
 from ml_collections import config_flags
 
 from data_pipelines import errors, logs
+from fsaf_jax.core import download
 from fsaf_jax.models import fsaf, pretrained, registry
 from fsaf_jax.models.backbone import Backbone
 from fsaf_jax.models.head import BNNeckHead
@@ -442,14 +442,6 @@ def _split_plain_bn(
   return value[:num_in] if path[-2] == "IN" else value[num_in:]
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def convert_file(
   src: str | os.PathLike,
   dst: str | os.PathLike,
@@ -487,7 +479,7 @@ def convert_file(
   )
   metadata = {
     "source": src,
-    "source_sha256": _sha256(src),
+    "source_sha256": download.sha256_file(src),
     "layout": layout,
     "converted_by": "fsaf_jax.convert_ibn",
     "unused_source_keys": {k: v for k, v in conversion.unused.items() if v},

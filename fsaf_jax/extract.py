@@ -2,7 +2,7 @@ r"""Embeddings for any folder of images, and the serialised feature extractor.
 
   python -m fsaf_jax.extract --config=configs/tiny.py --images=FOLDER \
       --out=FEATURES.npz (--workdir=DIR | --config.init.pretrained=FILE | --random_weights) \
-      [--export=FILE] [--batch_size=N] [--skip_corrupt]
+      [--export=FILE] [--onnx=FILE] [--batch_size=N] [--skip_corrupt]
 
 Images: *.jpg / *.jpeg / *.png (any case; OS litter such as `._*` files ignored: the
 name rule of the dataset builders, `data_pipelines.datasets.naming.is_image_name`)
@@ -15,8 +15,9 @@ RGB meaning, e.g. float 'F') stops the run with one line naming it, or with
 
 Weights: from the latest checkpoint in `--workdir` (a work dir, its `checkpoints/`
 folder or one `checkpoints/<step>`), or the ImageNet backbone of
-`--config.init.pretrained=FILE`; an untrained network only with `--random_weights`
-(features of random weights are meaningless for retrieval, so this is never a default).
+`--config.init.pretrained=FILE` (or `=imagenet`: the official release, cached); an
+untrained network only with `--random_weights` (features of random weights are
+meaningless for retrieval, so this is never a default).
 The output paths are checked before any work starts.
 
 Output .npz: `feats` float32 [N, C] (L2-normalised, flip-averaged when
@@ -25,7 +26,10 @@ Output .npz: `feats` float32 [N, C] (L2-normalised, flip-averaged when
 (Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP; camid 0-based), else -1 (Market's
 junk images keep their pid -1 and a real camid). `--export=FILE` also writes
 the `jax.export` extractor (symbolic batch, weights inside): load it with
-`fsaf_jax.evaluation.exported.load_exported(FILE)`.
+`fsaf_jax.evaluation.exported.load_exported(FILE)`. `--onnx=FILE` writes the same
+extractor as ONNX (`fsaf_jax.evaluation.onnx_export`; input 'images' uint8 [b, H, W, 3],
+output 'embeddings'), for onnxruntime or TensorRT: needs the optional extra
+(`pip install -r requirements-onnx.txt`).
 """
 
 from __future__ import annotations
@@ -48,11 +52,13 @@ from ml_collections import config_flags
 
 from data_pipelines import augment, errors, eval_pipeline, logs
 from data_pipelines.datasets import image_check, naming
+from fsaf_jax import imagenet_weights
 from fsaf_jax.core import checkpoint_restore, host_allocator
 from fsaf_jax.core.distributed import maybe_initialize_distributed
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
+from fsaf_jax.evaluation import onnx_export
 from fsaf_jax.models import pretrained, registry
 from fsaf_jax.training import setup
 
@@ -227,6 +233,7 @@ def check_arguments(
   workdir: str | None,
   export: str | None,
   random_weights: bool,
+  onnx: str | None = None,
 ) -> None:
   """The checks of `extract_folder` that need no work: weights chosen, paths usable.
 
@@ -248,7 +255,12 @@ def check_arguments(
   if random_weights and (workdir or pretrained_file):
     given = f"--workdir={workdir}" if workdir else f"--config.init.pretrained={pretrained_file}"
     raise NoWeightsError(f"--random_weights contradicts {given}: pass one of them")
-  if pretrained_file and "://" not in pretrained_file and not os.path.isfile(pretrained_file):
+  if (
+    pretrained_file
+    and pretrained_file != imagenet_weights.IMAGENET
+    and "://" not in pretrained_file
+    and not os.path.isfile(pretrained_file)
+  ):
     raise errors.InputNotFoundError(f"--config.init.pretrained={pretrained_file}: no such file")
   errors.check_output_file(out, "--out")
   if export:
@@ -257,6 +269,12 @@ def check_arguments(
     os.path.expanduser(export)
   ):
     raise errors.UserError(f"--out and --export name the same file {out}")
+  if onnx:
+    onnx_export.import_jax2onnx()  # the extra is installed, before any work
+    errors.check_output_file(onnx, "--onnx")
+    for flag, other in (("--out", out), ("--export", export)):
+      if other and errors.same_file(onnx, other):
+        raise errors.UserError(f"{flag} and --onnx name the same file {onnx}")
   if not os.path.isdir(images):
     list_images(images)  # the error naming --images
 
@@ -274,6 +292,7 @@ def extract_folder(
   batch_size: int | None = None,
   random_weights: bool = False,
   skip_corrupt: bool = False,
+  onnx: str | None = None,
 ) -> dict[str, np.ndarray]:
   """Embeds every image under `images` and writes `out` (.npz); see module docstring.
 
@@ -288,6 +307,7 @@ def extract_folder(
       pretrained file).
     skip_corrupt: leave out (and list, in a warning) images that do not decode instead
       of failing.
+    onnx: also write the extractor as ONNX here (`onnx_export.export_onnx`).
 
   Returns:
     The arrays written: `feats` [N, C], `file_names` [N], `pids` [N], `camids` [N].
@@ -298,9 +318,16 @@ def extract_folder(
     `skip_corrupt`).
   """
   check_arguments(
-    config, images=images, out=out, workdir=workdir, export=export, random_weights=random_weights
+    config,
+    images=images,
+    out=out,
+    workdir=workdir,
+    export=export,
+    random_weights=random_weights,
+    onnx=onnx,
   )
   check_batch_size(config, batch_size)
+  config = imagenet_weights.resolve_config(config)  # 'imagenet': the cached release
   image_size = tuple(config.input.image_size)
   root = pathlib.Path(images)
   paths = list_images(root)
@@ -331,6 +358,9 @@ def extract_folder(
       model, variables, export, image_size=image_size, flip=config.eval.flip
     )
     logging.info("Wrote the exported extractor to %s", export)
+  if onnx:
+    onnx_export.export_onnx(model, variables, onnx, image_size=image_size, flip=config.eval.flip)
+    logging.info("Wrote the ONNX extractor to %s", onnx)
   return result
 
 
@@ -410,6 +440,7 @@ def main(argv: Sequence[str]) -> None:
     batch_size=_BATCH_SIZE.value,
     random_weights=_RANDOM_WEIGHTS.value,
     skip_corrupt=_SKIP_CORRUPT.value,
+    onnx=_ONNX.value,
   )
 
 
@@ -422,6 +453,9 @@ if __name__ == "__main__":
   _IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
   _OUT = flags.DEFINE_string("out", None, "Output .npz.")
   _EXPORT = flags.DEFINE_string("export", None, "Also write the jax.export extractor here.")
+  _ONNX = flags.DEFINE_string(
+    "onnx", None, "Also write the extractor as ONNX here (needs requirements-onnx.txt)."
+  )
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: config.input.eval_batch_size.")
   _HOST_ALLOCATOR = host_allocator.define_flag()
   _RANDOM_WEIGHTS = flags.DEFINE_bool(

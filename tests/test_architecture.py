@@ -16,7 +16,7 @@ LINT_IMPORTS = pathlib.Path(sys.executable).with_name("lint-imports")
 LIBRARY = ("fsaf_jax", "data_pipelines", "configs")
 # Imported inside functions on purpose: optional extras (the weight-conversion
 # reference, benchmark peers), never needed by a plain training or evaluation run.
-OPTIONAL_MODULES = ("torch", "fastreid", "tensorflow")
+OPTIONAL_MODULES = ("torch", "fastreid", "tensorflow", "jax2onnx")
 # Modules that import inside functions for a reason of their own.
 LATE_IMPORTS = {
   # Chooses malloc settings before JAX's backend starts: it looks at JAX only if it

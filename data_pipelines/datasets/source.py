@@ -157,6 +157,23 @@ def build(
   return builder
 
 
+def ensure_built(
+  name: str, data_dir: str | os.PathLike[str], manual_dir: str | os.PathLike[str] | None
+) -> None:
+  """Builds dataset `name` into `data_dir` unless built; a build already there is checked
+  against `manual_dir` when one is given (`build`: one made from another copy of the
+  dataset is refused, as the build command refuses it).
+
+  Raises:
+    What `build` raises.
+  """
+  if not get_builder(name, data_dir).is_prepared():
+    logging.info("Building the TFDS dataset %s into %s", name, _expand(data_dir))
+  elif not manual_dir:
+    return
+  build(name, data_dir, manual_dir or None)
+
+
 def _folders_tfds_makes(builder: tfds.core.DatasetBuilder, data_dir: Any) -> list[str]:
   """Folders a build creates (data_dir, the dataset's, downloads/extracted), deepest first."""
   root = _expand(data_dir)

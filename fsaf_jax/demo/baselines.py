@@ -21,14 +21,15 @@ from etils import epath
 
 from fsaf_jax.core import whole_file
 from fsaf_jax.demo import color_histogram
-from fsaf_jax.evaluation import report, result_dirs
-from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.evaluation import report, result_dirs, writers
+from fsaf_jax.evaluation.evaluator import EvalResult, Evaluator
 
 BASELINES_FILE = "baselines.json"
 
 
 def compare_baselines(
   evaluator: Evaluator,
+  trained: EvalResult,
   init_variables: Mapping[str, Any],
   *,
   outdir: epath.PathLike | None,
@@ -36,27 +37,26 @@ def compare_baselines(
   """Scores the untrained network and the colour-histogram baseline beside the trained one.
 
   Args:
-    evaluator: the run's evaluator, its `last` result the trained network's (its
-      compiled extractor is reused for the untrained variables).
+    evaluator: the run's (first) evaluator; its compiled extractor is reused for the
+      untrained variables.
+    trained: its result for the trained network.
     init_variables: the network's variables at initialisation.
-    outdir: the work dir: writes `OUTDIR/eval/step_<N>/baselines.json` (N: the trained
-      step) and prints the table; None: nothing written or printed.
+    outdir: the work dir: writes `baselines.json` beside the trained network's
+      metrics.json (`writers.result_dir`: `OUTDIR/eval/step_<N>/`, N the trained step,
+      and the set's subfolder when `config.eval.datasets` lists sets) and prints the
+      table; None: nothing written or printed.
 
   Returns:
     `{'trained', 'untrained', 'colour_histogram' (None without a Market folder)}`, each
     `RankMetrics.scalars()` fractions, and `'table'` (`report.metrics_table`).
   """
-  config, trained = evaluator.config, evaluator.last
-  if trained is None:
-    raise ValueError("evaluate the trained network first (evaluator.run)")
-  untrained = evaluator.score(init_variables, step=0).scores.metrics
+  manual_dir = evaluator.eval_set.manual_dir or ""
+  untrained = evaluator.run(init_variables, step=0, figures=False).scores.metrics
   histogram = None
   try:
-    root = color_histogram.market_root(config.input.manual_dir or ".")
+    root = color_histogram.market_root(manual_dir or ".")
   except FileNotFoundError:
-    logging.info(
-      "No Market-1501 folder in %r: no colour-histogram baseline", config.input.manual_dir
-    )
+    logging.info("No Market-1501 folder in %r: no colour-histogram baseline", manual_dir)
   else:
     histogram = color_histogram.run_baseline(root)
   rows = {
@@ -68,18 +68,18 @@ def compare_baselines(
   table = report.metrics_table(rows)
   result = {
     "config_name": evaluator.config_name,
-    "dataset": config.input.dataset,
+    "dataset": evaluator.dataset,
     "trained": trained.scores.metrics.scalars(),
     "untrained": untrained.scalars(),
     "colour_histogram": None if histogram is None else histogram.scalars(),
     "table": table,
   }
   if outdir is not None:
-    path = result_dirs.step_dir(outdir, trained.step) / BASELINES_FILE
+    path = writers.result_dir(trained, outdir) / BASELINES_FILE
     with result_dirs.reporting_write_errors(path.parent):
       whole_file.write_whole(path, json.dumps(result, indent=2) + "\n")
-    where = config.input.manual_dir or config.input.data_dir
-    print(f"\nQuery / gallery of {config.input.dataset} ({where}):")
+    where = manual_dir or evaluator.data_dir
+    print(f"\nQuery / gallery of {evaluator.dataset} ({where}):")
     print(table, flush=True)
     logging.info("Wrote %s", os.fspath(path))
     sys.stdout.flush()

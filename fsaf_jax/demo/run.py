@@ -84,9 +84,11 @@ def run_demo(
   demo = DemoResult(train=result)
   if result.signal is None and config[DEMO_SECTION].compare_baselines:
     outdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
+    evaluator = result.evaluators[0]
     demo.baselines = baselines.compare_baselines(
-      result.evaluator,
-      untrained.untrained_variables(result.config, result.evaluator.mesh),
+      evaluator,
+      result.results[0],
+      untrained.untrained_variables(result.config, evaluator.mesh),
       outdir=outdir if jax.process_index() == 0 else None,
     )
   return demo

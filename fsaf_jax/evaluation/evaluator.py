@@ -1,54 +1,50 @@
-"""The evaluator of a run: built once, run on any number of variables.
+"""The evaluators of a run: built once from the run's model, run on any number of variables.
 
-  evaluator = Evaluator(config, num_classes=751)       # checks every eval setting
-  metrics = evaluator.run(variables, step=1200)        # {'rank1': ..., 'mAP': ..., ...}
-  evaluator.print_table()
-  evaluator.write(workdir)                             # eval/step_1200/metrics.json, .png
+  evaluators = build_evaluators(model, config)          # one per evaluation set
+  results = [ev.run(variables, step=1200) for ev in evaluators]
+  writers.report(results, workdir)                      # tables, metrics.json, figures
 
-Construction (before a run's first training step) checks `config.eval.*` and
-`config.input.eval_batch_size` (`settings.EvalSettings`: a bad value raises
-`errors.UserError` naming it), loads the `query` and `gallery` splits of
-`config.input.dataset` (built TFDS data, `data_pipelines.datasets.source`), builds the
-model and the jitted extractor (`extractor.make_extractor`: post-BNNeck features,
+An `Evaluator` evaluates one set (`eval_sets.EvalSet`: by default the training set,
+`config.input.dataset`; `config.eval.datasets` lists others). Construction checks
+`config.eval.*` and `config.input.eval_batch_size` (`settings.EvalSettings`: a bad
+value raises `errors.UserError` naming it), loads the set's `query` and `gallery`
+splits (built TFDS data, `data_pipelines.datasets.source`) and builds the jitted
+extractor of the model it is given (`extractor.make_extractor`: post-BNNeck features,
 flip-averaged when `config.eval.flip`, L2-normalised; fixed-size batches sharded over
 the mesh's 'data' axis). The extractor takes the variables as an argument, so it is
 compiled once and every `run` reuses it.
 
-`run(variables)` embeds both splits, scores them (`scoring.score_features`: the
-Market-1501 protocol with the `config.eval.metric` distance, CMC cut at
+`run(variables, step=...)` embeds both splits, scores them (`scoring.score_features`:
+the Market-1501 protocol with the `config.eval.metric` distance, CMC cut at
 `config.eval.max_rank`, and again after k-reciprocal re-ranking when
-`config.eval.rerank`) and returns the flat metrics (`metrics.METRIC_NAMES`, the
-re-ranked ones prefixed 'rerank/'). What the writers need (features, re-ranked
-distances, timing) stays in `evaluator.last` (`EvalResult`). The writers:
-`print_table` (`report.metrics_table`), `write` (`OUTDIR/eval/step_<N>/metrics.json`:
-`metrics`, `metrics_rerank` as `RankMetrics.as_dict()` fractions, plus dataset,
-counts, settings, timing, paths and the config; and unless disabled the ranked-list
-figure `OUTDIR/eval/step_<N>/ranked_list.png`, `figure.write_ranked_list_figure`,
-ranked by the re-ranked distances when re-ranking is on), and the training loop's
-TensorBoard logger, which takes the flat dict. One folder per step (`result_dirs`):
-evaluating another step never overwrites these; `OUTDIR/eval/latest` names the newest
-step's folder.
+`config.eval.rerank`), computes the positive / negative pair distances and fast-reid's
+TPR@FPR (`roc`, on the distances the ranked-list figure ranks by: re-ranked when
+re-ranking is on) and the activation maps of the figure's queries
+(`activation_maps`), and returns all of it as an `EvalResult`; the evaluator keeps no
+result. The writers (`writers`: table, metrics.json and figures, TensorBoard scalars)
+are functions of results.
 
 `evaluate_model` (one evaluation of variables in memory) and `evaluate_checkpoint`
-(eval.py: restore, then evaluate) build an Evaluator and run it once. Multi-process:
-every process embeds the whole query and gallery sets (each passes the same host
-batch; the features are exact, the work is duplicated) and computes the same metrics;
-only process 0 prints and writes files.
+(eval.py: restore, then evaluate) build the evaluators and run them once.
+Multi-process: every process embeds the whole query and gallery sets (each passes the
+same host batch; the features are exact, the work is duplicated) and computes the same
+metrics; only process 0 prints and writes files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from etils import epath
 from jax.sharding import Mesh
@@ -57,46 +53,33 @@ from data_pipelines import errors, eval_pipeline
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
+from fsaf_jax.evaluation import activation_maps as activation_lib
+from fsaf_jax.evaluation import distance as distance_lib
+from fsaf_jax.evaluation import eval_sets as eval_sets_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.evaluation import figure as figure_lib
-from fsaf_jax.evaluation import report as report_lib
-from fsaf_jax.evaluation import result_dirs
-from fsaf_jax.evaluation.scoring import EvalFeatures, Scores, score_features
+from fsaf_jax.evaluation import inputs, result_dirs, roc, writers
+from fsaf_jax.evaluation.eval_sets import EvalSet
+from fsaf_jax.evaluation.result import ActivationMaps, EvalResult
+from fsaf_jax.evaluation.scoring import EvalFeatures, score_features
 from fsaf_jax.evaluation.settings import EvalSettings
 from fsaf_jax.models import registry
+from fsaf_jax.models.head import num_classes_of
 
 __all__ = [
   "EvalFeatures",
   "EvalResult",
   "Evaluator",
+  "build_evaluators",
   "eval_batch_size",
   "evaluate_checkpoint",
   "evaluate_model",
   "load_eval_sources",
-  "num_classes_of",
+  "run_evaluators",
   "score_features",
 ]
 
 EVAL_SUBDIR = result_dirs.EVAL_SUBDIR
-METRICS_FILE = "metrics.json"
-FIGURE_FILE = "ranked_list.png"
-
-
-def num_classes_of(variables: Mapping[str, Any]) -> int:
-  """Classifier width (training identities) of FSAF variables.
-
-  Raises:
-    ValueError: no `params/head/classifier/kernel` (not FSAF variables).
-  """
-  try:
-    kernel = variables["params"]["head"]["classifier"]["kernel"]
-  except (KeyError, TypeError) as e:
-    keys = sorted(variables["params"]) if "params" in variables else sorted(variables)
-    raise ValueError(
-      "variables have no params/head/classifier/kernel: expected the FSAF model's "
-      f"{{'params', 'batch_stats'}}; top-level keys {keys}"
-    ) from e
-  return int(kernel.shape[-1])
 
 
 def load_eval_sources(
@@ -127,131 +110,127 @@ def eval_batch_size(requested: int, mesh: Mesh, num_images: int) -> int:
   return -(-batch // step) * step
 
 
-@dataclasses.dataclass
-class EvalResult:
-  """One `Evaluator.run`: what the writers consume.
-
-  Attributes:
-    step: training step of the variables (None: unknown).
-    metrics: the flat metrics `run` returned.
-    scores: `scoring.Scores` (RankMetrics, re-ranked distances [M, N] or None).
-    features: the query / gallery features (source order).
-    timing: seconds: `extract_query_s`, `extract_gallery_s`, `images_per_s`, `score_s`
-      (`rerank_s`); the writers add `figure_s`, `total_s`.
-    started: `time.perf_counter()` at the start of the run.
-  """
-
-  step: int | None
-  metrics: dict[str, float]
-  scores: Scores
-  features: EvalFeatures
-  timing: dict[str, float]
-  started: float
-
-
 class Evaluator:
-  """Evaluates FSAF variables on the query / gallery splits of `config.input.dataset`.
+  """Evaluates a model's variables on the query / gallery splits of one evaluation set.
 
   Attributes:
+    model: the run's model (its output dict has 'bn_feat' and the last feature map).
     config: the run config.
     settings: the checked `EvalSettings`.
     config_name: name of the config, in titles and metrics.json (or None).
-    dataset, data_dir: the evaluated dataset and where it is built.
+    eval_set: the evaluated set (`eval_sets.EvalSet`).
+    dataset, data_dir: its TFDS name and where it is built.
     mesh: the device mesh.
-    num_classes: classifier width the variables must have.
     query_source, gallery_source: the splits' random-access sources.
+    image_size: (H, W) the images are resized to.
     batch_size: host batch size of the extractor (`eval_batch_size`).
     extractor: the jitted `extractor.Extractor`, compiled at the first `run`.
-    last: the last `run`'s `EvalResult` (None before any).
   """
 
   def __init__(
     self,
+    model: nn.Module,
     config: ml_collections.ConfigDict,
     *,
-    num_classes: int | None = None,
+    eval_set: EvalSet | None = None,
     mesh: Mesh | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
     config_name: str | None = None,
+    compiled: dict[Any, Any] | None = None,
   ):
-    """Checks the settings, loads the sources, builds the model and the extractor.
+    """Checks the settings, loads the sources, builds the extractor.
 
     Args:
-      config: the run config (`configs/base.py`): `model`, `input.dataset`,
-        `input.data_dir`, `input.image_size`, `input.eval_batch_size`, `eval.*`.
-      num_classes: classifier width of the variables to evaluate; default
-        `config.model.num_classes` (then it must be resolved, not -1).
+      model: the run's model (`registry.create_model`).
+      config: the run config (`configs/base.py`): `input.image_size`,
+        `input.eval_batch_size`, `eval.*` (and `input.dataset` / `input.data_dir`
+        without `eval_set`).
+      eval_set: the set to evaluate; default the training set of `config`.
       mesh: the device mesh ('data' axis); default all devices.
-      data_dir: where the dataset is built; default `config.input.data_dir`.
       config_name: name of the config (e.g. 'fsaf_market').
+      compiled: jitted functions shared by the evaluators of one model (the extractor
+        per batch size, the activation maps), so that each compiles once; default
+        this evaluator's own.
 
     Raises:
       errors.UserError: a bad `config.eval.*` / `config.input.eval_batch_size` value
-        (named, with the values allowed), an empty query or gallery split, or no
-        `num_classes`.
-      FileNotFoundError: the dataset is not built in `data_dir` (says how to build it).
-      ValueError: `config.model.num_classes` differs from `num_classes`.
+        (named, with the values allowed), or an empty query or gallery split.
+      FileNotFoundError: the dataset is not built in its data dir (says how to build it).
     """
     self.settings = EvalSettings.from_config(config)
+    self.model = model
     self.config = config
     self.config_name = config_name
-    self.dataset = config.input.dataset
-    self.data_dir = config.input.data_dir if data_dir is None else data_dir
+    if eval_set is None:
+      eval_set = eval_sets_lib.eval_sets(_without_datasets(config))[0]
+    self.eval_set = eval_set
+    self.dataset, self.data_dir = eval_set.name, eval_set.data_dir
     self.mesh = make_mesh() if mesh is None else mesh
-    if num_classes is None:
-      num_classes = int(config.model.num_classes)
-      if num_classes < 1:
-        raise errors.UserError(
-          f"config.model.num_classes={num_classes}: the evaluator needs the classifier "
-          "width (pass num_classes, or resolve it from the training data first)"
-        )
-    self.num_classes = int(num_classes)
     self.query_source, self.gallery_source = load_eval_sources(self.dataset, self.data_dir)
     for split, src in (("query", self.query_source), ("gallery", self.gallery_source)):
       if len(src) == 0:
         raise errors.UserError(f"the {split} split of {self.dataset!r} is empty")
-    self._image_size = tuple(int(s) for s in config.input.image_size)
-    model = registry.create_model(config.model, self.num_classes)
+    self.image_size = tuple(int(s) for s in config.input.image_size)
     self.batch_size = eval_batch_size(
       self.settings.batch_size,
       self.mesh,
       max(len(self.query_source), len(self.gallery_source)),
     )
-    self.extractor = extractor_lib.make_extractor(
-      model,
-      None,
-      batch_size=self.batch_size,
-      image_size=self._image_size,
-      flip=self.settings.flip,
-      mesh=self.mesh,
+    compiled = {} if compiled is None else compiled
+    if ("extractor", self.batch_size) not in compiled:
+      compiled["extractor", self.batch_size] = extractor_lib.make_extractor(
+        model,
+        None,
+        batch_size=self.batch_size,
+        image_size=self.image_size,
+        flip=self.settings.flip,
+        mesh=self.mesh,
+      )
+    self.extractor = compiled["extractor", self.batch_size]
+    if "activation_maps" not in compiled:
+      compiled["activation_maps"] = activation_lib.make_activation_maps(
+        model, image_size=self.image_size
+      )
+    self._activation_maps = compiled["activation_maps"]
+
+  @functools.cached_property
+  def num_classes(self) -> int:
+    """Classifier width of the model (its variables' shapes, traced once, not run)."""
+    images = jax.ShapeDtypeStruct((1, *self.image_size, 3), jnp.float32)
+    shapes = jax.eval_shape(
+      functools.partial(self.model.init, train=False), jax.random.key(0), images
     )
-    self.last: EvalResult | None = None
+    return num_classes_of(shapes)
+
+  @property
+  def label(self) -> str:
+    """The set's name in tables, results folders and TensorBoard."""
+    return self.eval_set.label
 
   def extract(self, variables: Mapping[str, Any]) -> tuple[EvalFeatures, dict[str, float]]:
     """Embeds both splits with the compiled extractor.
 
     Args:
-      variables: FSAF {'params', 'batch_stats'} (host or device arrays; extra
-        collections are ignored) with `num_classes` classes.
+      variables: the model's {'params', 'batch_stats'} (host or device arrays; extra
+        collections are ignored).
 
     Returns:
       (features, timing): timing has `extract_query_s`, `extract_gallery_s` and
       `images_per_s` (both splits; the first call includes the compile).
 
     Raises:
-      ValueError: the variables are not FSAF variables of `num_classes` classes.
+      ValueError: the variables are not FSAF variables of the model's classes.
     """
     got = num_classes_of(variables)
     if got != self.num_classes:
       raise ValueError(
-        f"the variables have {got} classes but the evaluator was built for "
+        f"the variables have {got} classes but the evaluator's model has "
         f"{self.num_classes} (model.num_classes)"
       )
     self.extractor.set_variables(variables)
     out, timing = {}, {}
     for split, src in (("query", self.query_source), ("gallery", self.gallery_source)):
       start = time.perf_counter()
-      batches = eval_pipeline.create_eval_batches(src, self.batch_size, self._image_size)
+      batches = eval_pipeline.create_eval_batches(src, self.batch_size, self.image_size)
       out[split] = extractor_lib.extract_features(self.extractor, batches)
       timing[f"extract_{split}_s"] = time.perf_counter() - start
       if len(out[split][0]) != len(src):  # rows must map to source indices (figure)
@@ -262,131 +241,137 @@ class Evaluator:
     (qf, qp, qc, qn), (gf, gp, gc, gn) = out["query"], out["gallery"]
     return EvalFeatures(qf, gf, qp, gp, qc, gc, qn, gn), timing
 
-  def run(self, variables: Mapping[str, Any], *, step: int | None = None) -> dict[str, float]:
+  def run(
+    self, variables: Mapping[str, Any], *, step: int | None = None, figures: bool = False
+  ) -> EvalResult:
     """Embeds and scores both splits with `variables`.
 
     Args:
-      variables: FSAF {'params', 'batch_stats'} of `num_classes` classes (trained,
-        restored or freshly initialised).
-      step: training step of the variables (names the output folder of `write`).
+      variables: the model's {'params', 'batch_stats'} (trained, restored or freshly
+        initialised).
+      step: training step of the variables (names the output folder).
+      figures: also compute what only the figures show (the activation maps of the
+        figure's queries; their function compiles at the first such run).
 
     Returns:
-      {name: fraction} over `metrics.METRIC_NAMES` within the CMC ('rank1', 'rank5',
-      'rank10', 'rank20', 'mAP', 'mINP'), and the same prefixed 'rerank/' when
-      `config.eval.rerank`. The full result is kept in `last`.
-    """
-    self.last = self.score(variables, step=step)
-    return dict(self.last.metrics)
-
-  def score(self, variables: Mapping[str, Any], *, step: int | None = None) -> EvalResult:
-    """`run` without keeping the result in `last` (e.g. a comparison beside it).
-
-    Returns:
-      The `EvalResult` (its `metrics`: what `run` returns).
+      The `EvalResult`: its `metrics` are {name: fraction} over
+      `metrics.METRIC_NAMES` within the CMC ('rank1', 'rank5', 'rank10', 'rank20',
+      'mAP', 'mINP'), and the same prefixed 'rerank/' when `config.eval.rerank`.
     """
     started = time.perf_counter()
     features, timing = self.extract(variables)
     scores = score_features(features, self.settings, mesh=self.mesh)
     timing.update(scores.timing)
-    return EvalResult(step, scores.flat(), scores, features, timing, started)
+    start = time.perf_counter()
+    pairs = self._pairs(features, scores.reranked)
+    timing["roc_s"] = time.perf_counter() - start
+    maps = None
+    if figures and self.settings.num_figure_queries > 0:
+      maps = self._figure_activation_maps(variables, features)
+    return EvalResult(
+      eval_set=self.eval_set,
+      settings=self.settings,
+      config=self.config,
+      config_name=self.config_name,
+      query_source=self.query_source,
+      gallery_source=self.gallery_source,
+      step=step,
+      metrics=scores.flat(),
+      scores=scores,
+      features=features,
+      timing=timing,
+      started=started,
+      pairs=pairs,
+      roc=None if pairs is None else roc.tpr_at_fpr(pairs),
+      activation_maps=maps,
+    )
 
-  def _result(self, result: EvalResult | None) -> EvalResult:
-    result = self.last if result is None else result
-    if result is None:
-      raise ValueError("nothing to write: call run first")
-    return result
-
-  def title(self, result: EvalResult | None = None) -> str:
-    """'<config name or dataset>[ step N]'."""
-    step = self._result(result).step
-    return f"{self.config_name or self.dataset}" + (f" step {step}" if step is not None else "")
-
-  def print_table(self, result: EvalResult | None = None) -> None:
-    """Prints the metrics table of `result` (default `last`) on process 0."""
-    result = self._result(result)
-    if jax.process_index() == 0:
-      table = report_lib.metrics_table(result.scores.rows())
-      print(f"{self.title(result)}: {self.dataset}, {self.settings.metric} distance\n{table}")
-      sys.stdout.flush()
-
-  def write(
-    self,
-    outdir: epath.PathLike | None,
-    *,
-    result: EvalResult | None = None,
-    write_figure: bool = True,
-    checkpoint: str | os.PathLike[str] | None = None,
-  ) -> dict[str, Any]:
-    """Writes metrics.json and the ranked-list figure of `result` (default `last`).
-
-    Args:
-      outdir: the work dir (or any output dir): `OUTDIR/eval/step_<step>/metrics.json`
-        and `.../ranked_list.png` (process 0 only), `OUTDIR/eval/latest` pointing at
-        that folder unless it names a higher step (`result_dirs`); `eval/step_unknown/`
-        without a step. None: write nothing.
-      result: a `run`'s result; default the last.
-      write_figure: render the figure (`config.eval.num_figure_queries` rows; 0: none).
-      checkpoint: path the variables were restored from, recorded in metrics.json.
-
-    Returns:
-      The metrics.json content: `metrics` (`RankMetrics.as_dict()`: rank1/5/10/20, mAP,
-      mINP, num_valid, num_skipped, cmc), `metrics_rerank` (same, or None), the
-      dataset, counts (`num_query`, `num_gallery`, `num_valid_queries`), eval settings,
-      `timing` (seconds) and the output paths (None when not written).
-    """
-    result = self._result(result)
-    features, scores, timing = result.features, result.scores, result.timing
-    settings = self.settings
-    scored = {"metrics": scores.metrics}
-    if scores.metrics_rerank is not None:
-      scored["metrics_rerank"] = scores.metrics_rerank
-    extra: dict[str, Any] = {
-      "config_name": self.config_name,
-      "dataset": self.dataset,
-      "step": result.step,
-      "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
-      "num_query": len(features.query_pids),
-      "num_gallery": len(features.gallery_pids),
-      "num_valid_queries": scores.metrics.num_valid,
-      "feature_dim": int(features.query_feats.shape[1]),
-      "eval": settings.as_json(),
-      "timing": timing,
-      "metrics_path": None,
-      "figure_path": None,
-      "config": json.loads(self.config.to_json_best_effort()),
-    }
-    if scores.metrics_rerank is None:
-      extra["metrics_rerank"] = None
-
-    if outdir is not None and jax.process_index() == 0:
-      eval_dir = result_dirs.step_dir(outdir, result.step)
-      with result_dirs.reporting_write_errors(eval_dir):
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        if write_figure and settings.num_figure_queries > 0:
-          start_fig = time.perf_counter()
-          figure_path = eval_dir / FIGURE_FILE
-          drawn = figure_lib.write_ranked_list_figure(
-            figure_path,
-            features,
-            self.query_source,
-            self.gallery_source,
-            metric=settings.metric,
-            num_queries=settings.num_figure_queries,
-            reranked=scores.reranked,
-            title=self.title(result) + (" (re-ranked)" if scores.reranked is not None else ""),
-          )
-          timing["figure_s"] = time.perf_counter() - start_fig
-          if drawn:
-            extra["figure_path"] = os.fspath(figure_path)
-        metrics_path = eval_dir / METRICS_FILE
-        extra["metrics_path"] = os.fspath(metrics_path)
-        timing["total_s"] = time.perf_counter() - result.started
-        report_lib.write_metrics_json(metrics_path, scored, extra)
-        result_dirs.update_latest(outdir, result.step)
-        logging.info("Wrote %s", metrics_path)
+  def _pairs(self, features: EvalFeatures, reranked: np.ndarray | None):
+    """The positive / negative pair distances (None, with a warning, if either is empty)."""
+    if reranked is None:
+      distances = distance_lib.pairwise_distance(
+        features.query_feats, features.gallery_feats, metric=self.settings.metric
+      )
     else:
-      timing["total_s"] = time.perf_counter() - result.started
-    return report_lib.metrics_json(scored, extra)
+      distances = reranked
+    try:
+      return roc.pair_distances(distances, *features.ids())
+    except inputs.EvaluationInputError as e:
+      logging.warning("%s: no ROC", e)
+      return None
+
+  def _figure_activation_maps(
+    self, variables: Mapping[str, Any], features: EvalFeatures
+  ) -> ActivationMaps | None:
+    queries = figure_lib.figure_queries(features, self.settings.num_figure_queries)
+    if queries.size == 0:
+      return None
+    read = eval_pipeline.ReadEvalRecord(self.query_source, self.image_size)
+    images = np.stack([read.map(int(q))["image"] for q in queries])
+    return ActivationMaps(queries, images, self._activation_maps(variables, images))
+
+
+def _without_datasets(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with an empty `eval.datasets` (its training set: the default set)."""
+  if not config.eval.get("datasets", ()):
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.datasets = ()
+  return config
+
+
+def build_evaluators(
+  model: nn.Module,
+  config: ml_collections.ConfigDict,
+  *,
+  mesh: Mesh | None = None,
+  config_name: str | None = None,
+) -> list[Evaluator]:
+  """One `Evaluator` per evaluation set of `config` (`eval_sets.eval_sets`), each set's
+  data built first unless built (`eval_sets.prepare_eval_set`).
+
+  Args:
+    model, mesh, config_name: as `Evaluator`.
+    config: the run config with absolute data paths.
+
+  Raises:
+    What `Evaluator` and `eval_sets.prepare_eval_set` raise.
+  """
+  EvalSettings.from_config(config)  # a bad setting fails before any dataset build
+  mesh = make_mesh() if mesh is None else mesh
+  evaluators, compiled = [], {}
+  for eval_set in eval_sets_lib.eval_sets(config):
+    eval_sets_lib.prepare_eval_set(eval_set)
+    evaluators.append(
+      Evaluator(
+        model,
+        config,
+        eval_set=eval_set,
+        mesh=mesh,
+        config_name=config_name,
+        compiled=compiled,
+      )
+    )
+  return evaluators
+
+
+def run_evaluators(
+  evaluators: list[Evaluator],
+  variables: Mapping[str, Any],
+  *,
+  step: int | None,
+  outdir: epath.PathLike | None,
+  write_figure: bool = True,
+  checkpoint: str | os.PathLike[str] | None = None,
+) -> tuple[list[EvalResult], list[dict[str, Any]]]:
+  """Runs every evaluator on `variables`, prints the tables and writes the results.
+
+  Returns:
+    (the results, their metrics.json contents), in the evaluators' order
+    (`writers.report`).
+  """
+  results = [ev.run(variables, step=step, figures=write_figure) for ev in evaluators]
+  return results, writers.report(results, outdir, write_figure=write_figure, checkpoint=checkpoint)
 
 
 def evaluate_model(
@@ -401,33 +386,46 @@ def evaluate_model(
   config_name: str | None = None,
   checkpoint: str | None = None,
 ) -> dict[str, Any]:
-  """One evaluation of `variables`: an `Evaluator` built for them, run, printed, written.
+  """One evaluation of `variables` on every evaluation set of `config`: the model built
+  for them, its evaluators run, the tables printed, the results written.
 
   Args:
-    config, mesh, data_dir, config_name: as `Evaluator` (`num_classes`: the
-      variables').
+    config, mesh, config_name: as `build_evaluators` (the model: `config.model` with
+      the variables' classes).
     variables: FSAF {'params', 'batch_stats'}, in memory.
-    outdir, write_figure, checkpoint: as `Evaluator.write`.
+    outdir, write_figure, checkpoint: as `writers.write_result`.
+    data_dir: where the sets are built; default `config.input.data_dir`.
     step: as `Evaluator.run`.
 
   Returns:
-    The metrics.json content (`Evaluator.write`).
+    The first set's metrics.json content (`writers.write_result`); every set's is
+    written.
 
   Raises:
     errors.UserError: bad eval settings.
     FileNotFoundError: the dataset is not built in `data_dir` (says how to build it).
     ValueError: the config does not match the variables.
   """
-  evaluator = Evaluator(
-    config,
-    num_classes=num_classes_of(variables),
-    mesh=mesh,
-    data_dir=data_dir,
-    config_name=config_name,
+  num_classes = num_classes_of(variables)
+  if int(config.model.num_classes) not in (-1, num_classes):
+    raise ValueError(
+      f"config.model.num_classes={config.model.num_classes} but the variables have "
+      f"{num_classes} classes"
+    )
+  if data_dir is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.input.data_dir = os.fspath(data_dir)
+  model = registry.create_model(config.model, num_classes)
+  evaluators = build_evaluators(model, config, mesh=mesh, config_name=config_name)
+  _, written = run_evaluators(
+    evaluators,
+    variables,
+    step=step,
+    outdir=outdir,
+    write_figure=write_figure,
+    checkpoint=checkpoint,
   )
-  evaluator.run(variables, step=step)
-  evaluator.print_table()
-  return evaluator.write(outdir, write_figure=write_figure, checkpoint=checkpoint)
+  return written[0]
 
 
 def evaluate_checkpoint(

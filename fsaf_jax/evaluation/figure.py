@@ -3,7 +3,8 @@
 Each row shows a query, then its top-k gallery images (after the same filtering as
 the metrics: same-pid-same-camera and junk items removed; ties broken by gallery
 index), framed green when they are the query's identity and red otherwise; under each
-image its camera id and pid. Drawn with matplotlib's object API on an Agg canvas (no
+image its camera, counted from 1 as in the file names (`c1`..`c6` of Market-1501; the
+records store it 0-based), and its pid. Drawn with matplotlib's object API on an Agg canvas (no
 pyplot, no global backend change), written as PNG.
 
   fig = ranked_list_figure(distmat, q_pids, g_pids, q_camids, g_camids,
@@ -44,6 +45,12 @@ RIGHT_COLOR = "#1a9e1a"
 WRONG_COLOR = "#d62728"
 QUERY_COLOR = "#1f3b99"
 EVAL_TOP_K = 10  # gallery images per row of the evaluation's figure
+TITLE_INCHES = 0.3  # the title's band above the grid
+
+
+def camera_label(camid: int) -> str:
+  """'c<camid + 1>': a 0-based camera id as the file names count it (c1, c2, ...)."""
+  return f"c{int(camid) + 1}"
 
 
 def _image(source: ImageSource, index: int, what: str) -> np.ndarray:
@@ -107,6 +114,39 @@ def ranked_list_figure(
     The matplotlib Figure.
   """
   q_pids, g_pids, q_camids, g_camids = inputs.query_gallery_ids(q_pids, g_pids, q_camids, g_camids)
+  query_indices = _chosen_queries(
+    query_indices, q_pids, g_pids, q_camids, g_camids, num_queries=num_queries, seed=seed
+  )
+  lists = ranked_lists(distmat, q_pids, g_pids, q_camids, g_camids, query_indices, top_k)
+  fig, grid = _figure_grid(len(query_indices), top_k, cell_inches, title)
+  for r, (q, ranked) in enumerate(zip(query_indices, lists, strict=True)):
+    cells = [
+      (
+        0,
+        _image(query_images, q, "query"),
+        QUERY_COLOR,
+        f"query\n{camera_label(q_camids[q])} id {q_pids[q]}",
+      )
+    ]
+    for j, g in enumerate(ranked):
+      color = RIGHT_COLOR if g_pids[g] == q_pids[q] else WRONG_COLOR
+      label = f"{j + 1}: {camera_label(g_camids[g])}\nid {g_pids[g]}"
+      cells.append((j + 2, _image(gallery_images, int(g), "gallery"), color, label))
+    for col, image, color, label in cells:
+      _draw_cell(fig.add_subplot(grid[r, col]), image, color, label, framed_label=col > 0)
+  if title:
+    fig_height = fig.get_size_inches()[1]
+    fig.suptitle(title, fontsize=10, y=1.0 - 0.05 / fig_height, va="top")
+  if path is not None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    whole_file.write_whole(path, buf.getvalue())
+  return fig
+
+
+def _chosen_queries(query_indices, q_pids, g_pids, q_camids, g_camids, *, num_queries, seed):
+  """The query rows to draw: the given indices (checked), or `num_queries` drawn (seeded)
+  among the queries with a positive, sorted. Returns a list of ints."""
   if query_indices is None:
     counts, _ = metrics.positive_lists(q_pids, q_camids, g_pids, g_camids)
     candidates = np.nonzero(counts > 0)[0]
@@ -121,47 +161,43 @@ def ranked_list_figure(
   bad = [q for q in query_indices if not 0 <= q < q_pids.shape[0]]
   if bad:
     raise inputs.EvaluationInputError(f"Query indices {bad} outside 0..{q_pids.shape[0] - 1}.")
-  lists = ranked_lists(distmat, q_pids, g_pids, q_camids, g_camids, query_indices, top_k)
+  return query_indices
 
+
+def _figure_grid(rows: int, top_k: int, cell_inches: tuple[float, float], title: str | None):
+  """An empty figure and its grid: `rows` rows of query, gap, then `top_k` gallery cells.
+
+  The grid starts right under the title (matplotlib's default top leaves a band).
+  Returns (Figure, GridSpec).
+  """
   cols = top_k + 1
-  rows = len(query_indices)
   width, height = cell_inches
-  fig = Figure(figsize=(width * (cols + 0.3), height * rows + (0.4 if title else 0.1)))
+  title_inches = TITLE_INCHES if title else 0.0
+  fig_height = height * rows + title_inches
+  fig = Figure(figsize=(width * (cols + 0.3), fig_height))
   FigureCanvasAgg(fig)
   grid = fig.add_gridspec(
-    rows, cols + 1, width_ratios=[1, 0.3] + [1] * top_k, wspace=0.08, hspace=0.35
+    rows,
+    cols + 1,
+    width_ratios=[1, 0.3] + [1] * top_k,
+    wspace=0.08,
+    hspace=0.35,
+    top=1.0 - title_inches / fig_height,
+    bottom=0.25 / fig_height,
   )
-  for r, (q, ranked) in enumerate(zip(query_indices, lists, strict=True)):
-    cells = [
-      (0, _image(query_images, q, "query"), QUERY_COLOR, f"query\ncam {q_camids[q]} id {q_pids[q]}")
-    ]
-    for j, g in enumerate(ranked):
-      right = g_pids[g] == q_pids[q]
-      label = f"{j + 1}: cam {g_camids[g]}\nid {g_pids[g]}"
-      cells.append(
-        (
-          j + 2,
-          _image(gallery_images, int(g), "gallery"),
-          RIGHT_COLOR if right else WRONG_COLOR,
-          label,
-        )
-      )
-    for col, image, color, label in cells:
-      ax = fig.add_subplot(grid[r, col])
-      ax.imshow(image, aspect="auto", interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      for spine in ax.spines.values():
-        spine.set_edgecolor(color)
-        spine.set_linewidth(3.0 if col else 2.0)
-      ax.set_xlabel(label, fontsize=6.5, color=color if col else "black", labelpad=2)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  if path is not None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    whole_file.write_whole(path, buf.getvalue())
-  return fig
+  return fig, grid
+
+
+def _draw_cell(ax, image: np.ndarray, color: str, label: str, *, framed_label: bool) -> None:
+  """One image cell: the image, a frame of `color`, and `label` under it (in `color` for
+  gallery cells, black for the query)."""
+  ax.imshow(image, aspect="auto", interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  for spine in ax.spines.values():
+    spine.set_edgecolor(color)
+    spine.set_linewidth(3.0 if framed_label else 2.0)
+  ax.set_xlabel(label, fontsize=6.5, color=color if framed_label else "black", labelpad=2)
 
 
 def figure_queries(features: EvalFeatures, num: int) -> np.ndarray:

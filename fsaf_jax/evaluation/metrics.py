@@ -57,7 +57,7 @@ _MIN_POSITIVE_BUCKET = 8
 _POSITIVE_BLOCK = 16  # positives compared per pass over a chunk's distances
 REPORTED_RANKS = (1, 5, 10, 20)
 # The scalar metrics, named once: `RankMetrics.scalars` / `as_dict`, metrics.json, the
-# table (`report.metrics_table`), TensorBoard and `evaluator.Evaluator.run`'s dict.
+# table (`report.metrics_table`), TensorBoard and `EvalResult.metrics`.
 METRIC_NAMES = (*(f"rank{k}" for k in REPORTED_RANKS), "mAP", "mINP")
 
 

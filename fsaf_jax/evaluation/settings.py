@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 
 from data_pipelines import errors
-from fsaf_jax.evaluation import distance, metrics
+from fsaf_jax.evaluation import distance, eval_sets, metrics
 
 # The fields of `config.eval` (configs/base.py); any other field is refused.
 EVAL_FIELDS = (
@@ -34,6 +34,7 @@ EVAL_FIELDS = (
   "rerank_lambda",
   "rerank_squared",
   "num_figure_queries",
+  "datasets",
 )
 
 
@@ -53,6 +54,7 @@ class EvalSettings:
     flip: flip-averaged embeddings.
     num_figure_queries: rows of the ranked-list figure (>= 0; 0: no figure).
     batch_size: requested host batch size of the extractor (>= 1).
+    datasets: the evaluation sets (`eval_sets`; empty: the training set).
   """
 
   metric: str = "cosine"
@@ -67,6 +69,7 @@ class EvalSettings:
   flip: bool = False
   num_figure_queries: int = 8
   batch_size: int = 128
+  datasets: tuple[str, ...] = ()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
@@ -116,6 +119,7 @@ class EvalSettings:
         get("num_figure_queries"), "config.eval.num_figure_queries", minimum=0
       ),
       batch_size=_integer(batch_size, "config.input.eval_batch_size", minimum=1),
+      datasets=eval_sets.check_entries(eval_config.get("datasets", ())),
     )
 
   def rerank_options(self) -> dict[str, Any]:

@@ -120,5 +120,5 @@ class MHSA(nn.Module):
     out = out.reshape(n, heads, height, width, d).transpose(0, 2, 3, 1, 4)
     out = out.reshape(n, height, width, self.features)
     if self.strides == 2:
-      out = nn.avg_pool(out, (2, 2), strides=(2, 2))
+      out = nn.avg_pool(out, window_shape=(2, 2), strides=(2, 2))
     return out

@@ -64,3 +64,21 @@ class BNNeckHead(nn.Module):
       name="classifier",
     )(bn_feat)
     return {"feat": feat, "bn_feat": bn_feat, "logits": logits}
+
+
+def num_classes_of(variables: Any) -> int:
+  """Classifier width (training identities) of a model's variables with a `BNNeckHead`
+  under 'head' (concrete arrays or `jax.eval_shape` structures).
+
+  Raises:
+    ValueError: no `params/head/classifier/kernel` (not FSAF variables).
+  """
+  try:
+    kernel = variables["params"]["head"]["classifier"]["kernel"]
+  except (KeyError, TypeError) as e:
+    keys = sorted(variables["params"]) if "params" in variables else sorted(variables)
+    raise ValueError(
+      "variables have no params/head/classifier/kernel: expected the FSAF model's "
+      f"{{'params', 'batch_stats'}}; top-level keys {keys}"
+    ) from e
+  return int(kernel.shape[-1])

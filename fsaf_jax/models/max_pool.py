@@ -27,6 +27,12 @@ from jax import lax
 Padding = Sequence[tuple[int, int]]
 
 
+def _pad_value(dtype) -> jnp.ndarray:
+  """The padding no window selects: -inf (floats) or the dtype's minimum, as `dtype`."""
+  fill = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
+  return jnp.asarray(fill).astype(dtype)
+
+
 def _window_slices(
   x: jnp.ndarray, window: Sequence[int], strides: Sequence[int], padding: Padding
 ) -> list[jnp.ndarray]:
@@ -37,9 +43,8 @@ def _window_slices(
   oh, ow = (h + pt + pb - wh) // sh + 1, (w + pl + pr - ww) // sw + 1
   if oh < 1 or ow < 1:
     raise ValueError(f"max_pool window {tuple(window)} does not fit a {h}x{w} input")
-  fill = jnp.asarray(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min)
   if pt or pb or pl or pr:
-    x = lax.pad(x, fill.astype(x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+    x = lax.pad(x, _pad_value(x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
   return [
     lax.slice(x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1))
     for i in range(wh)
@@ -79,9 +84,24 @@ def max_pool(
   return out
 
 
+def _border(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
+  """A padding band of `x` along `axis`, `size` wide, filled with `_pad_value`."""
+  return jnp.broadcast_to(_pad_value(x.dtype), (*x.shape[:axis], size, *x.shape[axis + 1 :]))
+
+
 def _reduce_window_max_pool(x, window, strides, padding=((0, 0), (0, 0))) -> jnp.ndarray:
-  """`nn.max_pool` with this module's argument order (the portable implementation)."""
-  return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=tuple(padding))
+  """`nn.max_pool` with this module's argument order (the portable implementation).
+
+  The -inf border is concatenated explicitly and the pool is 'VALID' (what
+  `nn.max_pool` does with explicit padding, same values), called with keywords: the form
+  ONNX export (`jax2onnx`: its max pool takes only 'SAME' / 'VALID', and its `lax.pad`
+  needs a constant batch) converts.
+  """
+  (pt, pb), (pl, pr) = padding
+  if pt or pb or pl or pr:
+    for axis, (before, after) in ((1, (pt, pb)), (2, (pl, pr))):
+      x = jnp.concatenate([_border(x, axis, before), x, _border(x, axis, after)], axis=axis)
+  return nn.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding="VALID")
 
 
 def max_pool_fn(train: bool) -> Callable[..., jnp.ndarray]:

@@ -48,6 +48,9 @@ DROPPED_TITLE = "file entries not used (3x3 convs the model replaces by MHSA, or
 IBN_A_RELEASE = "resnet50_ibn_a-d9d0bb7b.pth"
 # `config.init.pretrained` value that asks for random initialisation on purpose.
 SCRATCH = "scratch"
+# `config.init.pretrained` value naming the backbone's official ImageNet release, which
+# train.py and `fsaf_jax.extract` download and convert once (`fsaf_jax.imagenet_weights`).
+IMAGENET = "imagenet"
 
 
 class PretrainedError(errors.UserError):
@@ -167,6 +170,12 @@ def load_pretrained(path: str | os.PathLike) -> dict[str, Any]:
     PretrainedError: the file is missing or is not such a file (e.g. a PyTorch `.pth`
       that still needs converting), or an entry holds NaN / inf (naming it).
   """
+  if os.fspath(path) == IMAGENET:
+    raise PretrainedError(
+      f"config.init.pretrained={IMAGENET!r} is not resolved: train.py and `python -m "
+      "fsaf_jax.extract` replace it with the converted release; a caller of the library "
+      "passes `fsaf_jax.imagenet_weights.resolve_config(config)`"
+    )
   path = epath.Path(path)
   if not path.exists():
     raise PretrainedError(
@@ -236,12 +245,14 @@ class PretrainedReport:
     dropped: file entries the model has no place for but were expected (the 3x3 convs
       of blocks where the model has MHSA, and any matching `ignore_unused`).
     source: the source checkpoint recorded in the file's metadata.
+    source_sha256: its SHA-256 recorded there ('' if none).
   """
 
   loaded: tuple[str, ...]
   left_at_init: tuple[str, ...]
   dropped: tuple[str, ...]
   source: str = ""
+  source_sha256: str = ""
 
   def __str__(self) -> str:
     parts = [f"{len(self.loaded)} entries loaded" + (f" from {self.source}" if self.source else "")]
@@ -362,7 +373,11 @@ def apply_pretrained(
   loaded_set = set(loaded)
   left = tuple(name for name in map(_name, model) if name not in loaded_set)
   report = PretrainedReport(
-    loaded=tuple(loaded), left_at_init=left, dropped=tuple(dropped), source=source
+    loaded=tuple(loaded),
+    left_at_init=left,
+    dropped=tuple(dropped),
+    source=source,
+    source_sha256=str(metadata.get("source_sha256", "")),
   )
   result = traverse_util.unflatten_dict(out)
   if isinstance(variables, flax.core.FrozenDict):

@@ -102,19 +102,6 @@ def resolve_data_paths(
   return config
 
 
-def _build(ref: DatasetRef) -> None:
-  """Builds `ref` unless built; a build already there is checked against its manual_dir."""
-  builder = source_lib.get_builder(ref.name, ref.data_dir)
-  prepared = builder.is_prepared()
-  if not prepared:
-    logging.info("Building the TFDS dataset %s into %s", ref.name, ref.data_dir)
-  if not prepared or ref.manual_dir:
-    # A build already there is checked against manual_dir: training on a build made
-    # from another copy of the dataset than the one named is refused, as the build
-    # command refuses it.
-    source_lib.build(ref.name, ref.data_dir, ref.manual_dir)
-
-
 def prepare_dataset(
   config: ml_collections.ConfigDict, workdir: str | os.PathLike
 ) -> ml_collections.ConfigDict:
@@ -134,7 +121,7 @@ def prepare_dataset(
   config = resolve_data_paths(config, workdir)
   if jax.process_index() == 0:
     for ref in training_sets(config):
-      _build(ref)
+      source_lib.ensure_built(ref.name, ref.data_dir, ref.manual_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("fsaf_jax.prepare_dataset")
   return config

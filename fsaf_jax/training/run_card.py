@@ -123,6 +123,9 @@ def build_run_card(
     "lr_schedule": config.optim.lr_schedule,
     "lr": lr_milestones(schedule, steps_per_epoch, total_steps),
     "pretrained": config.init.pretrained,
+    # The checkpoint the file was converted from and its SHA-256 (convert_ibn records them).
+    "pretrained_source": pretrained_report.source if pretrained_report else "",
+    "pretrained_source_sha256": pretrained_report.source_sha256 if pretrained_report else "",
     "pretrained_parameters_set": loaded,
     "parameters_left_at_init": total_params - loaded,
     "parameters": total_params,
@@ -209,7 +212,13 @@ def format_run_card(card: Mapping[str, Any]) -> str:
       "init",
       f"{card['pretrained'] or '(none)'}: {card['pretrained_parameters_set']:,} parameters set, "
       f"{card['parameters_left_at_init']:,} at init"
-      + ("; attention blocks' last BN scale 0" if card["zero_init_attention_bn"] else ""),
+      + ("; attention blocks' last BN scale 0" if card["zero_init_attention_bn"] else "")
+      + (
+        f"; from {os.path.basename(card['pretrained_source'])} "
+        f"(sha256 {card['pretrained_source_sha256'][:16]})"
+        if card.get("pretrained_source_sha256")
+        else ""
+      ),
     ),
     (
       "devices",

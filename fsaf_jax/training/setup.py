@@ -5,7 +5,8 @@ evaluation, model, the list of training sets) before anything is written or any 
 work; `setup_run(config, workdir)` then makes the training sets ready (one, or the
 union of `config.input.datasets`: `data_setup`), builds the P x K train iterator over
 their training images, resolves `model.num_classes` and `train.steps_per_epoch` from
-the data (`resolve_config`), builds the `Evaluator`, the model, the initial train state
+the data (`resolve_config`), builds the evaluators (one per evaluation set, their data
+built; by default the first training set), the model, the initial train state
 (`config.init.pretrained` or 'scratch') and the run card (printed by process 0; the
 training loop writes it to
 `WORKDIR/run_card.json` once a resume is accepted, so a refused run leaves the work
@@ -25,8 +26,9 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from data_pipelines import errors, train_pipeline
+from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core.mesh import make_mesh
-from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.evaluation.evaluator import Evaluator, build_evaluators
 from fsaf_jax.evaluation.settings import EvalSettings
 from fsaf_jax.losses.registry import check_loss_config
 from fsaf_jax.models import registry
@@ -57,7 +59,7 @@ class Run:
     train_iter: the P x K train iterator (`train_pipeline.TrainIterator`).
     model: the model (`registry.create_model`).
     state: the initial train state (replicated over `mesh`).
-    evaluator: the run's `Evaluator`.
+    evaluators: the run's evaluators, one per evaluation set (`build_evaluators`).
     card: the run card (`run_card.build_run_card`).
   """
 
@@ -66,7 +68,7 @@ class Run:
   train_iter: Any
   model: nn.Module
   state: TrainState
-  evaluator: Evaluator
+  evaluators: list[Evaluator]
   card: dict[str, Any]
 
   @property
@@ -83,6 +85,7 @@ class Run:
 
 
 EPOCH_LENGTHS = ("sampler", "images")
+EVAL_SPLITS = ("query", "gallery")
 
 
 def resolve_config(
@@ -307,11 +310,10 @@ def setup_run(
     num_train_images=len(train_source),
   )
   # Built before any training step: bad eval settings fail here, not at the first eval.
-  evaluator = Evaluator(
+  evaluators = build_evaluators(
+    registry.create_model(config.model, num_train_ids),
     config,
-    num_classes=num_train_ids,
     mesh=mesh,
-    data_dir=config.input.data_dir,
     config_name=config_name,
   )
   steps_per_epoch = int(config.train.steps_per_epoch)
@@ -333,8 +335,11 @@ def setup_run(
     config_name=config_name,
     split_sizes={
       "train": len(train_source),
-      "query": len(evaluator.query_source),
-      "gallery": len(evaluator.gallery_source),
+      # The training set's own test splits (the evaluation sets may be others).
+      **{
+        split: len(source_lib.load_source(config.input.dataset, split, config.input.data_dir))
+        for split in EVAL_SPLITS
+      },
     },
     num_train_ids=num_train_ids,
     sampler_mode=train_iter.sampler.mode,
@@ -347,4 +352,4 @@ def setup_run(
   )
   if is_main:  # written to WORKDIR/run_card.json once the run is accepted (`train_loop`)
     console_line(run_card.format_run_card(card))
-  return Run(config, mesh, train_iter, model, state, evaluator, card)
+  return Run(config, mesh, train_iter, model, state, evaluators, card)

@@ -8,7 +8,7 @@
 2. `setup.setup_run`: the caller's `prepare_data` hook, if any (the demo writes its
    synthetic data there), the dataset made ready, the P x K train iterator, the
    config resolved from the data (`model.num_classes`, `train.steps_per_epoch`), the
-   `Evaluator` (settings checked before any step), the model, the initial train state
+   evaluators (settings checked before any step), the model, the initial train state
    and the run card. Then the jitted data-parallel step (state replicated and donated,
    batch sharded).
 3. Resume: the newest intact checkpoint in `WORKDIR/checkpoints` (train state and iterator
@@ -17,10 +17,11 @@
 4. Steps until `num_epochs * steps_per_epoch`: a progress bar (loss, lr, images/s);
    every `log_every_steps` the averaged metrics to TensorBoard (`WORKDIR/tb`) and
    stdout (`writers`); a checkpoint every `checkpoint_every_steps` and at the
-   end; evaluation every `eval_every_epochs` and at the end (one
-   `fsaf_jax.evaluation.evaluator.Evaluator`, built with its settings checked before
-   the first step: `WORKDIR/eval/step_<N>/metrics.json` and the ranked-list figure,
-   `WORKDIR/eval/latest` naming the newest, the metrics to TensorBoard). An `on_step`
+   end; evaluation every `eval_every_epochs` and at the end (the evaluators of
+   `fsaf_jax.evaluation.evaluator.build_evaluators`, one per evaluation set, built with
+   their settings checked before the first step: `WORKDIR/eval/step_<N>/[<set>/]`
+   metrics.json and figures, `WORKDIR/eval/latest` naming the newest, the metrics to
+   TensorBoard, prefixed by the set when `config.eval.datasets` lists sets). An `on_step`
    hook, if given, sees every step's batch before it is trained on.
 5. SIGTERM / SIGINT: a checkpoint at the next step boundary, then a clean return
    (`TrainResult.signal`).
@@ -57,7 +58,8 @@ from etils import epath
 
 from data_pipelines import errors
 from fsaf_jax.core import checkpoint_restore
-from fsaf_jax.evaluation.evaluator import Evaluator
+from fsaf_jax.evaluation import writers as eval_writers
+from fsaf_jax.evaluation.evaluator import EvalResult, Evaluator, run_evaluators
 from fsaf_jax.training import checkpoint as checkpoint_lib
 from fsaf_jax.training import run_card, setup, workdir_lock
 from fsaf_jax.training.periodic import StepTimer, periodic
@@ -80,10 +82,11 @@ class TrainResult:
     step: the train state's step at return.
     total_steps: `num_epochs * steps_per_epoch`.
     signal: the signal number that stopped the run early, or None.
-    eval: the last evaluation's metrics.json content (None if none ran).
+    eval: the last evaluation's metrics.json content of the first evaluation set
+      (None if none ran); `evals`: every set's.
     config: the resolved config (paths, num_classes, steps_per_epoch).
-    evaluator: the run's `Evaluator` (its compiled extractor, its `last` result the
-      last evaluation's), to score more variables the same way.
+    evaluators: the run's evaluators (their compiled extractors), to score more
+      variables the same way; `results`: the last evaluation's `EvalResult`s.
   """
 
   step: int
@@ -91,7 +94,9 @@ class TrainResult:
   signal: int | None = None
   eval: dict[str, Any] | None = None
   config: ml_collections.ConfigDict | None = None
-  evaluator: Evaluator | None = None
+  evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  evaluators: list[Evaluator] = dataclasses.field(default_factory=list)
+  results: list[EvalResult] = dataclasses.field(default_factory=list)
 
 
 def _fetch_and_check(
@@ -194,7 +199,7 @@ def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> Train
     log_every = max(1, int(config.train.log_every_steps))
     eval_every = int(config.train.eval_every_epochs) * run.steps_per_epoch
     ckpt_every = checkpoint_interval(config)
-    result = TrainResult(step, total, config=config, evaluator=run.evaluator)
+    result = TrainResult(step, total, config=config, evaluators=run.evaluators)
     metrics, timer = _StepMetrics(saver.last_good), StepTimer(run.global_batch)
     with StopOnSignal() as stop:
       while step < total:
@@ -220,7 +225,7 @@ def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> Train
         if at_ckpt:
           saver.save(step, state)
         if at_eval:
-          result.eval = _evaluate(run.evaluator, state, step, workdir, logger)
+          _evaluate(result, run.evaluators, state, step, workdir, logger)
           timer.restart()
       if step < total:
         result.signal = _stop(stop.signum, step, total, metrics, saver, state)
@@ -232,7 +237,7 @@ def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> Train
       # Trained to the end: evaluate (also when a finished run is started again).
       saver.save(step, state)
       saver.monitor.finish()
-      result.eval = _evaluate(run.evaluator, state, step, workdir, logger)
+      _evaluate(result, run.evaluators, state, step, workdir, logger)
   return result
 
 
@@ -347,15 +352,21 @@ def _log(
 
 
 def _evaluate(
-  evaluator: Evaluator, state: TrainState, step: int, workdir: epath.Path, logger: MetricLogger
-) -> dict[str, Any]:
-  """Evaluates `state` at `step`: the table printed, `WORKDIR/eval/step_<step>/` written,
-  the metrics to TensorBoard. Returns the metrics.json content."""
-  metrics = evaluator.run(state.variables, step=step)
-  evaluator.print_table()
-  result = evaluator.write(workdir)
-  logger.write(step, metrics, prefix="eval")
-  return result
+  result: TrainResult,
+  evaluators: list[Evaluator],
+  state: TrainState,
+  step: int,
+  workdir: epath.Path,
+  logger: MetricLogger,
+) -> None:
+  """Evaluates `state` at `step` on every evaluation set: the tables printed,
+  `WORKDIR/eval/step_<step>/[<set>/]` written, the metrics to TensorBoard; the results
+  and metrics.json contents kept in `result`."""
+  result.results, result.evals = run_evaluators(
+    evaluators, state.variables, step=step, outdir=workdir
+  )
+  result.eval = result.evals[0]
+  logger.write(step, eval_writers.scalars(result.results), prefix="eval")
 
 
 def _stop(

@@ -140,11 +140,10 @@ def check_initialisation(init_config: ml_collections.ConfigDict) -> None:
     raise pretrained_lib.MissingPretrainedError(
       "config.init.pretrained is empty: this run would train from random weights, tens of "
       "points below any published ReID figure (every recipe starts from ImageNet)",
-      hint=f"get the official IBN-Net release {pretrained_lib.IBN_A_RELEASE} (XingangPan/"
-      "IBN-Net on GitHub), convert it once with `python -m fsaf_jax.convert_ibn "
-      f"{pretrained_lib.IBN_A_RELEASE} r50_ibn_a.msgpack` and pass "
-      "--config.init.pretrained=r50_ibn_a.msgpack; to train from scratch on purpose, pass "
-      f"--config.init.pretrained={pretrained_lib.SCRATCH}",
+      hint=f"pass --config.init.pretrained={pretrained_lib.IMAGENET} (the official IBN-Net "
+      f"release {pretrained_lib.IBN_A_RELEASE} is downloaded and converted once), or a file "
+      "converted with `python -m fsaf_jax.convert_ibn SRC.pth DST`; to train from scratch "
+      f"on purpose, pass --config.init.pretrained={pretrained_lib.SCRATCH}",
     )
 
 

@@ -168,6 +168,7 @@ def test_full_size_config_without_pretrained_stops_before_any_data_work(name, tm
   with pytest.raises(MissingPretrainedError) as e:
     train_loop.train_and_evaluate(c, tmp_path / "work", config_name=name)
   assert "resnet50_ibn_a-d9d0bb7b.pth" in e.value.hint
+  assert "--config.init.pretrained=imagenet" in e.value.hint
   assert not (tmp_path / "tfds").exists()
   assert not (tmp_path / "work" / "data").exists()
   assert not (tmp_path / "work" / "config.json").exists()

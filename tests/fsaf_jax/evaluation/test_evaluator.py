@@ -23,7 +23,7 @@ from data_pipelines import errors
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
-from fsaf_jax.evaluation import distance, evaluator, figure, metrics
+from fsaf_jax.evaluation import distance, evaluator, figure, metrics, roc, writers
 from fsaf_jax.models import registry
 from fsaf_jax.training import train_loop
 from tests.reference import reid_metrics_numpy, rerank_numpy, tiny_market, tiny_synthetic_run
@@ -45,6 +45,11 @@ def make_config(data_dir, **eval_fields) -> ml_collections.ConfigDict:
   config.eval.num_figure_queries = 4
   config.eval.update(eval_fields)
   return config
+
+
+def make_evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS):
+  """The Evaluator of `config` over the tiny model of `num_classes` classes."""
+  return evaluator.Evaluator(registry.create_model(config.model, num_classes), config)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +86,7 @@ def variables(model_and_variables):
 @pytest.fixture(scope="module")
 def features(data_dir, sources, variables):
   config = make_config(data_dir)
-  feats, _ = evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS).extract(variables)
+  feats, _ = make_evaluator(config).extract(variables)
   return feats
 
 
@@ -153,9 +158,7 @@ def test_features_match_independent_embedding(model_and_variables, sources, feat
 def test_flip_follows_config(model_and_variables, data_dir, sources):
   model, variables = model_and_variables
   query, gallery = sources
-  feats, _ = evaluator.Evaluator(
-    make_config(data_dir, flip=True), num_classes=tiny_market.NUM_TRAIN_IDS
-  ).extract(variables)
+  feats, _ = make_evaluator(make_config(data_dir, flip=True)).extract(variables)
   expected = reference_embeddings(
     model, variables, query, tiny.get_config().input.image_size, flip=True
   )
@@ -434,7 +437,7 @@ def test_bad_eval_setting_fails_at_construction(data_dir, field, value, allowed)
   # A config file may set any type (overrides of a type-safe ConfigDict cannot).
   config.eval = ml_collections.ConfigDict({**config.eval.to_dict(), field: value})
   with pytest.raises(errors.UserError) as e:
-    evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+    make_evaluator(config)
   message = str(e.value)
   assert f"config.eval.{field}={value!r}" in message and allowed in message
 
@@ -443,12 +446,12 @@ def test_bad_batch_size_and_unknown_eval_field_fail_at_construction(data_dir):
   config = make_config(data_dir)
   config.input.eval_batch_size = 0
   with pytest.raises(errors.UserError, match=r"config.input.eval_batch_size=0: .*>= 1"):
-    evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+    make_evaluator(config)
   config = make_config(data_dir)
   with config.unlocked():
     config.eval.rerank_lamda = 0.5
   with pytest.raises(errors.UserError, match="config.eval.rerank_lamda") as e:
-    evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+    make_evaluator(config)
   assert e.value.hint == "did you mean config.eval.rerank_lambda?"
 
 
@@ -474,10 +477,10 @@ def test_bad_eval_setting_fails_before_the_first_training_step(data_root, tmp_pa
 
 def test_extractor_compiles_once_across_runs(data_dir, variables):
   config = make_config(data_dir, rerank=True)
-  ev = evaluator.Evaluator(config, num_classes=tiny_market.NUM_TRAIN_IDS)
+  ev = make_evaluator(config)
   assert ev.extractor.num_traces == 0
   first = ev.run(variables, step=1)
-  first_features = ev.last.features
+  first_features = first.features
   # Other variables of the same shapes (as the training loop's state a few epochs on).
   rng = np.random.default_rng(1)
   moved = jax.tree.map(
@@ -485,26 +488,25 @@ def test_extractor_compiles_once_across_runs(data_dir, variables):
   )
   second = ev.run(moved, step=2)
   assert ev.extractor.num_traces == 1
-  assert ev.last.step == 2
-  assert np.abs(ev.last.features.query_feats - first_features.query_feats).max() > 1e-3
+  assert second.step == 2
+  assert np.abs(second.features.query_feats - first_features.query_feats).max() > 1e-3
   # Each run equals a fresh one-shot evaluation of its variables.
   for v, got in ((variables, first), (moved, second)):
     fresh = evaluator.evaluate_model(config, v, outdir=None, write_figure=False)
-    for name, value in got.items():
+    for name, value in got.metrics.items():
       section = fresh["metrics_rerank"] if name.startswith("rerank/") else fresh["metrics"]
       assert value == pytest.approx(section[name.removeprefix("rerank/")], abs=1e-12)
 
 
 def test_run_returns_the_declared_flat_metrics(data_dir, variables, tmp_path):
-  ev = evaluator.Evaluator(
-    make_config(data_dir, rerank=True), num_classes=tiny_market.NUM_TRAIN_IDS
-  )
-  flat = ev.run(variables, step=3)
+  ev = make_evaluator(make_config(data_dir, rerank=True))
+  result = ev.run(variables, step=3)
+  flat = result.metrics
   # max_rank 10: rank20 is beyond the CMC.
   plain = [n for n in metrics.METRIC_NAMES if n != "rank20"]
   assert list(flat) == plain + ["rerank/" + n for n in plain]
   assert all(isinstance(v, float) for v in flat.values())
-  written = ev.write(tmp_path, write_figure=False)
+  (written,) = writers.report([result], tmp_path, write_figure=False)
   for name in plain:
     assert flat[name] == written["metrics"][name]
     assert flat["rerank/" + name] == written["metrics_rerank"][name]
@@ -513,6 +515,49 @@ def test_run_returns_the_declared_flat_metrics(data_dir, variables, tmp_path):
 
 
 def test_run_refuses_variables_of_another_model(data_dir, variables):
-  ev = evaluator.Evaluator(make_config(data_dir), num_classes=tiny_market.NUM_TRAIN_IDS + 1)
+  ev = make_evaluator(make_config(data_dir), num_classes=tiny_market.NUM_TRAIN_IDS + 1)
   with pytest.raises(ValueError, match="classes"):
     ev.run(variables)
+
+
+def test_a_listed_set_writes_its_own_folder(data_dir, variables, tmp_path):
+  # config.eval.datasets naming the training set: results in eval/step_<N>/<set>/, the
+  # same metrics as the default layout's, TensorBoard scalars prefixed by the set.
+  config = make_config(data_dir, datasets=(tiny_market.DATASET,))
+  model = registry.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
+  (ev,) = evaluator.build_evaluators(model, config)
+  results, (written,) = evaluator.run_evaluators(
+    [ev], variables, step=4, outdir=tmp_path, write_figure=False
+  )
+  folder = tmp_path / "eval" / "step_4" / tiny_market.DATASET
+  assert written["metrics_path"] == str(folder / "metrics.json")
+  assert not (tmp_path / "eval" / "step_4" / "metrics.json").exists()
+  assert (tmp_path / "eval" / "latest").read_text() == "step_4\n"
+  default = evaluator.evaluate_model(make_config(data_dir), variables, outdir=None)
+  assert written["metrics"] == default["metrics"] and written["roc"] == default["roc"]
+  scalars = writers.scalars(results)
+  assert scalars[f"{tiny_market.DATASET}/mAP"] == written["metrics"]["mAP"]
+  assert scalars[f"{tiny_market.DATASET}/TPR@FPR=1e-02"] == written["roc"]["TPR@FPR=1e-02"]
+
+
+def test_diagnostic_figures_and_roc_in_metrics_json(evaluated, features):
+  _, outdir, result = evaluated
+  folder = outdir / "eval" / "step_12"
+  assert result["figure_paths"] == {
+    name: str(folder / f"{name}.png")
+    for name in ("ranked_list", "distances", "roc", "activation_maps")
+  }
+  for path in result["figure_paths"].values():
+    with PIL.Image.open(path) as image:
+      assert image.format == "PNG" and min(image.size) > 100
+  # TPR@FPR of the re-ranked distances (re-ranking is on), as the reference computes it.
+  qf, gf = features.query_feats, features.gallery_feats
+  pdist = lambda a, b: np.asarray(distance.pairwise_distance(a, b, "cosine"))  # noqa: E731
+  reranked = rerank_numpy.re_ranking(
+    pdist(qf, gf), pdist(qf, qf), pdist(gf, gf), k1=K1, k2=K2, lambda_value=LAMBDA
+  )
+  pairs = roc.pair_distances(reranked, *features.ids())
+  want = roc.tpr_at_fpr(pairs)
+  assert result["roc"].keys() == want.keys()
+  for key, value in want.items():
+    assert result["roc"][key] == pytest.approx(value, abs=1e-6)

@@ -52,11 +52,11 @@ def test_figure_frames_and_png(tmp_path):
   lists = figure.ranked_lists(dist, q_pids, g_pids, q_cams, g_cams, [0, 5, 7], top_k=6)
   for row, q in enumerate([0, 5, 7]):
     axes = fig.axes[row * 7 : (row + 1) * 7]
-    assert f"cam {q_cams[q]} id {q_pids[q]}" in axes[0].get_xlabel()
+    assert f"c{q_cams[q] + 1} id {q_pids[q]}" in axes[0].get_xlabel()
     for ax, g in zip(axes[1:], lists[row], strict=True):
       want = figure.RIGHT_COLOR if g_pids[g] == q_pids[q] else figure.WRONG_COLOR
       assert np.allclose(ax.spines["top"].get_edgecolor()[:3], _rgb(want))
-      assert f"cam {g_cams[g]}" in ax.get_xlabel() and f"id {g_pids[g]}" in ax.get_xlabel()
+      assert f": c{g_cams[g] + 1}\n" in ax.get_xlabel() and f"id {g_pids[g]}" in ax.get_xlabel()
   image = Image.open(path)
   assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 150
 
@@ -97,3 +97,17 @@ def test_bad_images():
 
 def _rgb(hex_color):
   return tuple(int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_no_blank_band_under_the_title(rows):
+  dist, q_pids, g_pids, q_cams, g_cams, q_img, g_img = _problem()
+  fig = figure.ranked_list_figure(
+    dist, q_pids, g_pids, q_cams, g_cams, query_images=q_img, gallery_images=g_img,
+    query_indices=range(rows), title="a title",
+  )  # fmt: skip
+  renderer = fig.canvas.get_renderer()
+  title_bottom = fig._suptitle.get_window_extent(renderer).y0
+  images_top = max(ax.get_window_extent(renderer).y1 for ax in fig.axes)
+  gap_inches = (title_bottom - images_top) / fig.dpi
+  assert 0.0 <= gap_inches < 0.15  # the title sits right above the first row

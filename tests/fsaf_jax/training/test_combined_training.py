@@ -152,7 +152,10 @@ def test_a_run_on_the_union(root, combined_setup, capsys):
   assert "2 training sets: 80 training images, 20 train identities" in text
   assert f"market1501 from {root / 'synth_b'}: 10 ids, 40 images, 6 cameras" in text
   # Evaluated on the first set: its query and gallery, in its data_dir.
-  assert (run.evaluator.dataset, run.evaluator.data_dir) == ("market1501", str(root / "tfds"))
+  assert (run.evaluators[0].dataset, run.evaluators[0].data_dir) == (
+    "market1501",
+    str(root / "tfds"),
+  )
 
 
 CHANGED_LISTS = [

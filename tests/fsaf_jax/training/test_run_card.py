@@ -52,7 +52,11 @@ def test_card_counts_pretrained_parameters_and_formats(tmp_path):
     "batch_stats": {"b": {"mean": np.zeros(5)}},
   }
   report = PretrainedReport(
-    loaded=("params/a/kernel", "batch_stats/b/mean"), left_at_init=("params/b/scale",), dropped=()
+    loaded=("params/a/kernel", "batch_stats/b/mean"),
+    left_at_init=("params/b/scale",),
+    dropped=(),
+    source="/cache/resnet50_ibn_a-d9d0bb7b.pth",
+    source_sha256="d9d0bb7b" + "0" * 56,
   )
   mesh = make_mesh()
   card = run_card.build_run_card(
@@ -70,6 +74,8 @@ def test_card_counts_pretrained_parameters_and_formats(tmp_path):
   # 12 parameters set from the file (batch statistics are not parameters), 5 at init.
   assert (card["parameters"], card["pretrained_parameters_set"]) == (17, 12)
   assert card["parameters_left_at_init"] == 5
+  assert card["pretrained_source"] == "/cache/resnet50_ibn_a-d9d0bb7b.pth"
+  assert card["pretrained_source_sha256"] == "d9d0bb7b" + "0" * 56
   assert card["total_steps"] == 600 and card["global_batch"] == 64
   assert card["devices"] == jax.device_count() == card["mesh"]["data"]
   assert card["per_device_batch"] == 64 // jax.device_count()
@@ -80,6 +86,7 @@ def test_card_counts_pretrained_parameters_and_formats(tmp_path):
     "120 x 5 steps = 600 steps",
     "12 parameters set, 5 at init",
     "decay 3.5e-05 (epoch 39, step 195)",
+    "from resnet50_ibn_a-d9d0bb7b.pth (sha256 d9d0bb7b00000000)",
   ):
     assert fragment in text, fragment
   path = run_card.write_run_card(card, tmp_path)
