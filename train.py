@@ -15,7 +15,7 @@ FSAF_DISTRIBUTED=auto) and run the same command on every host.
 A user mistake (an incompatible checkpoint, a work dir another run holds, every
 checkpoint damaged, a bad setting) prints one `ERROR:` line (and a `hint:` line) and
 exits with 2; a NaN stop, a failed checkpoint save or a failed write of the results (disk
-full) prints one `ERROR:` line and exits with 1.
+full, also while building the dataset) prints one `ERROR:` line and exits with 1.
 """
 
 import sys
@@ -25,7 +25,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import errors, logs
+from data_pipelines import errors, logs, paths
+from data_pipelines.datasets.source import DatasetWriteError
 from fsaf_jax import imagenet_weights
 from fsaf_jax.core import host_allocator
 from fsaf_jax.core.config_json import config_name
@@ -36,7 +37,7 @@ from fsaf_jax.training import train_loop
 from fsaf_jax.training.save_monitor import CheckpointSaveError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, eval).")
+_WORKDIR = paths.DEFINE_path("workdir", None, "Work directory (checkpoints, logs, eval).")
 _HOST_ALLOCATOR = host_allocator.define_flag()
 
 
@@ -57,13 +58,14 @@ def main(argv: Sequence[str], *, on_step: train_loop.OnStep | None = None) -> No
   """The program; `on_step` is passed to the training loop (tests install one)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  errors.check_address_space("train.py")  # JAX would abort below it
   host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()  # multi-host: join the other processes (module doc)
   name = config_name(config_flags.get_config_filename(flags.FLAGS["config"]))
   config = imagenet_weights.resolve_config(_CONFIG.value)  # 'imagenet': the cached release
   try:
     result = run(config, _WORKDIR.value, config_name=name, on_step=on_step)
-  except (FloatingPointError, CheckpointSaveError, ResultsWriteError) as e:
+  except (FloatingPointError, CheckpointSaveError, ResultsWriteError, DatasetWriteError) as e:
     sys.exit(f"ERROR: {errors.one_line(str(e))}")
   if result.signal is not None:
     logging.info("Exiting after signal %d at step %d", result.signal, result.step)

@@ -78,21 +78,31 @@ def interleave(runners: list[Runner], rounds: int) -> None:
       runner.times.append(time.perf_counter() - start)
 
 
-def pk_batch(batch_size: int, seed: int = 0):
-  """uint8 images [B, 256, 128, 3] and P x K labels (K = 4) over NUM_CLASSES ids."""
+def pk_batch(batch_size: int, seed: int = 0, image_size: tuple[int, int] = IMAGE_SIZE):
+  """uint8 images [B, H, W, 3] ((H, W) = image_size, default 256x128) and P x K labels
+  (K = 4) over NUM_CLASSES ids."""
   import numpy as np
 
   if batch_size % 4:
     raise ValueError(f"--train_batch={batch_size}: must be a multiple of K = 4 (P x K)")
   rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (batch_size, *IMAGE_SIZE, 3), dtype=np.uint8)
+  images = rng.integers(0, 256, (batch_size, *image_size, 3), dtype=np.uint8)
   ids = rng.choice(NUM_CLASSES, batch_size // 4, replace=False)
   return images, np.repeat(ids, 4).astype(np.int32)
 
 
-def load_config(name: str, dtype: str):
-  from configs import baseline, fsaf_market
+# The published configs the benchmarks time (`configs/<name>.py`); "fsaf" = fsaf_market.
+CONFIGS = ("baseline", "baseline_sam", "fsaf_market", "bot_r50_ibn_a", "fastreid_bot_r50_ibn")
+_ALIASES = {"fsaf": "fsaf_market"}
 
-  config = {"baseline": baseline, "fsaf": fsaf_market}[name].get_config()
+
+def load_config(name: str, dtype: str, last_stride: int | None = None):
+  """`configs/<name>.py`'s config with the compute dtype (and last stride, if given) set."""
+  import importlib
+
+  module = importlib.import_module(f"configs.{_ALIASES.get(name, name)}")
+  config = module.get_config()
   config.model.dtype = dtype
+  if last_stride is not None:
+    config.model.last_stride = last_stride
   return config

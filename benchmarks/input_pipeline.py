@@ -31,11 +31,11 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from configs import fsaf_market  # noqa: E402
-from data_pipelines import logs  # noqa: E402
+from data_pipelines import logs, paths  # noqa: E402
 from data_pipelines.eval_pipeline import create_eval_batches  # noqa: E402
 from data_pipelines.train_pipeline import create_train_iterator  # noqa: E402
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir of a built dataset.")
+_DATA_DIR = paths.DEFINE_path("data_dir", None, "TFDS data_dir of a built dataset.")
 _DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS builder (with --data_dir).")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 400, "Synthetic images (no --data_dir).")
 _SECONDS = flags.DEFINE_float("seconds", 8.0, "Time each pipeline for about this long.")

@@ -3,6 +3,8 @@ r"""Where the time of the train step (or the extractor) goes, per HLO op, from a
   python benchmarks/profile_step.py                        # baseline train step
   python benchmarks/profile_step.py --config=fsaf --what=extract --batch=64
   python benchmarks/profile_step.py --dtype=bfloat16 --top=30
+  python benchmarks/profile_step.py --config=fastreid_bot_r50_ibn --image_size=64,32 --batch=64
+  python benchmarks/profile_step.py --config=baseline --last_stride=1 --steps=1
 
 Runs the real jitted step under `jax.profiler.trace`, reads the trace back with
 `jax.profiler.ProfileData`, and sums the duration of every executed HLO instruction
@@ -29,7 +31,13 @@ from absl import app, flags  # noqa: E402
 
 from data_pipelines import logs  # noqa: E402
 
-_CONFIG = flags.DEFINE_enum("config", "baseline", ["baseline", "fsaf"], "Model config.")
+_CONFIG = flags.DEFINE_string(
+  "config",
+  "baseline",
+  "Model config: a module of configs/ (e.g. fastreid_bot_r50_ibn); fsaf = fsaf_market.",
+)
+_IMAGE_SIZE = flags.DEFINE_list("image_size", ["256", "128"], "Input height,width.")
+_LAST_STRIDE = flags.DEFINE_integer("last_stride", None, "Overrides the config's last stride.")
 _WHAT = flags.DEFINE_enum("what", "train", ["train", "extract"], "Which step to profile.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
@@ -83,8 +91,9 @@ def classify(info: dict, kernel_shapes: set[tuple[int, ...]]) -> str:
 
   Args:
     info: an entry of `parse_entry`.
-    kernel_shapes: sorted dims of every parameter: a matmul whose result has a
-      parameter's shape (in any dimension order) is a weight gradient.
+    kernel_shapes: sorted dims of every parameter (and of its [prod(dims[:-1]),
+      dims[-1]] matrix): a matmul whose result has such a shape (in any dimension
+      order) is a weight gradient.
   """
   ops = info["body_ops"] | {info["opcode"]}
   op_name = info["op_name"]
@@ -147,12 +156,13 @@ def main(argv):
   import numpy as np
 
   from benchmarks.flops import count_flops
-  from benchmarks.harness import IMAGE_SIZE, NUM_CLASSES, load_config, pk_batch
+  from benchmarks.harness import NUM_CLASSES, load_config, pk_batch
   from fsaf_jax.models.registry import create_model
 
-  config = load_config(_CONFIG.value, _DTYPE.value)
+  image_size = tuple(int(v) for v in _IMAGE_SIZE.value)
+  config = load_config(_CONFIG.value, _DTYPE.value, _LAST_STRIDE.value)
   model = create_model(config.model, NUM_CLASSES)
-  images, labels = pk_batch(_BATCH.value)
+  images, labels = pk_batch(_BATCH.value, image_size=image_size)
   if _WHAT.value == "train":
     from fsaf_jax.core.mesh import batch_sharding, make_mesh
     from fsaf_jax.training.train_state import create_train_state
@@ -160,7 +170,7 @@ def main(argv):
 
     mesh = make_mesh()
     state = create_train_state(
-      config, model, jax.random.key(0), NUM_CLASSES, IMAGE_SIZE, steps_per_epoch=100, mesh=mesh
+      config, model, jax.random.key(0), NUM_CLASSES, image_size, steps_per_epoch=100, mesh=mesh
     )
     batch = jax.device_put({"image": images, "label": labels}, batch_sharding(mesh))
     compiled = make_train_step(model, config.loss, mesh).jitted.lower(state, batch).compile()
@@ -174,7 +184,7 @@ def main(argv):
   else:
     from fsaf_jax.evaluation.extractor import make_embed_fn
 
-    x = np.zeros((1, *IMAGE_SIZE, 3), np.float32)
+    x = np.zeros((1, *image_size, 3), np.float32)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
     compiled = jax.jit(make_embed_fn(model)).lower(variables, images).compile()
     fn, args = compiled, (variables, jax.device_put(images))
@@ -182,11 +192,15 @@ def main(argv):
   totals = profile(fn, args, _STEPS.value)
   wall = (time.perf_counter() - start) / (_STEPS.value + 1)
   insts = parse_entry(compiled.as_text())
-  counts = count_flops(model, (_BATCH.value, *IMAGE_SIZE, 3))
+  counts = count_flops(model, (_BATCH.value, *image_size, 3))
   params = jax.eval_shape(
     lambda x: model.init(jax.random.key(0), x, train=False), images[:1].astype(np.float32)
   )["params"]
-  kernel_shapes = {tuple(sorted(p.shape)) for p in jax.tree.leaves(params) if p.ndim >= 2}
+  kernels = [p.shape for p in jax.tree.leaves(params) if len(p.shape) >= 2]
+  # A kernel's gradient also comes as the [kh * kw * Cin, Cout] matrix of a conv written
+  # as a matmul (fsaf_jax/models/conv1x1.py, conv.py).
+  kernel_shapes = {tuple(sorted(k)) for k in kernels}
+  kernel_shapes |= {tuple(sorted((int(np.prod(k[:-1])), k[-1]))) for k in kernels}
   fwd_matmul = counts.forward_flops
 
   by_class = collections.defaultdict(float)
@@ -198,8 +212,9 @@ def main(argv):
       unknown += seconds / _STEPS.value
   traced = sum(by_class.values()) + unknown
   print(
-    f"{_WHAT.value} step of {_CONFIG.value} ({_DTYPE.value}), batch {_BATCH.value} at "
-    f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}: {wall:.2f} s/step wall (incl. tracing), "
+    f"{_WHAT.value} step of {_CONFIG.value} (last stride {config.model.last_stride}, "
+    f"{_DTYPE.value}), batch {_BATCH.value} at "
+    f"{image_size[0]}x{image_size[1]}: {wall:.2f} s/step wall (incl. tracing), "
     f"{traced:.2f} s of op time per step (summed over threads)"
   )
   print(f"forward matmul FLOPs (flops.py) {fwd_matmul / 1e9:.1f} G per step\n")

@@ -1,28 +1,35 @@
 r"""The fsaf-jax benchmark suite: one command, one table.
 
-  python benchmarks/run.py            # minutes on a 2-core CPU (README)
-  python benchmarks/run.py --quick    # shorter: baseline model, float32, 2 rounds
-  python benchmarks/run.py --skip_sections=evaluation,pipeline --model_rounds=6
+  python benchmarks/run.py            # every published config, 3 train and 2 extract shapes
+  python benchmarks/run.py --quick    # shorter: baseline config, float32, 2 rounds
+  taskset -c 1 python benchmarks/run.py --configs=baseline,fastreid_bot_r50_ibn \
+      --train_shapes=64x32x64 --skip_sections=extract,bfloat16,evaluation,pipeline
+      # a subset, on one core (1 thread for XLA and PyTorch)
 
-Prints, under a header naming the machine (CPU, cores, load average, library versions,
-XLA_FLAGS):
+Prints, under a header naming the machine (CPU, cores, CPUs this process may use, load
+average, library versions, XLA_FLAGS):
   * the train step (`fsaf_jax.training.train_step.make_train_step`: real losses, real
-    optimiser, a P x K label batch) of `configs/baseline.py` and `configs/fsaf_market.py`
-    at 256x128, batch 32, float32 and bfloat16: compile time, images/s, achieved
-    GFLOP/s, and the ratio to the PyTorch eager ResNet50-IBN-a BoT step
-    (`benchmarks/torch_reference.py`, channels-last, float32 / bf16 autocast) timed in
-    the same run;
-  * the feature extractor (`fsaf_jax.evaluation.extractor.make_extractor`) of both
-    models, batch 64, against PyTorch eval-mode inference;
-  * on a GPU / TPU, the model FLOP utilisation (MFU) of both, from the model's FLOP
-    count and the device's peak (`benchmarks/peak_flops.py`); PyTorch is skipped there;
+    optimiser, a P x K label batch) of each config of `--configs` (the published
+    `configs/*.py`, each with its own last stride) at each `--train_shapes` (HxWxBATCH;
+    default 256x128 x 32 and x 64, 64x32 x 64), float32 and bfloat16: compile time,
+    images/s, achieved GFLOP/s, and the ratio to fast-reid 1.4.0's own `Baseline`
+    (bagtricks R50-ibn, at the same last stride; `benchmarks/torch_reference.py`) timed
+    in the same run, beside the in-repo PyTorch R50-IBN-a BoT step (channels-last,
+    float32 / bf16 autocast);
+  * the feature extractor (`fsaf_jax.evaluation.extractor.make_extractor`) of the same
+    configs at `--extract_shapes`, against the same peers in eval mode;
+  * on a GPU / TPU, the model FLOP utilisation (MFU) from the model's FLOP count and
+    the device's peak (`benchmarks/peak_flops.py`); PyTorch is skipped there;
   * evaluation / re-ranking timings (`benchmarks/evaluation.py`) and input-pipeline
     images/s (`benchmarks/input_pipeline.py`), reused by import.
+
+Threads: XLA's CPU thread pool and each PyTorch worker use the CPUs the process may run
+on (its affinity): run under `taskset -c 1` for one thread each, unpinned for all cores.
 
 Timing: every figure is the median over rounds of one call each, after a warm-up call,
 with `jax.block_until_ready`; JAX and PyTorch runners are interleaved round by round
 (JAX step, PyTorch step, JAX step, ...) so machine load affects both alike. The
-JAX / PyTorch ratio is PyTorch's median time over JAX's. Compile time is
+ratio 'vs FR' is fast-reid's median time over JAX's. Compile time is
 `jit(...).lower(...).compile()` wall time (no persistent compilation cache here).
 
 FLOP convention (`benchmarks.flops`): conv / dense / attention MACs x 2 counted
@@ -33,8 +40,8 @@ C allocator: `fsaf_jax.core.host_allocator.configure()` runs first, as in the en
 (glibc `mallopt` settings that keep freed memory mapped: without them the train step
 and the extractor are slower, page-faulting their buffers in every call);
 `--nohost_allocator` measures without. PyTorch runs in worker processes, with the
-default malloc (as PyTorch users run it) and with the same settings, so both ratios are
-printed.
+default malloc (as PyTorch users run it) and with the same settings ('+m'), so both
+ratios are printed (`--peer_malloc` selects).
 
 XLA options: no XLA_FLAGS are set (XLA_FLAGS is printed as found). The extractor is
 compiled with `fsaf_jax.evaluation.compiler_options` (CPU only:
@@ -58,7 +65,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import evaluation, input_pipeline, peak_flops  # noqa: E402  (flags: --rounds, ...)
 from benchmarks.harness import (  # noqa: E402
-  IMAGE_SIZE,
+  CONFIGS,
   NUM_CLASSES,
   Runner,
   interleave,
@@ -74,12 +81,25 @@ _QUICK = flags.DEFINE_bool(
 _MODEL_ROUNDS = flags.DEFINE_integer(
   "model_rounds", None, "Timed rounds of the train / extract runners (default 3; quick 2)."
 )
-_TRAIN_BATCH = flags.DEFINE_integer("train_batch", 32, "Train-step batch size (P x 4).")
-_EXTRACT_BATCH = flags.DEFINE_integer("extract_batch", 64, "Feature-extraction batch size.")
+_CONFIGS = flags.DEFINE_list(
+  "configs", list(CONFIGS), "Configs (configs/<name>.py) timed; quick: baseline."
+)
+_TRAIN_SHAPES = flags.DEFINE_list(
+  "train_shapes", ["256x128x32", "256x128x64", "64x32x64"], "Train-step HxWxBATCH (P x 4)."
+)
+_EXTRACT_SHAPES = flags.DEFINE_list(
+  "extract_shapes", ["256x128x64", "64x32x64"], "Feature-extraction HxWxBATCH."
+)
+_PEERS = flags.DEFINE_list(
+  "peers", ["fastreid", "reference"], "PyTorch peers: fastreid (fast-reid's Baseline), reference."
+)
+_PEER_MALLOC = flags.DEFINE_list(
+  "peer_malloc", ["default", "mallopt"], "C allocator settings of the PyTorch peers."
+)
 _SECTIONS = flags.DEFINE_list(
   "skip_sections",
   [],
-  "Sections to skip: train, extract, torch, bfloat16, fsaf, evaluation, pipeline.",
+  "Sections to skip: train, extract, torch, bfloat16, evaluation, pipeline.",
 )
 _HOST_ALLOCATOR = flags.DEFINE_bool(
   "host_allocator", True, "Apply fsaf_jax.core.host_allocator (malloc settings) in this process."
@@ -102,8 +122,9 @@ def jax_train_runner(name: str, dtype: str, images, labels) -> Runner:
   config = load_config(name, dtype)
   model = create_model(config.model, NUM_CLASSES)
   mesh = make_mesh()
+  size = images.shape[1:3]
   state = create_train_state(
-    config, model, jax.random.key(0), NUM_CLASSES, IMAGE_SIZE, steps_per_epoch=100, mesh=mesh
+    config, model, jax.random.key(0), NUM_CLASSES, size, steps_per_epoch=100, mesh=mesh
   )
   batch = jax.device_put({"image": images, "label": labels}, batch_sharding(mesh))
   step = make_train_step(model, config.loss, mesh)
@@ -116,9 +137,10 @@ def jax_train_runner(name: str, dtype: str, images, labels) -> Runner:
     holder["state"], metrics = compiled(holder["state"], batch)
     holder["metrics"].append(jax.block_until_ready(metrics))
 
-  flops = count_flops(model, (len(images), *IMAGE_SIZE, 3)).train_flops
+  flops = count_flops(model, images.shape[:3] + (3,)).train_flops
   runner = Runner("train", f"JAX {name}", call, len(images), flops)
   runner.dtype, runner.compile_s, runner.holder = dtype, compile_s, holder
+  runner.last_stride = config.model.last_stride
   return runner
 
 
@@ -133,53 +155,77 @@ def jax_extract_runner(name: str, dtype: str, images) -> Runner:
 
   config = load_config(name, dtype)
   model = create_model(config.model, NUM_CLASSES)
-  x = jnp.zeros((1, *IMAGE_SIZE, 3), jnp.float32)
+  size = tuple(images.shape[1:3])
+  x = jnp.zeros((1, *size, 3), jnp.float32)
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
-  extractor = make_extractor(model, variables, batch_size=len(images), image_size=IMAGE_SIZE)
+  extractor = make_extractor(model, variables, batch_size=len(images), image_size=size)
   # Compile time of the extractor's own jitted step (its first call below reuses it).
   device_images = jax.device_put(images)
   start = time.perf_counter()
   extractor._step.lower(extractor.variables, device_images).compile()
   compile_s = time.perf_counter() - start
   output = extractor(images)
-  flops = count_flops(model, (len(images), *IMAGE_SIZE, 3)).forward_flops
+  flops = count_flops(model, images.shape[:3] + (3,)).forward_flops
   runner = Runner("extract", f"JAX {name}", lambda: extractor(images), len(images), flops)
   runner.dtype, runner.compile_s, runner.output = dtype, compile_s, output
+  runner.last_stride = config.model.last_stride
   return runner
 
 
-def torch_runners(kind: str, dtype: str, batch: int, flops: float) -> list[Runner]:
-  """The PyTorch reference (`benchmarks/torch_reference.py`), each in its own process:
-  with glibc's default malloc (as PyTorch users run it) and with the JAX process's
-  `fsaf_jax.core.host_allocator` settings."""
-  from benchmarks import torch_reference
+PEER_NAMES = {"fastreid": "fast-reid Baseline", "reference": "PyTorch R50-IBN-a"}
 
+
+def torch_runners(kind, dtype, images, last_strides, peers, mallocs) -> list[Runner]:
+  """The PyTorch peers (`benchmarks/torch_reference.py`), each in its own process: fast-reid's
+  `Baseline` (bagtricks R50-ibn; float32 only) and the in-repo reference, at each last
+  stride of the JAX rows, with glibc's default malloc ('default', as PyTorch users run
+  it) and / or the JAX process's `fsaf_jax.core.host_allocator` settings ('mallopt')."""
+  from benchmarks import torch_reference
+  from benchmarks.flops import count_flops
+  from fsaf_jax.models.registry import create_model
+
+  batch, size = len(images), tuple(images.shape[1:3])
   runners = []
-  for name, host_allocator in ((PT_DEFAULT, False), (PT_MALLOPT, True)):
-    worker = torch_reference.Worker(kind, dtype, batch, host_allocator=host_allocator)
-    runner = Runner(kind, name, worker, batch, flops)
-    runner.dtype, runner.worker = dtype, worker
-    runners.append(runner)
+  for last_stride in sorted(last_strides):
+    config = load_config("baseline", "float32", last_stride)  # = the PyTorch models
+    counts = count_flops(create_model(config.model, NUM_CLASSES), (batch, *size, 3))
+    flops = counts.train_flops if kind == "train" else counts.forward_flops
+    for peer in peers:
+      if peer == "fastreid" and dtype != "float32":
+        continue
+      for malloc in mallocs:
+        worker = torch_reference.Worker(
+          kind,
+          dtype,
+          batch,
+          host_allocator=malloc == "mallopt",
+          model=peer,
+          last_stride=last_stride,
+          image_size=size,
+        )
+        name = f"{PEER_NAMES[peer]} ls{last_stride}" + (" +m" if malloc == "mallopt" else "")
+        runner = Runner(kind, name, worker, batch, flops)
+        runner.dtype, runner.worker, runner.last_stride = dtype, worker, last_stride
+        runner.peer, runner.malloc = peer, malloc
+        runners.append(runner)
   return runners
 
 
-PT_DEFAULT = "PyTorch R50-IBN-a"
-PT_MALLOPT = "PyTorch +mallopt"
 HEADER = (
-  f"{'section':<8} {'model':<19} {'dtype':<9} {'compile s':>9} {'median s':>8} {'best s':>7} "
-  f"{'img/s':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'MFU':>6} {'JAX/PT':>7} {'JAX/PT+m':>8}"
+  f"{'section':<8} {'runner':<32} {'dtype':<9} {'LS':>2} {'compile s':>9} {'median s':>8} "
+  f"{'best s':>7} {'img/s':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'MFU':>6} {'vs FR':>6} {'vs FR+m':>7}"
 )
 
 
 def format_rows(runners: list[Runner]) -> list[str]:
   """Table rows (img/s and GFLOP/s from the median). JAX rows get the model FLOP
   utilisation of the devices (MFU, `benchmarks/peak_flops.py`; '-' where the device's
-  peak is not known, e.g. CPUs). JAX baseline rows get the speed ratio (median time of
-  PyTorch / median time of JAX, same dtype) to PyTorch with the default malloc (JAX/PT)
-  and with the same malloc settings as JAX (JAX/PT+m)."""
+  peak is not known, e.g. CPUs) and the speed ratio to fast-reid's `Baseline` at the
+  same last stride: its median time / JAX's (> 1: JAX faster), with the default malloc
+  ('vs FR') and with the same malloc settings as JAX ('vs FR+m')."""
   import jax
 
-  torch_runs = {(r.name, r.dtype): r for r in runners if r.name in (PT_DEFAULT, PT_MALLOPT)}
+  peers = {(r.last_stride, r.malloc): r for r in runners if getattr(r, "peer", None) == "fastreid"}
   kind, num_devices = jax.devices()[0].device_kind, jax.device_count()
   rows = []
   for r in runners:
@@ -191,13 +237,13 @@ def format_rows(runners: list[Runner]) -> list[str]:
       util = peak_flops.mfu(r.flops, r.median, kind, r.dtype, num_devices)
     mfu_txt = f"{100 * util:5.1f}%" if util is not None else f"{'-':>6}"
     ratios = []
-    for name in (PT_DEFAULT, PT_MALLOPT):
-      pt = torch_runs.get((name, r.dtype))
-      ok = r.name == "JAX baseline" and pt is not None
+    for malloc in ("default", "mallopt"):
+      pt = peers.get((r.last_stride, malloc))
+      ok = r.name.startswith("JAX") and pt is not None
       ratios.append(f"{pt.median / r.median:.2f}x" if ok else "")
     rows.append(
-      f"{r.group:<8} {r.name:<19} {r.dtype:<9} {compile_txt} {r.median:8.2f} {min(r.times):7.2f} "
-      f"{r.rate:7.2f} {gflop} {gflops} {mfu_txt} {ratios[0]:>7} {ratios[1]:>8}"
+      f"{r.group:<8} {r.name:<32} {r.dtype:<9} {r.last_stride:>2} {compile_txt} {r.median:8.2f} "
+      f"{min(r.times):7.2f} {r.rate:7.2f} {gflop} {gflops} {mfu_txt} {ratios[0]:>6} {ratios[1]:>7}"
     )
   return rows
 
@@ -227,25 +273,34 @@ def bf16_checks(section: str, runners: list[Runner], names: list[str]) -> list[s
   return lines
 
 
-def model_section(section: str, batch: int, names, dtypes, skip, rounds) -> tuple[list, list]:
-  """Builds, times (interleaved) and formats the train or extract runners."""
-  from benchmarks.flops import count_flops
-  from fsaf_jax.models.registry import create_model
+def parse_shape(text: str) -> tuple[int, int, int]:
+  """'256x128x32' -> (H, W, batch)."""
+  try:
+    h, w, b = (int(v) for v in text.lower().split("x"))
+  except ValueError:
+    raise app.UsageError(f"shape {text!r}: must be HxWxBATCH, e.g. 256x128x32") from None
+  return h, w, b
 
-  images, labels = pk_batch(batch)
-  baseline_model = create_model(load_config("baseline", "float32").model, NUM_CLASSES)
-  counts = count_flops(baseline_model, (batch, *IMAGE_SIZE, 3))  # = the PyTorch model
-  torch_flops = counts.train_flops if section == "train" else counts.forward_flops
+
+def model_section(section: str, shape, names, dtypes, skip, rounds) -> tuple[list, list]:
+  """Builds, times (interleaved) and formats the train or extract runners of one shape."""
+  h, w, batch = shape
+  images, labels = pk_batch(batch, image_size=(h, w))
   runners = []
   for dtype in dtypes:
+    jax_runners = []
     for name in names:
-      print(f"[{section}] building and compiling JAX {name} {dtype} ...", flush=True)
+      print(
+        f"[{section} {h}x{w}x{batch}] building and compiling JAX {name} {dtype} ...", flush=True
+      )
       if section == "train":
-        runners.append(jax_train_runner(name, dtype, images, labels))
+        jax_runners.append(jax_train_runner(name, dtype, images, labels))
       else:
-        runners.append(jax_extract_runner(name, dtype, images))
+        jax_runners.append(jax_extract_runner(name, dtype, images))
+    runners += jax_runners
     if "torch" not in skip:
-      runners += torch_runners(section, dtype, batch, torch_flops)
+      strides = {r.last_stride for r in jax_runners}
+      runners += torch_runners(section, dtype, images, strides, _PEERS.value, _PEER_MALLOC.value)
   print(f"[{section}] timing {len(runners)} runners x {rounds} rounds ...", flush=True)
   try:
     interleave(runners, rounds)
@@ -253,12 +308,13 @@ def model_section(section: str, batch: int, names, dtypes, skip, rounds) -> tupl
     for runner in runners:
       if hasattr(runner, "worker"):
         runner.worker.close()
-  title = f"{section}: batch {batch} at {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}" + (
+  title = f"{section}: batch {batch} at {h}x{w}" + (
     " (P x K labels, K = 4; CE + triplet, Adam)" if section == "train" else ""
   )
   title += (
-    "; GFLOP = the model's FLOP count per call (benchmarks/flops.py, from the layer"
-    " shapes); compile = lower + compile wall time; JAX/PT > 1: JAX faster"
+    "; LS = last stride; GFLOP = the model's FLOP count per call (benchmarks/flops.py, from"
+    " the layer shapes); compile = lower + compile wall time; vs FR > 1: JAX faster than"
+    " fast-reid's Baseline at the same last stride"
   )
   lines = [title, HEADER, *format_rows(runners), *bf16_checks(section, runners, names)]
   return lines, runners
@@ -303,7 +359,7 @@ def main(argv):
   allocator = host_allocator.configure() if _HOST_ALLOCATOR.value else False
   skip = set(_SECTIONS.value)
   if _QUICK.value:
-    skip |= {"bfloat16", "fsaf"}
+    skip.add("bfloat16")
   import jax
 
   backend = jax.default_backend()
@@ -313,7 +369,10 @@ def main(argv):
     skip.add("torch")
   rounds = _MODEL_ROUNDS.value or (2 if _QUICK.value else 3)
   dtypes = ["float32"] + ([] if "bfloat16" in skip else ["bfloat16"])
-  names = ["baseline"] + ([] if "fsaf" in skip else ["fsaf"])
+  names = ["baseline"] if _QUICK.value and not _CONFIGS.present else _CONFIGS.value
+  unknown = sorted(set(names) - set(CONFIGS) - {"fsaf"})
+  if unknown:
+    raise app.UsageError(f"--configs: unknown {unknown}; published configs: {', '.join(CONFIGS)}")
   command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
   lines = [*machine_lines(), f"command: {command.strip()}"]
   lines += [
@@ -321,8 +380,12 @@ def main(argv):
     + (
       f"{host_allocator.DESCRIPTION} (fsaf_jax/core/host_allocator.py)" if allocator else "default"
     )
-    + f"; PyTorch runs in worker processes: '{PT_DEFAULT}' with the default malloc, "
-    f"'{PT_MALLOPT}' with the same settings as JAX.",
+    + "; PyTorch runs in worker processes (fast-reid 1.4.0's Baseline, bagtricks R50-ibn,"
+    " NCHW; the in-repo PyTorch R50-IBN-a, channels-last), with the default malloc or '+m':"
+    " the same settings as JAX.",
+    f"threads: this process may run on {len(os.sched_getaffinity(0))} of {os.cpu_count()} "
+    "CPUs (affinity, e.g. taskset): XLA's thread pool and each PyTorch worker "
+    "(torch.set_num_threads) use that many.",
     "NOTE: the machine may be shared: absolute times are noisy; JAX and PyTorch runners are "
     "interleaved round by round, so compare the ratios.",
     f"JAX devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({backend}); MFU = "
@@ -337,12 +400,15 @@ def main(argv):
   print("\n".join(lines) + "\n", flush=True)
 
   train_rate = None
-  for section, batch in (("train", _TRAIN_BATCH.value), ("extract", _EXTRACT_BATCH.value)):
+  sections = [("train", s) for s in _TRAIN_SHAPES.value]
+  sections += [("extract", s) for s in _EXTRACT_SHAPES.value]
+  for section, shape in sections:
     if section in skip:
       continue
-    section_lines, runners = model_section(section, batch, names, dtypes, skip, rounds)
-    if section == "train":
-      train_rate = next(r.rate for r in runners if r.name == "JAX baseline")
+    shape = parse_shape(shape)
+    section_lines, runners = model_section(section, shape, names, dtypes, skip, rounds)
+    if section == "train" and shape[:2] == (256, 128) and train_rate is None:
+      train_rate = next((r.rate for r in runners if r.name == "JAX baseline"), None)
     lines += ["", *section_lines]
     print("\n".join(section_lines) + "\n", flush=True)
 

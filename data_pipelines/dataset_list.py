@@ -22,7 +22,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-from data_pipelines import errors
+from data_pipelines import errors, paths
 
 FOLDER_SEPARATOR = "@"
 # Characters no TFDS name has: a tuple written without its quotes on the command line
@@ -46,10 +46,6 @@ class DatasetRef:
   manual_dir: str | None
 
 
-def _absolute(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
-
-
 def parse_entry(entry: object, field: str) -> tuple[str, str | None]:
   """(name, absolute folder or None) of one entry `'name'` / `'name@folder'` of `field`.
 
@@ -63,7 +59,7 @@ def parse_entry(entry: object, field: str) -> tuple[str, str | None]:
       hint=f"write the tuple with its quotes: --{field}="
       "\"('market1501', 'dukemtmc_reid@/data/DukeMTMC-reID')\"",
     )
-  return name, _absolute(folder) if folder else None
+  return name, paths.absolute(folder) if folder else None
 
 
 def own_data_dir(name: str, folder: str | None) -> str:

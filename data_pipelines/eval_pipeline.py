@@ -109,3 +109,21 @@ def create_eval_batches(
     yield from iterator
   finally:
     iterator.close()
+
+
+def source_ids(
+  source: Sequence[dict[str, Any]], chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+  """(person_id, camera_id), int32 [len(source)] each, of every record of `source`.
+
+  Records are read in chunks (`__getitems__` when the source has it); their encoded
+  images are dropped, not decoded.
+  """
+  getitems = getattr(source, "__getitems__", None)
+  pids, cams = [], []
+  for start in range(0, len(source), chunk):
+    indices = list(range(start, min(start + chunk, len(source))))
+    records = getitems(indices) if getitems else [source[i] for i in indices]
+    pids.extend(int(r["person_id"]) for r in records)
+    cams.extend(int(r["camera_id"]) for r in records)
+  return np.asarray(pids, np.int32), np.asarray(cams, np.int32)

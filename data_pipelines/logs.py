@@ -1,7 +1,8 @@
 """What the command-line entries print: the project's own lines, third-party ones on request.
 
 A plain run of a command-line entry (train.py, eval.py, `python -m fsaf_jax.extract`,
-...) shows the project's log records, warnings, progress bars and tables. Log records
+...) shows the project's log records, warnings (one `WARNING: message` line each),
+progress bars and tables. Log records
 and Python warnings raised in third-party code (orbax, tensorflow_datasets, jax, grain,
 etils, absl internals, ...) show only from ERROR up; with absl's `--verbosity=1` (or
 higher) everything shows, as absl prints it. A record or warning is the project's when
@@ -72,15 +73,18 @@ _FILTER = OursOnly()
 
 
 class _OurWarnings:
-  """A `warnings.showwarning` passing only the project's warnings (all when verbose) on
-  to the one it replaces."""
+  """A `warnings.showwarning` printing the project's warnings as one `WARNING: message`
+  line (no file, line or source: they are for the user), third-party ones only when
+  verbose (then every warning as Python prints it)."""
 
   def __init__(self, show):
     self.show = show
 
   def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-    if _FILTER.verbose or is_ours(filename):
+    if _FILTER.verbose:
       self.show(message, category, filename, lineno, file, line)
+    elif is_ours(filename):
+      print(f"WARNING: {' '.join(str(message).split())}", file=file or sys.stderr, flush=True)
 
 
 def _apply_verbosity() -> None:

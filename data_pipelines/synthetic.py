@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import errors, logs, synthetic_render
+from data_pipelines import errors, logs, paths, synthetic_render
 
 MARKET_DIR = "Market-1501-v15.09.15"
 TRAIN_DIR, QUERY_DIR, GALLERY_DIR = "bounding_box_train", "query", "bounding_box_test"
@@ -441,7 +441,7 @@ if __name__ == "__main__":
   logs.show_only_ours()  # third-party log lines only with --verbosity=1
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
-  _OUT = flags.DEFINE_string("out", None, "Output directory (gets Market-1501-v15.09.15/).")
+  _OUT = paths.DEFINE_path("out", None, "Output directory (gets Market-1501-v15.09.15/).")
   _SEED = flags.DEFINE_integer("seed", _C.seed, "Random seed.")
   _IDS = flags.DEFINE_integer("ids", _C.num_ids, "Identities in total (train + test).")
   _TRAIN_IDS = flags.DEFINE_integer("train_ids", _C.num_train_ids, "Training ids; -1 = ids // 2.")

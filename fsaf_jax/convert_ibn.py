@@ -38,7 +38,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from data_pipelines import errors, logs
+from data_pipelines import errors, logs, paths
 from fsaf_jax.core import download
 from fsaf_jax.models import fsaf, pretrained, registry
 from fsaf_jax.models.backbone import Backbone
@@ -277,9 +277,9 @@ class Conversion:
     for group, keys in self.unused.items():
       if keys:
         lines.append(pretrained.format_paths(f"checkpoint tensors unused ({group})", keys, "."))
-    for group, paths in self.left_at_init.items():
-      if paths:
-        lines.append(pretrained.format_paths(f"model entries left at init ({group})", paths))
+    for group, names in self.left_at_init.items():
+      if names:
+        lines.append(pretrained.format_paths(f"model entries left at init ({group})", names))
     if self.ibn_from_bn:
       lines.append(
         pretrained.format_paths(
@@ -498,7 +498,7 @@ def main(argv: Sequence[str]) -> None:
       "usage: python -m fsaf_jax.convert_ibn SRC.pth DST [--config=configs/X.py] "
       f"[--allow_missing]; got arguments {list(argv[1:])}"
     )
-  src, dst = argv[1:]
+  src, dst = (paths.resolve(a) for a in argv[1:])
   try:
     conversion = convert_file(src, dst, _CONFIG.value, allow_missing=_ALLOW_MISSING.value)
   except ImportError as e:  # PyTorch missing: the message says how to install it

@@ -52,6 +52,7 @@ from ml_collections import config_flags
 
 from data_pipelines import augment, errors, eval_pipeline, logs
 from data_pipelines.datasets import image_check, naming
+from data_pipelines.paths import DEFINE_path
 from fsaf_jax import imagenet_weights
 from fsaf_jax.core import checkpoint_restore, host_allocator
 from fsaf_jax.core.distributed import maybe_initialize_distributed
@@ -429,6 +430,7 @@ def write_npz(arrays: dict[str, np.ndarray], out: str) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  errors.check_address_space("extract")  # JAX would abort below it
   host_allocator.configure_for(_CONFIG.value, _HOST_ALLOCATOR.value)  # CPU: XLA's buffers mapped
   maybe_initialize_distributed()  # multi-host: join the other processes
   extract_folder(
@@ -449,11 +451,11 @@ if __name__ == "__main__":
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Work dir whose latest checkpoint to use.")
-  _IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
-  _OUT = flags.DEFINE_string("out", None, "Output .npz.")
-  _EXPORT = flags.DEFINE_string("export", None, "Also write the jax.export extractor here.")
-  _ONNX = flags.DEFINE_string(
+  _WORKDIR = DEFINE_path("workdir", None, "Work dir whose latest checkpoint to use.")
+  _IMAGES = DEFINE_path("images", None, "Folder of images (searched recursively).")
+  _OUT = DEFINE_path("out", None, "Output .npz.")
+  _EXPORT = DEFINE_path("export", None, "Also write the jax.export extractor here.")
+  _ONNX = DEFINE_path(
     "onnx", None, "Also write the extractor as ONNX here (needs requirements-onnx.txt)."
   )
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: config.input.eval_batch_size.")

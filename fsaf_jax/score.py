@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import errors, logs
+from data_pipelines import errors, logs, paths
 from fsaf_jax.core import host_allocator
 from fsaf_jax.evaluation import distance, inputs, metrics, report, scoring
 from fsaf_jax.evaluation.settings import EvalSettings
@@ -257,8 +257,17 @@ def main(argv: Sequence[str]) -> None:
       "expected FEATURES.npz (query and gallery keys) or QUERY.npz GALLERY.npz (two files "
       f"of python -m fsaf_jax.extract); got {len(argv) - 1} arguments {list(argv[1:])}"
     )
+  errors.check_address_space("score")  # JAX would abort below it
   host_allocator.configure()  # CPU: keep XLA's buffers mapped, as eval.py does
+  argv = [argv[0], *(paths.resolve(a) for a in argv[1:])]
   path = argv[1] if len(argv) == 2 else f"{argv[1]} + {argv[2]}"
+  if len(argv) == 3 and errors.same_file(argv[1], argv[2]):
+    raise errors.UserError(
+      f"QUERY.npz and GALLERY.npz are the same file ({argv[1]}): each query would be "
+      "scored against a gallery made of the queries",
+      hint="pass the query and the gallery features (python -m fsaf_jax.extract --images="
+      "<dataset>/query --out=query.npz, then the same for the gallery folder)",
+    )
   if _JSON.value:
     errors.check_output_file(_JSON.value, "--json")
     check_json_is_not_an_input(_JSON.value, argv[1:])
@@ -285,7 +294,9 @@ def main(argv: Sequence[str]) -> None:
   )
   print(report.metrics_table(results))
   if _JSON.value:
-    extra = {"features": str(path), "metric": _METRIC.value, "max_rank": _MAX_RANK.value}
+    # The CMC's length: max_rank, or the gallery size when that is smaller (cut).
+    max_rank = len(results["plain"].cmc)
+    extra = {"features": str(path), "metric": _METRIC.value, "max_rank": max_rank}
     if _RERANK.value:
       extra["rerank"] = {
         "k1": _K1.value,
@@ -309,7 +320,7 @@ if __name__ == "__main__":
     "Square the distances before re-ranking, as fast-reid's / torchreid's re_ranking do "
     "(reproduces their figures); default: as given, as BoT's.",
   )
-  _JSON = flags.DEFINE_string("json", None, "Write the metrics as JSON to this file.")
+  _JSON = paths.DEFINE_path("json", None, "Write the metrics as JSON to this file.")
   _MAX_RANK = flags.DEFINE_integer("max_rank", 50, "CMC length.")
   _K1 = flags.DEFINE_integer("k1", 20, "Re-ranking k1.")
   _K2 = flags.DEFINE_integer("k2", 6, "Re-ranking k2.")

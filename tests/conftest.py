@@ -16,14 +16,23 @@ if "xla_force_host_platform_device_count" not in _flags:
   ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Child Python processes print every thread's stack on SIGABRT: a test whose ceiling is hit
+# shows what its subprocess was doing (tests/reference/ceiling.py).
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 _CACHE_DIR = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
-jax.config.update("jax_compilation_cache_dir", str(_CACHE_DIR))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+_CACHE_SETTINGS = {
+  "jax_compilation_cache_dir": str(_CACHE_DIR),
+  "jax_persistent_cache_min_compile_time_secs": 0.5,
+  "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+for _name, _value in _CACHE_SETTINGS.items():
+  jax.config.update(_name, _value)
+  # The same cache for the subprocesses the tests start (train.py, eval.py, the CLIs).
+  os.environ.setdefault(_name.upper(), str(_value))
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +50,22 @@ def data_root(tmp_path_factory):
   root = tmp_path_factory.mktemp("tiny_data")
   tiny_synthetic_run.prepare_data(root)
   return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_root, tmp_path_factory):
+  """One uninterrupted tiny training run (tests/reference/tiny_synthetic_run.py's config,
+  config name 'tiny', the batch-index log), trained once per session: (workdir, the
+  `TrainResult`). Tests only read the workdir (copy it to change it)."""
+  from fsaf_jax.training import train_loop  # noqa: PLC0415 (keeps conftest light)
+  from tests.reference import tiny_synthetic_run  # noqa: PLC0415
+  from tests.reference.batch_index_log import BatchIndexLog  # noqa: PLC0415
+
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  result = train_loop.train_and_evaluate(
+    tiny_synthetic_run.config(data_root),
+    workdir,
+    config_name="tiny",
+    on_step=BatchIndexLog(workdir),
+  )
+  return workdir, result

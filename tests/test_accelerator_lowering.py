@@ -3,7 +3,10 @@ and feature extractor lower for TPU and CUDA (`jax.export`, no hardware needed) 
 CPU-only custom call or host callback, and take the portable paths there.
 
 The CPU-only choices are made per platform, not per host: the max-pool gradient
-(`lax.platform_dependent` in `fsaf_jax/models/max_pool.py`), the extractor's XLA options
+(`lax.platform_dependent` in `fsaf_jax/models/max_pool.py`), the im2col form of the 3x3
+conv at small maps (`fsaf_jax/models/conv.py`; its export for TPU / CUDA is checked in
+tests/fsaf_jax/models/test_conv.py: the 256x128 step here has no such map), the
+extractor's XLA options
 (`inference_compiler_options(platform)`) and the host allocator (CPU backend only).
 """
 

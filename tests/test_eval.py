@@ -9,7 +9,6 @@ references in tests/fsaf_jax/evaluation/test_evaluator.py).
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -17,15 +16,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from data_pipelines import train_pipeline
-from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
-from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import evaluator
-from fsaf_jax.models import registry
-from fsaf_jax.training import checkpoint as checkpoint_lib
-from fsaf_jax.training.train_state import create_train_state
-from tests.reference import tiny_market
+from tests.reference import ceiling, saved_run, tiny_market
 from tests.reference.console_lines import third_party_lines
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,18 +35,6 @@ _JAX_CACHE_ENV = {
 pytestmark = pytest.mark.filterwarnings("ignore:.*queries have no positive:UserWarning")
 
 
-def run_config(data_dir):
-  """The config of the 'training run' (resolved as the train loop saves it)."""
-  config = tiny.get_config()
-  config.input.data_dir = str(data_dir)
-  config.input.num_identities, config.input.num_instances = 2, 2
-  config.model.num_classes = tiny_market.NUM_TRAIN_IDS
-  config.train.steps_per_epoch = 1
-  config.eval.max_rank = MAX_RANK
-  config.eval.num_figure_queries = 3
-  return config
-
-
 def cli_config():
   """What `--config=configs/tiny.py` plus the test's overrides gives eval.py."""
   config = tiny.get_config()
@@ -68,38 +49,9 @@ def run(tmp_path_factory):
   """A work dir with checkpoints at STEPS (different weights), and their variables."""
   tmp = tmp_path_factory.mktemp("eval_cli")
   data_dir = tiny_market.build(tmp)
-  config = run_config(data_dir)
-  mesh = make_mesh()
-  model = registry.create_model(config.model, tiny_market.NUM_TRAIN_IDS)
-  state = create_train_state(
-    config,
-    model,
-    jax.random.key(0),
-    tiny_market.NUM_TRAIN_IDS,
-    tuple(config.input.image_size),
-    steps_per_epoch=1,
-    mesh=mesh,
-  )
-  train_iter = train_pipeline.create_train_iterator(
-    source_lib.load_source(tiny_market.DATASET, "train", data_dir), config, mesh, seed=0
-  )
+  config = saved_run.run_config(data_dir, MAX_RANK)
   workdir = tmp / "workdir"
-  manager = checkpoint_lib.create_checkpoint_manager(workdir, keep=5)
-  saved = {}
-  rng = np.random.default_rng(0)
-  for step in STEPS:
-    # Distinct weights and BN statistics per checkpoint.
-    state = state.replace(
-      step=jax.numpy.asarray(step, jax.numpy.int32),
-      params=jax.tree.map(lambda p: p * (1.0 + 0.2 * rng.standard_normal()), state.params),
-      batch_stats=jax.tree.map(
-        lambda v: v + rng.uniform(0.0, 0.5, v.shape).astype(v.dtype), state.batch_stats
-      ),
-    )
-    checkpoint_lib.save_checkpoint(manager, step, state, train_iter, config)
-    saved[step] = jax.device_get(state.variables)
-  manager.wait_until_finished()
-  manager.close()
+  saved = saved_run.save_run(workdir, config, STEPS)
   return workdir, data_dir, config, saved
 
 
@@ -182,7 +134,7 @@ def test_incompatible_config_is_refused(run, tmp_path):
 def _eval_py(*flags, cwd=REPO):
   cmd = [sys.executable, "eval.py", "--config=configs/tiny.py", *flags]
   env = {**os.environ, **_JAX_CACHE_ENV, "PYTHONPATH": str(REPO)}
-  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+  return ceiling.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, ceiling=ceiling.LONG)
 
 
 def test_cli_end_to_end_with_rerank(run, expected, tmp_path):

@@ -25,6 +25,7 @@ import pytest
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.training import train_loop
+from tests.reference import ceiling
 from tests.reference import tiny_synthetic_run as run
 from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
 from tests.reference.console_lines import third_party_lines
@@ -47,14 +48,12 @@ def subprocess_env(simulated_devices: bool = True) -> dict[str, str]:
 
 def run_train(*args, **kwargs) -> subprocess.CompletedProcess:
   """Runs `train_command(*args, **kwargs)` from the repository root (simulated devices,
-  output captured, 10-minute timeout)."""
-  return subprocess.run(
+  output captured, under a ceiling that prints its stacks when hit)."""
+  return ceiling.run(
     train_command(*args, **kwargs),
     cwd=ROOT,
     env=subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
+    ceiling=ceiling.LONG,
   )
 
 
@@ -108,13 +107,14 @@ def interrupt_and_resume(config_file, workdir, sig: int, at_step: int):
     stderr=subprocess.STDOUT,
     text=True,
   )
-  deadline = time.monotonic() + 600
-  while at_step not in checkpoint_steps(workdir):
-    assert proc.poll() is None, f"train.py ended before checkpoint {at_step}:\n{proc.stdout.read()}"
-    assert time.monotonic() < deadline, "no checkpoint after 600 s"
-    time.sleep(0.01)
+  ceiling.wait_until(
+    lambda: at_step in checkpoint_steps(workdir) or proc.poll() is not None,
+    f"checkpoint {at_step} of train.py",
+    ceiling.LONG,
+  )
+  assert proc.poll() is None, f"train.py ended before checkpoint {at_step}:\n{proc.stdout.read()}"
   proc.send_signal(sig)
-  output, _ = proc.communicate(timeout=600)
+  output, _ = ceiling.communicate(proc, f"train.py after signal {sig}", ceiling.LONG)
   interrupted = (proc.returncode, checkpoint_steps(workdir), output)
   rerun = run_train(config_file, workdir, EPOCH_FLAG, log_batches=True)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -188,13 +188,11 @@ def test_plain_run_prints_only_our_lines(config_file, tmp_path):
 def test_demo_reaches_its_targets(tmp_path):
   """`python train.py --config=configs/demo.py` (1 CPU device, as a user runs it)."""
   start = time.monotonic()
-  result = subprocess.run(
+  result = ceiling.run(
     train_command("configs/demo.py", tmp_path),
     cwd=ROOT,
     env=subprocess_env(simulated_devices=False),
-    capture_output=True,
-    text=True,
-    timeout=1800,
+    ceiling=ceiling.LONG,
   )
   elapsed = time.monotonic() - start
   assert result.returncode == 0, result.stderr[-3000:]
@@ -263,8 +261,8 @@ def test_two_processes_train_like_one(config_file, data_root, tmp_path):
           stderr=subprocess.STDOUT,
         )
       )
-  for proc in procs:
-    proc.wait(timeout=900)
+  for proc, log in zip(procs, logs, strict=True):
+    ceiling.wait(proc, f"train.py process writing {log}", ceiling.LONG, output=log)
   for proc, log in zip(procs, logs, strict=True):
     assert proc.returncode == 0, log.read_text()[-4000:]
 

@@ -10,18 +10,22 @@ holds another copy the build is refused, naming both, unless `--overwrite` (whic
 deletes the built version and builds it again). Counts that differ from the published
 ones are reported as a warning, not an error (e.g. the synthetic Market-layout data).
 User mistakes (missing download, bad file names, corrupt images without
-`--skip_corrupt`, unknown dataset) end with one `ERROR:` line, exit status 2.
+`--skip_corrupt`, unknown dataset) end with one `ERROR:` line, exit status 2; a full
+disk ends with one `ERROR:` line (the partial build removed), exit status 1. Two builds
+into one data_dir at once are safe: the second waits for the first and uses its build;
+the partial folders of a build that was killed are removed by the next one.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from absl import flags
 
-from data_pipelines import errors, logs
+from data_pipelines import errors, logs, paths
 from data_pipelines.datasets import reid_builder, source
 
 
@@ -73,13 +77,16 @@ def main(argv):
     raise errors.UserError(f"unexpected arguments {argv[1:]}: every input is a --flag")
   errors.check_output_dir(_DATA_DIR.value, "--data_dir")
   start = time.perf_counter()
-  builder = source.build(
-    _DATASET.value,
-    _DATA_DIR.value,
-    _MANUAL_DIR.value,
-    skip_corrupt=_SKIP_CORRUPT.value,
-    overwrite=_OVERWRITE.value,
-  )
+  try:
+    builder = source.build(
+      _DATASET.value,
+      _DATA_DIR.value,
+      _MANUAL_DIR.value,
+      skip_corrupt=_SKIP_CORRUPT.value,
+      overwrite=_OVERWRITE.value,
+    )
+  except source.DatasetWriteError as e:  # disk full: one line, exit 1
+    sys.exit(f"ERROR: {errors.one_line(str(e))}")
   elapsed = time.perf_counter() - start
   metadata = builder.info.metadata
   published = getattr(builder, "PUBLISHED_STATS", {}).get(
@@ -97,12 +104,12 @@ if __name__ == "__main__":
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
   _DATASET = flags.DEFINE_string("dataset", "market1501", "TFDS name[/config] of the dataset.")
-  _MANUAL_DIR = flags.DEFINE_string(
+  _MANUAL_DIR = paths.DEFINE_path(
     "manual_dir",
     None,
     "Folder holding the download (extracted folder or zip). Default: <data_dir>/downloads/manual.",
   )
-  _DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where TFDS writes.")
+  _DATA_DIR = paths.DEFINE_path("data_dir", "~/tensorflow_datasets", "Where TFDS writes.")
   _SKIP_CORRUPT = flags.DEFINE_bool(
     "skip_corrupt", False, "Leave out (and count) images that do not decode instead of failing."
   )

@@ -13,7 +13,10 @@ skipped (`tfds.decode.SkipDecoding`); the input pipeline decodes with PIL.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +26,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 import data_pipelines.datasets  # noqa: F401  (registers the builders)
-from data_pipelines import errors
+from data_pipelines import errors, paths
 from data_pipelines.datasets import reid_builder
 
 # The datasets this package builds (TFDS names with their configs).
@@ -37,6 +40,15 @@ DATASETS = (
 )
 
 
+# TFDS's prefix of the temporary folder a build writes before renaming it into place.
+INCOMPLETE_PREFIX = "incomplete."
+
+
+class DatasetWriteError(OSError):
+  """A build could not be written (disk full, quota, file-size limit): one line naming
+  the data_dir, the cause and the free space there (the partial build removed)."""
+
+
 class ManualDirIsAFileError(errors.UserError, NotADirectoryError):
   """manual_dir names a file (e.g. the zip itself) instead of the folder holding it."""
 
@@ -45,7 +57,7 @@ Record = dict[str, Any]
 
 
 def _expand(path: str | os.PathLike[str]) -> str:
-  return os.path.expanduser(os.fspath(path))
+  return paths.resolve(path)
 
 
 def get_builder(
@@ -114,6 +126,37 @@ def build(
     UserError: `manual_dir` is a file, bad file names, corrupt images, ...
   """
   builder = get_builder(name, data_dir, skip_corrupt=skip_corrupt)
+  made = _folders_tfds_makes(builder, data_dir)
+  existed = {f for f in made if os.path.exists(f)}
+  try:
+    with _build_lock(_expand(data_dir), name):
+      remove_partial_builds(builder)  # of builders that died: none other is running
+      try:
+        return _build_locked(name, data_dir, manual_dir, skip_corrupt, overwrite)
+      finally:
+        remove_partial_builds(builder)
+  except BaseException as e:
+    for folder in made:  # deepest first: the empty folders a failed build leaves
+      if folder not in existed and os.path.isdir(folder) and not any(os.scandir(folder)):
+        os.rmdir(folder)
+    if is_out_of_space(e):
+      cause = " ".join(f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}".split())
+      raise DatasetWriteError(
+        f"building {name} into {_expand(data_dir)} failed: {cause}; "
+        f"{paths.free_space(_expand(data_dir))} there (the partial build was removed)"
+      ) from None
+    raise
+
+
+def _build_locked(
+  name: str,
+  data_dir: str | os.PathLike[str],
+  manual_dir: str | os.PathLike[str] | None,
+  skip_corrupt: bool,
+  overwrite: bool,
+) -> tfds.core.DatasetBuilder:
+  """`build`, holding the data_dir's build lock."""
+  builder = get_builder(name, data_dir, skip_corrupt=skip_corrupt)  # as it is now
   instructions = builder.MANUAL_DOWNLOAD_INSTRUCTIONS or ""
   if manual_dir is not None:
     manual_dir = _expand(manual_dir)
@@ -139,14 +182,9 @@ def build(
       hint=instructions or None,
     )
   config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  made = _folders_tfds_makes(builder, data_dir)
-  existed = {f for f in made if os.path.exists(f)}
   try:
     builder.download_and_prepare(download_config=config)
   except BaseException:
-    for folder in made:  # deepest first: the empty folders a failed build leaves
-      if folder not in existed and os.path.isdir(folder) and not any(os.scandir(folder)):
-        os.rmdir(folder)
     if replaced is not None:  # a failed rebuild leaves the previous build as it was
       shutil.rmtree(os.fspath(builder.data_path), ignore_errors=True)
       os.rename(replaced, os.fspath(builder.data_path))
@@ -155,6 +193,82 @@ def build(
   if replaced is not None:
     shutil.rmtree(replaced)
   return builder
+
+
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str) -> Iterator[None]:
+  """Holds the exclusive build lock of `data_dir` (created if missing) for the block.
+
+  The lock is an `flock` on the data_dir folder itself (no lock file is left behind;
+  the system drops it when its holder dies). A second build into the same data_dir (a
+  second build command, two train.py runs started together) waits, with one log line,
+  and then finds the dataset built. A remote data_dir (gs://) is not locked.
+  """
+  if paths.is_remote(data_dir):
+    yield
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  fd = os.open(data_dir, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning(
+        "%s: another build into %s is running; waiting for it to finish", name, data_dir
+      )
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def remove_partial_builds(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """Removes the `incomplete.*` folders TFDS left beside `builder`'s version folder
+  (a build killed before its end). Call only holding the data_dir's build lock: a
+  live build (which holds it) is then not among them.
+
+  Returns:
+    The folders removed.
+  """
+  data_path = os.fspath(builder.data_path)
+  parent, version = os.path.dirname(data_path), os.path.basename(data_path)
+  removed = []
+  if os.path.isdir(parent):
+    for entry in os.scandir(parent):
+      if entry.name.startswith(INCOMPLETE_PREFIX) and entry.name.endswith(f"_{version}"):
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+  if removed:
+    logging.info(
+      "Removed %d partial build folder(s) of an interrupted build: %s", len(removed), removed
+    )
+  return removed
+
+
+def is_out_of_space(error: BaseException) -> bool:
+  """Whether `error` says a write ran out of room: the disk full (ENOSPC), the user's
+  quota (EDQUOT) or the file-size limit (EFBIG, `ulimit -f`); an OSError with that errno
+  or a wrapped one whose message says so (array_record's RuntimeError 'write() failed:
+  No space left on device')."""
+  codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+  if isinstance(error, OSError) and error.errno in codes:
+    return True
+  return any(os.strerror(code) in str(error) for code in codes)
+
+
+def check_built_from(
+  name: str, data_dir: str | os.PathLike[str], manual_dir: str | os.PathLike[str]
+) -> None:
+  """Checks that the build of `name` in `data_dir` was made from the copy `manual_dir`
+  holds (nothing to check when not built, or when `manual_dir` holds no copy).
+
+  Raises:
+    OutputExistsError: it was built from another copy (both named).
+  """
+  builder = get_builder(name, data_dir)
+  manual = _expand(manual_dir)
+  if builder.is_prepared() and _has_entries(manual):
+    _other_source(builder, name, data_dir, manual, overwrite=False)
 
 
 def ensure_built(

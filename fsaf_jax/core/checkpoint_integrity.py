@@ -11,7 +11,8 @@ checkpoint. This module adds:
   step without a manifest (a run killed between the save and the manifest, or saved by
   an older version) is checked by restoring it: it must read and hold finite values;
 - `DamagedCheckpointError`, one line naming the step folder and what is wrong;
-- `free_space`, the free-space phrase of the one-line write errors (the training run's
+- `free_space` (`data_pipelines.paths.free_space`, the one for every write error), the
+  free-space phrase of the one-line write errors (the training run's
   `fsaf_jax.training.save_monitor.SaveMonitor` writes the manifests and reports failed
   saves; the evaluation writes its results);
 - `newest_intact`: walks steps newest first and returns the first one a check accepts,
@@ -23,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ import numpy as np
 from etils import epath
 
 from data_pipelines.errors import UserError
+from data_pipelines.paths import free_space  # noqa: F401 (the phrase of write errors)
 from fsaf_jax.core.whole_file import write_whole
 
 MANIFEST_FILE = "sha256sums.json"
@@ -251,25 +252,3 @@ def set_aside(step_dir: str | os.PathLike, workdir: str | os.PathLike) -> epath.
     target, n = target_root / f"{step_dir.name}-{n}", n + 1
   step_dir.rename(target)
   return target
-
-
-# --- Free space (for the one-line write errors). ------------------------------------
-
-
-def free_space(path: str | os.PathLike) -> str:
-  """Free space on the disk holding `path` (or its nearest existing parent), e.g.
-  '1.2 GB free', or 'free space unknown' for a remote path."""
-  current = os.path.abspath(os.fspath(path))
-  if "://" in os.fspath(path):
-    return "free space unknown"
-  while not os.path.exists(current) and os.path.dirname(current) != current:
-    current = os.path.dirname(current)
-  try:
-    free = shutil.disk_usage(current).free
-  except OSError:
-    return "free space unknown"
-  for unit in ("bytes", "KB", "MB", "GB", "TB"):
-    if free < 1024 or unit == "TB":
-      return f"{free:.1f} {unit} free" if unit != "bytes" else f"{free} bytes free"
-    free /= 1024
-  return ""  # unreachable

@@ -21,11 +21,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from data_pipelines import paths
 from data_pipelines.errors import UserError
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core.config_json import config_differences, config_from_json, field_in
 
 CHECKPOINT_DIR = "checkpoints"
+# How many times a read starts again on newer checkpoints when a live run deletes the
+# one being read (keep_checkpoints) before giving up with one line.
+_MAX_ROTATIONS = 20
 ITEM_NAMES = ("variables", "train_state", "data_iter", "config")
 
 
@@ -170,9 +174,10 @@ def restore_for_inference(
   Raises:
     FileNotFoundError: no checkpoint at `path` (or not `step`).
     checkpoint_integrity.DamagedCheckpointError: the named step is damaged (or every
-      step of the directory is).
+      step of the directory is; steps a live run deletes while they are read are not
+      damage: the newer ones are read instead).
   """
-  path = epath.Path(os.path.expanduser(os.fspath(path)))
+  path = epath.Path(paths.resolve(path))
   directory, named = _find_checkpoint(path)
   steps = step_dirs(directory)
   step = named if step is None else step
@@ -182,11 +187,29 @@ def restore_for_inference(
         f"no checkpoint for step {step} in {directory} (steps there: {steps})"
       )
     return (step, *_read_inference_step(directory, step))
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {directory} (steps there: [])")
-  step, found, damaged = integrity.newest_intact(
-    steps, lambda s: _read_inference_step(directory, s)
-  )
+  for _ in range(_MAX_ROTATIONS):
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {directory} (steps there: [])")
+    step, found, damaged = integrity.newest_intact(
+      steps, lambda s: _read_inference_step(directory, s)
+    )
+    # A step whose folder is gone was deleted while being read: a live run rotated it
+    # away (keep_checkpoints), it is not damaged. Read the steps there now.
+    rotated = [s for s, _ in damaged if not (directory / str(s)).exists()]
+    damaged = [(s, e) for s, e in damaged if s not in rotated]
+    if step is not None or not rotated:
+      break
+    logging.info(
+      "checkpoint(s) %s of %s were replaced while read; reading again", rotated, directory
+    )
+    steps = step_dirs(directory)
+  else:
+    raise UserError(
+      f"the checkpoints in {directory} were replaced {_MAX_ROTATIONS} times while being "
+      "read: a run is saving there (keep_checkpoints=1 deletes each one as the next is saved)",
+      hint="evaluate once the run has stopped, or train with --config.train.keep_checkpoints=2 "
+      "or more",
+    )
   if step is None:
     raise integrity.all_damaged_error(directory, damaged, "")
   if damaged:

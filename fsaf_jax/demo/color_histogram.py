@@ -21,6 +21,7 @@ from PIL import Image
 
 from data_pipelines import errors
 from data_pipelines.datasets import image_check, naming
+from data_pipelines.paths import DEFINE_path
 from fsaf_jax.evaluation import metrics
 
 MARKET_DIR = "Market-1501-v15.09.15"
@@ -250,7 +251,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   # CLI flags are defined only when run as a program, so that importing several
   # of the package's command-line modules into one process (tests, notebooks) works.
-  _DATA = flags.DEFINE_string("data", None, "Folder with Market-1501-v15.09.15/ (or that folder).")
+  _DATA = DEFINE_path("data", None, "Folder with Market-1501-v15.09.15/ (or that folder).")
   _SPACE = flags.DEFINE_enum("space", "hsv", SPACES, "Colour space of the histogram.")
   _BINS = flags.DEFINE_list("bins", None, "Bins per channel, e.g. 16,4,4; default per space.")
   _METRIC = flags.DEFINE_enum("metric", "hellinger", METRICS, "Histogram distance.")

@@ -49,16 +49,17 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from data_pipelines import errors, eval_pipeline
+from data_pipelines import errors, eval_pipeline, paths
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.core.mesh import make_mesh
 from fsaf_jax.evaluation import activation_maps as activation_lib
 from fsaf_jax.evaluation import distance as distance_lib
+from fsaf_jax.evaluation import eval_data, inputs, result_dirs, roc, writers
 from fsaf_jax.evaluation import eval_sets as eval_sets_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.evaluation import figure as figure_lib
-from fsaf_jax.evaluation import inputs, result_dirs, roc, writers
+from fsaf_jax.evaluation import metrics as metrics_lib
 from fsaf_jax.evaluation.eval_sets import EvalSet
 from fsaf_jax.evaluation.result import ActivationMaps, EvalResult
 from fsaf_jax.evaluation.scoring import EvalFeatures, score_features
@@ -153,7 +154,8 @@ class Evaluator:
 
     Raises:
       errors.UserError: a bad `config.eval.*` / `config.input.eval_batch_size` value
-        (named, with the values allowed), or an empty query or gallery split.
+        (named, with the values allowed), an empty query or gallery split, or no query
+        with a positive in the gallery (same pid, other camera).
       FileNotFoundError: the dataset is not built in its data dir (says how to build it).
     """
     self.settings = EvalSettings.from_config(config)
@@ -169,6 +171,17 @@ class Evaluator:
     for split, src in (("query", self.query_source), ("gallery", self.gallery_source)):
       if len(src) == 0:
         raise errors.UserError(f"the {split} split of {self.dataset!r} is empty")
+    # Now, not at the first evaluation after an epoch of training: ids are enough.
+    (q_pids, q_cams), (g_pids, g_cams) = map(
+      eval_pipeline.source_ids, (self.query_source, self.gallery_source)
+    )
+    try:
+      metrics_lib.check_has_positives(q_pids, g_pids, q_cams, g_cams)
+    except errors.UserError as e:
+      raise errors.UserError(
+        f"{self.dataset} in {self.data_dir}: {e}",
+        hint="check the query and gallery folders of the download, then rebuild the dataset",
+      ) from None
     self.image_size = tuple(int(s) for s in config.input.image_size)
     self.batch_size = eval_batch_size(
       self.settings.batch_size,
@@ -428,6 +441,23 @@ def evaluate_model(
   return written[0]
 
 
+def check_same_workdir(
+  checkpoint: str | os.PathLike[str], owner: epath.Path, workdir: str | os.PathLike[str]
+) -> None:
+  """Refuses `--checkpoint` of another work dir than `--workdir` (without `--outdir`):
+  its results would replace the work dir's own results of that step.
+
+  Raises:
+    errors.UserError: `owner` (the checkpoint's work dir) is not `workdir`.
+  """
+  if not errors.same_file(owner, workdir):
+    raise errors.UserError(
+      f"--checkpoint={checkpoint} belongs to the work dir {owner}, not --workdir={workdir}: "
+      f"its results would replace those of {workdir}",
+      hint=f"drop --workdir (the results then go to {owner}/eval/), or pass --outdir=DIR",
+    )
+
+
 def evaluate_checkpoint(
   config: ml_collections.ConfigDict,
   *,
@@ -443,7 +473,8 @@ def evaluate_checkpoint(
   Args:
     config: the run config (`--config`); its network and input size must match the
       checkpoint's (`inference_config`), its `eval.*` and `input.*` data settings
-      are used. An empty `input.data_dir` means the checkpoint's.
+      are used. The data read: `eval_data` (an empty `input.data_dir` means the
+      checkpoint's; a moved work dir's own data is found).
     workdir: a training work dir: its newest intact checkpoint (unless `checkpoint`;
       damaged newer ones are skipped with a warning line naming them), and the
       default output dir.
@@ -464,18 +495,24 @@ def evaluate_checkpoint(
     checkpoint_integrity.DamagedCheckpointError: the checkpoint `checkpoint` names is
       damaged (or every checkpoint of the work dir is).
     errors.UserError: the results cannot be written there (`result_dirs.check_writable`;
-      checked before the evaluation).
+      checked before the evaluation); `checkpoint` belongs to another work dir than
+      `workdir` and no `outdir` is given (`check_same_workdir`); the named
+      `input.manual_dir` holds another copy than the build (`eval_data`).
   """
   if workdir is None and checkpoint is None:
     raise ValueError("pass --workdir (latest checkpoint) or --checkpoint=PATH")
-  path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(checkpoint or workdir))))
+  path = epath.Path(paths.absolute(checkpoint or workdir))
   if not path.exists():
     raise FileNotFoundError(f"no checkpoint: {path} does not exist")
   directory, _ = checkpoint_restore.locate_checkpoint(path)
   owner = directory.parent  # the work dir
+  if outdir is None and workdir is not None and checkpoint is not None:
+    check_same_workdir(checkpoint, owner, workdir)
   step, saved, variables = checkpoint_restore.restore_for_inference(path)
   where = os.fspath(directory / str(step))
-  config = checkpoint_restore.inference_config(config, saved, where)
+  config = checkpoint_restore.inference_config(
+    eval_data.eval_data_config(config, saved, owner), saved, where
+  )
   flag = (
     "--outdir" if outdir is not None else "--workdir" if workdir is not None else "--checkpoint"
   )
@@ -487,7 +524,9 @@ def evaluate_checkpoint(
     if flag != "--outdir":
       e.hint = "pass --outdir=<a writable folder> for the results"
     raise
-  logging.info("Evaluating %s (step %s) on %s", where, step, config.input.dataset)
+  logging.info(
+    "Evaluating %s (step %s) on %s in %s", where, step, config.input.dataset, config.input.data_dir
+  )
   return evaluate_model(
     config,
     variables,

@@ -330,14 +330,26 @@ def _finish(
   )
 
 
-def _count_positives(q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, np.ndarray]:
+def check_has_positives(q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, np.ndarray]:
+  """`positive_lists` (counts, table), checked: some query has a positive.
+
+  Needs only the ids, so a run checks its evaluation data before training (`Evaluator`).
+
+  Raises:
+    inputs.EvaluationInputError: no query has a positive (same pid, other camera).
+  """
   counts, table = positive_lists(q_pids, q_camids, g_pids, g_camids)
-  num_skipped = int((counts == 0).sum())
-  if num_skipped == counts.shape[0]:
+  if int((counts == 0).sum()) == counts.shape[0]:
     raise inputs.EvaluationInputError(
       f"None of the {counts.shape[0]} queries has a positive in the gallery (same pid, "
       "other camera): nothing to score. Do query and gallery pids use the same labels?"
     )
+  return counts, table
+
+
+def _count_positives(q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, np.ndarray]:
+  counts, table = check_has_positives(q_pids, g_pids, q_camids, g_camids)
+  num_skipped = int((counts == 0).sum())
   if num_skipped:
     warnings.warn(
       f"{num_skipped} of {counts.shape[0]} queries have no positive in the gallery (same "

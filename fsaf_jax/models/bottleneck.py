@@ -5,7 +5,9 @@ BoTNet MHSA, 2x2 average pool when s = 2) -> bn2 -> ReLU -> conv3 1x1 (4 * plane
 -> bn3 [-> ECA when `use_eca`] -> + shortcut -> ReLU. The shortcut is a 1x1 conv with
 stride s + BN (`downsample_conv`, `downsample_bn`) when the shape changes, as the
 PyTorch `downsample.0` / `downsample.1`. The stride sits on the 3x3 conv (v1.5).
-1x1 convs are `Conv1x1` (matmul form, same (1, 1, Cin, Cout) kernel as a conv).
+1x1 convs are `Conv1x1` (matmul form, same (1, 1, Cin, Cout) kernel as a conv); the
+3x3 conv is `nn.Conv` with `conv.conv_general_dilated` (an im2col matmul on the CPU at
+feature maps smaller than its window, where XLA:CPU's convolution is slow).
 """
 
 import functools
@@ -16,6 +18,7 @@ import flax.traverse_util
 import jax.numpy as jnp
 
 from fsaf_jax.models.attention import MHSA
+from fsaf_jax.models.conv import conv_general_dilated
 from fsaf_jax.models.conv1x1 import Conv1x1
 from fsaf_jax.models.eca import ECA
 from fsaf_jax.models.ibn import IBN
@@ -58,6 +61,7 @@ class Bottleneck(nn.Module):
     conv = functools.partial(
       nn.Conv,
       use_bias=False,
+      conv_general_dilated=conv_general_dilated,  # im2col matmul at small maps on CPU
       kernel_init=conv_kernel_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,

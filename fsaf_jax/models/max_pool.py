@@ -24,32 +24,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-Padding = Sequence[tuple[int, int]]
+from fsaf_jax.models.windows import Padding, window_slices
 
 
 def _pad_value(dtype) -> jnp.ndarray:
   """The padding no window selects: -inf (floats) or the dtype's minimum, as `dtype`."""
   fill = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
   return jnp.asarray(fill).astype(dtype)
-
-
-def _window_slices(
-  x: jnp.ndarray, window: Sequence[int], strides: Sequence[int], padding: Padding
-) -> list[jnp.ndarray]:
-  """The wh * ww strided views [N, OH, OW, C] of the -inf padded input, row-major."""
-  (wh, ww), (sh, sw) = window, strides
-  (pt, pb), (pl, pr) = padding
-  n, h, w, c = x.shape
-  oh, ow = (h + pt + pb - wh) // sh + 1, (w + pl + pr - ww) // sw + 1
-  if oh < 1 or ow < 1:
-    raise ValueError(f"max_pool window {tuple(window)} does not fit a {h}x{w} input")
-  if pt or pb or pl or pr:
-    x = lax.pad(x, _pad_value(x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-  return [
-    lax.slice(x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1))
-    for i in range(wh)
-    for j in range(ww)
-  ]
 
 
 def max_pool(
@@ -70,7 +51,7 @@ def max_pool(
     [N, OH, OW, C], OH = (H + top + bottom - wh) // sh + 1 (likewise OW). The gradient
     of each output goes to the first maximal input of its window in row-major order.
   """
-  views = _window_slices(x, window, strides, padding)
+  views = window_slices(x, window, strides, padding, _pad_value(x.dtype))
   frozen = [lax.stop_gradient(v) for v in views]
   best = frozen[0]
   for v in frozen[1:]:

@@ -37,16 +37,12 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data_pipelines import dataset_list, errors, train_pipeline, union_source
+from data_pipelines import dataset_list, errors, paths, train_pipeline, union_source
 from data_pipelines.dataset_list import DatasetRef
 from data_pipelines.datasets import source as source_lib
 
 DATA_SUBDIR = "data"
 FIELD = "config.input"
-
-
-def _absolute(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
 
 
 def training_sets(config: ml_collections.ConfigDict) -> list[DatasetRef]:
@@ -61,7 +57,7 @@ def training_sets(config: ml_collections.ConfigDict) -> list[DatasetRef]:
       different, or one set twice (`dataset_list.place`).
   """
   inputs = config.input
-  manual_dir = _absolute(inputs.manual_dir) if inputs.manual_dir else None
+  manual_dir = paths.absolute(inputs.manual_dir) if inputs.manual_dir else None
   if not inputs.datasets:
     return [DatasetRef(inputs.dataset, inputs.data_dir, manual_dir)]
   field = f"{FIELD}.datasets"
@@ -88,10 +84,10 @@ def resolve_data_paths(
 ) -> ml_collections.ConfigDict:
   """A copy of `config` with absolute data paths (module doc, step 1)."""
   config = ml_collections.ConfigDict(config.to_dict())
-  data_root = pathlib.Path(_absolute(os.fspath(workdir))) / DATA_SUBDIR
-  config.input.data_dir = _absolute(config.input.data_dir or str(data_root / "tfds"))
+  data_root = pathlib.Path(paths.absolute(os.fspath(workdir))) / DATA_SUBDIR
+  config.input.data_dir = paths.absolute(config.input.data_dir or str(data_root / "tfds"))
   if config.input.manual_dir:
-    config.input.manual_dir = _absolute(config.input.manual_dir)
+    config.input.manual_dir = paths.absolute(config.input.manual_dir)
   if config.input.datasets:
     sets = training_sets(config)
     config.input.datasets = tuple(

@@ -28,7 +28,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT) + (
 
 
 class StopOnSignal:
-  """Context manager installing handlers that turn signals into a stop request.
+  """Context manager installing handlers that turn signals into a stop request (for the
+  signals that are not ignored: those stay ignored).
 
   Attributes:
     signum: the first signal received, or None.
@@ -54,7 +55,10 @@ class StopOnSignal:
   def __enter__(self) -> StopOnSignal:
     if threading.current_thread() is threading.main_thread():
       for s in self._signals:
-        self._previous[s] = signal.signal(s, self._handle)
+        # A signal the launcher set to be ignored stays ignored: `nohup` (SIGHUP) and a
+        # script's `cmd &` (SIGINT) ask that the job survive a closed terminal / Ctrl-C.
+        if signal.getsignal(s) != signal.SIG_IGN:
+          self._previous[s] = signal.signal(s, self._handle)
     return self
 
   def __exit__(self, *exc) -> None:

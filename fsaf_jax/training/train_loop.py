@@ -173,13 +173,19 @@ def train_and_evaluate(
   check_settings(config)  # refused before anything is written or any data work
   workdir = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
   is_main = jax.process_index() == 0
+  created = is_main and not workdir.exists()
   if is_main:
     errors.check_output_dir(workdir, "--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock.WorkdirLock(workdir, enabled=is_main):
-    checkpoint_lib.check_workdir_config(workdir, config)  # before any data work
-    run = setup_run(config, workdir, config_name=config_name, prepare_data=prepare_data)
-    return _train(run, workdir, on_step)
+  try:
+    with workdir_lock.WorkdirLock(workdir, enabled=is_main):
+      checkpoint_lib.check_workdir_config(workdir, config)  # before any data work
+      run = setup_run(config, workdir, config_name=config_name, prepare_data=prepare_data)
+      return _train(run, workdir, on_step)
+  except BaseException:
+    if created:  # a refused fresh run leaves no work dir holding only train.lock
+      workdir_lock.remove_unused_workdir(workdir)
+    raise
 
 
 def _train(run: setup.Run, workdir: epath.Path, on_step: OnStep | None) -> TrainResult:

@@ -160,3 +160,21 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def remove_unused_workdir(workdir: str | os.PathLike) -> bool:
+  """Removes `workdir` if it holds nothing but an unheld `train.lock` (a fresh run
+  refused before writing anything). Returns whether it was removed."""
+  workdir = os.fspath(workdir)
+  lock = WorkdirLock(workdir)
+  try:
+    if set(os.listdir(workdir)) - {LOCK_FILE}:
+      return False
+    lock.acquire()  # no other run holds it while it is removed
+    os.remove(lock.path)
+    os.rmdir(workdir)
+  except (OSError, UserError):  # another run came in, or no permission: leave it
+    return False
+  finally:
+    lock.release()
+  return True

@@ -14,6 +14,7 @@ import orbax.checkpoint
 import pytest
 
 from data_pipelines import logs
+from tests.reference import ceiling
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OURS = [
@@ -96,13 +97,13 @@ def run_entry(tmp_path, *flags: str) -> subprocess.CompletedProcess:
     """)
   (tmp_path / "entry.py").write_text(script)
   env = {"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin"}
-  return subprocess.run(
+  return ceiling.run(
     [sys.executable, str(tmp_path / "entry.py"), *flags],
     cwd=tmp_path,
     env=env,
     capture_output=True,
     text=True,
-    timeout=120,
+    ceiling=ceiling.SHORT,
   )
 
 

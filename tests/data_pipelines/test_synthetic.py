@@ -3,7 +3,6 @@
 import collections
 import dataclasses
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ from data_pipelines import synthetic
 from data_pipelines import synthetic_render as render
 from data_pipelines.datasets import naming
 from fsaf_jax.demo import color_histogram as chb
+from tests.reference import ceiling
 
 SMALL = synthetic.SyntheticConfig(
   num_ids=14,
@@ -281,7 +281,7 @@ def test_cli_prints_statistics_and_counts_match_flags(tmp_path):
     "--cameras=3",
     "--seed=7",
   ]
-  res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+  res = ceiling.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
   assert "bounding_box_train" in res.stdout and "query" in res.stdout, res.stdout
   files = _files(out)
   assert len(files[synthetic.TRAIN_DIR]) == 5 * 2
@@ -291,5 +291,5 @@ def test_cli_prints_statistics_and_counts_match_flags(tmp_path):
   assert cams <= {0, 1, 2}
   assert (out / "synthetic.json").is_file()
   # Refuses to write over an existing dataset without --overwrite.
-  res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  res = ceiling.run(cmd, cwd=REPO, capture_output=True, text=True)
   assert res.returncode != 0 and "overwrite" in res.stderr

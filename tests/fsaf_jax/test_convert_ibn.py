@@ -21,6 +21,7 @@ from configs import baseline, fsaf_market, tiny  # noqa: E402
 from fsaf_jax import convert_ibn  # noqa: E402
 from fsaf_jax.convert_ibn import ConversionError  # noqa: E402
 from fsaf_jax.models import pretrained, registry  # noqa: E402
+from tests.reference import ceiling  # noqa: E402
 from tests.reference import torch_resnet_ibn as ref  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -118,12 +119,12 @@ def wrap(state_dict, how: str):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
   """`python -m fsaf_jax.convert_ibn ARGS` from the repository root."""
-  return subprocess.run(
+  return ceiling.run(
     [sys.executable, "-m", "fsaf_jax.convert_ibn", *args],
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=300,
+    ceiling=ceiling.SHORT,
     env={**os.environ, "JAX_PLATFORMS": "cpu"},
   )
 

@@ -2,7 +2,6 @@
 
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -17,6 +16,7 @@ from fsaf_jax.evaluation import exported as exported_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import registry
 from fsaf_jax.training import setup
+from tests.reference import ceiling
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -153,7 +153,7 @@ def test_cli_end_to_end(folder, tmp_path):
       "--random_weights",
   ]  # fmt: skip
   env = {**os.environ, **_JAX_CACHE_ENV, "PYTHONPATH": str(REPO)}
-  subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=600)
+  ceiling.run(cmd, check=True, cwd=REPO, env=env, ceiling=ceiling.LONG)
   saved = np.load(out)
   config = tiny.get_config()
   config.eval.flip = True

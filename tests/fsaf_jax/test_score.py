@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import warnings
 
@@ -14,7 +13,7 @@ from fsaf_jax import score
 from fsaf_jax.evaluation import distance, metrics, rerank, scoring
 from fsaf_jax.evaluation.inputs import EvaluationInputError
 from fsaf_jax.evaluation.settings import EvalSettings
-from tests.reference import reid_problems
+from tests.reference import ceiling, reid_problems
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -33,13 +32,13 @@ def _arrays(seed=0, m=60, n=300):
 
 def _run(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  return subprocess.run(
+  return ceiling.run(
     [sys.executable, "-m", "fsaf_jax.score", *map(str, args)],
     cwd=REPO,
     env=env,
     capture_output=True,
     text=True,
-    timeout=600,
+    ceiling=ceiling.LONG,
   )
 
 

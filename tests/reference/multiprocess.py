@@ -11,14 +11,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+import pytest
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from fsaf_jax.core.mesh import batch_sharding, check_batch_divisible
+from tests.reference import ceiling
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -108,7 +111,8 @@ def launch_processes(
   Each gets `JAX_COORDINATOR_ADDRESS` (a free localhost port), `JAX_NUM_PROCESSES`,
   `JAX_PROCESS_ID` and the repository on `PYTHONPATH`. Returns their outputs (stdout and
   stderr), in process order; fails the calling test (AssertionError with the output's
-  tail) if one exits non-zero, and kills them all on a timeout.
+  tail) if one exits non-zero, and at the `timeout` ceiling ends them all with their
+  stacks in the failure (tests/reference/ceiling.py).
   """
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -135,18 +139,25 @@ def launch_processes(
         stderr=subprocess.STDOUT,
       )
     )
+  deadline = time.monotonic() + timeout
   try:
     for p in procs:
-      p.wait(timeout=timeout)
+      p.wait(timeout=max(deadline - time.monotonic(), 0))
   except subprocess.TimeoutExpired:
-    for q in procs:
-      q.kill()
-    raise
+    hung = [ceiling.stacks_of(q) for q in procs]  # their stacks go to their output files
+  else:
+    hung = None
   logs = []
   for f in files:
     f.seek(0)
     logs.append(f.read())
     f.close()
+  if hung is not None:
+    pytest.fail(
+      f"{worker}: still running after {timeout} s; each process's signal states, output and "
+      "stacks:\n" + "\n".join(f"{h}\n{log[-6000:]}" for h, log in zip(hung, logs, strict=True)),
+      pytrace=False,
+    )
   for pid, (p, log) in enumerate(zip(procs, logs, strict=True)):
     assert p.returncode == 0, f"process {pid} failed ({p.returncode}):\n{log[-5000:]}"
   return logs

@@ -10,15 +10,20 @@ import sys
 
 import numpy as np
 
-from tests.reference import reid_layouts
+from tests.reference import ceiling, reid_layouts
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  return subprocess.run(
-    [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+  return ceiling.run(
+    [sys.executable, "-m", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    ceiling=ceiling.SHORT,
   )
 
 

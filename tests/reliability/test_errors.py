@@ -11,7 +11,7 @@ import pytest
 from absl import app
 
 from data_pipelines import errors
-from tests.reference import read_only
+from tests.reference import ceiling, read_only
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -114,12 +114,12 @@ _PROGRAM = textwrap.dedent(
 
 
 def _run_program(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
+  return ceiling.run(
     [sys.executable, "-c", _PROGRAM, *args],
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=120,
+    ceiling=ceiling.SHORT,
     env={**os.environ, "PYTHONPATH": str(REPO)},
   )
 

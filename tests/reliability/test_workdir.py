@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,7 +22,7 @@ from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core import checkpoint_restore
 from fsaf_jax.evaluation import evaluator, result_dirs
 from fsaf_jax.training import train_loop, workdir_lock
-from tests.reference import read_only
+from tests.reference import ceiling, read_only
 from tests.reference import tiny_synthetic_run as run
 from tests.reference.batch_index_log import BatchIndexLog, read_batch_index_log
 from tests.reference.poisoned_step import poison_loss_at
@@ -38,7 +37,7 @@ from fsaf_jax.training.workdir_lock import WorkdirLock
 lock = WorkdirLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
-time.sleep(300)
+time.sleep(3600)
 """
 
 
@@ -51,12 +50,9 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(data_root, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("trained")
-  train_loop.train_and_evaluate(
-    run.config(data_root), workdir, config_name="tiny", on_step=BatchIndexLog(workdir)
-  )
-  return workdir
+def trained(tiny_run):
+  """conftest's `tiny_run` (shared with tests/fsaf_jax/training/test_train_loop.py)."""
+  return tiny_run[0]
 
 
 @pytest.fixture
@@ -77,7 +73,7 @@ def holder(tmp_path):
     stdout=subprocess.PIPE,
     text=True,
   )
-  assert proc.stdout.readline().strip() == "locked"
+  assert ceiling.readline(proc, "the holder's 'locked'") == "locked"
   yield locked, proc
   proc.kill()
   proc.wait()
@@ -129,13 +125,13 @@ def run_user_error(script: str, *args: str) -> tuple[subprocess.CompletedProcess
   Returns:
     (the completed process, its stderr lines that start with 'ERROR:').
   """
-  result = subprocess.run(
+  result = ceiling.run(
     [sys.executable, script, *args],
     cwd=ROOT,
     env=env(),
     capture_output=True,
     text=True,
-    timeout=600,
+    ceiling=ceiling.LONG,
   )
   assert result.returncode == 2, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
@@ -352,10 +348,8 @@ def test_nan_stop_names_the_newest_checkpoint_that_restores(data_root, tmp_path,
 
   def delete_the_weights_of_checkpoint_4():
     four = tmp_path / "checkpoints" / "4"
-    deadline = time.monotonic() + 60
-    while not four.is_dir():  # finalised (renamed into place) by now or very soon
-      assert time.monotonic() < deadline
-      time.sleep(0.01)
+    # Finalised (renamed into place by orbax's thread) by now or very soon.
+    ceiling.wait_until(four.is_dir, f"{four} renamed into place")
     shutil.rmtree(four / "variables")
 
   poison_loss_at(monkeypatch, bad_step, before=delete_the_weights_of_checkpoint_4)

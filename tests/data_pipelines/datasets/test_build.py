@@ -1,11 +1,10 @@
 """The build CLI: per-split table, published figures beside, differences as warnings."""
 
 import os
-import subprocess
 import sys
 
 from data_pipelines.datasets import build
-from tests.reference import reid_layouts
+from tests.reference import ceiling, reid_layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 
@@ -62,7 +61,7 @@ def test_cli_builds_and_prints_counts(tmp_path):
       "bounding_box_test/-1_c2s1_000301_01.jpg",
     ],
   )
-  out = subprocess.run(
+  out = ceiling.run(
     [
       sys.executable,
       "-m",

@@ -3,7 +3,6 @@
 import math
 import pathlib
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 
 from data_pipelines import synthetic
 from fsaf_jax.demo import color_histogram as chb
+from tests.reference import ceiling
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
@@ -147,7 +147,7 @@ def default_synthetic(tmp_path_factory) -> pathlib.Path:
 
 def test_baseline_is_poor_on_default_synthetic_data(default_synthetic):
   """Acceptance criterion: colour alone does not identify a synthetic person (mAP <= 0.4)."""
-  res = subprocess.run(
+  res = ceiling.run(
     [
       sys.executable,
       "-m",

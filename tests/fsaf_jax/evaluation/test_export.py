@@ -3,7 +3,6 @@
 import functools
 import os
 import pathlib
-import subprocess
 import sys
 import textwrap
 
@@ -17,6 +16,7 @@ from fsaf_jax.evaluation import export as export_lib
 from fsaf_jax.evaluation import exported as exported_lib
 from fsaf_jax.evaluation import extractor as extractor_lib
 from fsaf_jax.models import registry
+from tests.reference import ceiling
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
@@ -82,7 +82,7 @@ def test_reloads_without_flax_or_model_code(setup, tmp_path):
       assert not loaded, loaded
   """)
   env = {**os.environ, **_JAX_CACHE_ENV, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-  subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, env=env, timeout=300)
+  ceiling.run([sys.executable, "-c", script], check=True, cwd=REPO, env=env, ceiling=ceiling.SHORT)
   np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), expected, atol=1e-5)
 
 

@@ -2,13 +2,13 @@
 
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
 from configs import baseline, fsaf_market
 from fsaf_jax.models.summary import summarize
+from tests.reference import ceiling
 from tests.reference.fsaf_param_count import fsaf_param_count
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -57,7 +57,7 @@ def test_summary_needs_num_classes():
 def test_cli_runs_on_tiny():
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
-  result = subprocess.run(
+  result = ceiling.run(
     [
       sys.executable,
       "-m",
@@ -69,7 +69,7 @@ def test_cli_runs_on_tiny():
     env=env,
     capture_output=True,
     text=True,
-    timeout=300,
+    ceiling=ceiling.SHORT,
     check=False,
   )
   assert result.returncode == 0, result.stderr

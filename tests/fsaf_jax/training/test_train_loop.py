@@ -24,12 +24,10 @@ TOTAL_STEPS = run.STEPS_PER_EPOCH * run.NUM_EPOCHS
 
 
 @pytest.fixture(scope="module")
-def straight(data_root, tmp_path_factory):
-  """An uninterrupted run: (workdir, result, final host variables, index log)."""
-  workdir = tmp_path_factory.mktemp("straight")
-  result = train_loop.train_and_evaluate(
-    run.config(data_root), workdir, config_name="tiny", on_step=BatchIndexLog(workdir)
-  )
+def straight(tiny_run):
+  """An uninterrupted run (conftest's `tiny_run`, shared with tests/reliability):
+  (workdir, result, final host variables, index log)."""
+  workdir, result = tiny_run
   _, variables = checkpoint_restore.restore_variables(workdir)
   return workdir, result, variables, read_batch_index_log(workdir)
 
