@@ -69,12 +69,27 @@ def _init() -> ml_collections.ConfigDict:
 def _input() -> ml_collections.ConfigDict:
   """Data: `config.input`."""
   input = ml_collections.ConfigDict()
-  input.dataset = "market1501"  # TFDS builder name (optionally 'name/config')
+  # TFDS builder name (optionally 'name/config'): the training set, and the set evaluated
+  # by default. With `datasets` set it must be the first of them.
+  input.dataset = "market1501"
+  # Several training sets, trained on as one (fast-reid's DATASETS.NAMES): entries 'name'
+  # or 'name@folder' (the folder holding that dataset's download), as config.eval.datasets,
+  # e.g. ('market1501@/data/Market-1501-v15.09.15', 'dukemtmc_reid@/data/DukeMTMC-reID');
+  # () = just `dataset`. Identities and cameras are offset per set so they never collide;
+  # model.num_classes is their total. Each set is built into data_dir on first use (a
+  # second copy of one dataset into <data_dir>/<name>@<folder's base name>). `dataset`
+  # must be the first name (docs/datasets.md).
+  input.datasets = ()
   # Where TFDS writes/reads ArrayRecord; '' = WORKDIR/data/tfds (train.py).
   input.data_dir = "~/tensorflow_datasets"
   # Extracted dataset folder or archive; '' = TFDS default (<data_dir>/downloads/manual)
-  # (the demo: WORKDIR/data/synthetic, configs/demo.py).
+  # (the demo: WORKDIR/data/synthetic, configs/demo.py). With `datasets`: the first set's
+  # folder, if its entry gives none.
   input.manual_dir = ""
+  # torchreid's combineall ("all" protocol): every training set's query and gallery
+  # images join its training images, their ids relabelled after its training ids;
+  # junk (pid -1) and Market-1501's distractors (pid 0) stay out.
+  input.combineall = False
   input.image_size = (256, 128)  # (H, W)
   input.num_identities = 16  # P
   input.num_instances = 4  # K

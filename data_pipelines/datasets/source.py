@@ -406,3 +406,13 @@ def num_train_identities(name: str, data_dir: str | os.PathLike[str]) -> int:
 def metadata(name: str, data_dir: str | os.PathLike[str]) -> dict[str, Any]:
   """The build metadata of `name` (see `reid_builder`): id mapping, per-split stats."""
   return dict(_prepared_builder(name, data_dir).info.metadata.items())
+
+
+def junk_pids(name: str, data_dir: str | os.PathLike[str]) -> tuple[int, ...]:
+  """The pids of `name`'s query / gallery that are no identity: junk boxes (-1) and, for
+  datasets with Market-1501's semantics (`ReidBuilder.HAS_JUNK_AND_DISTRACTORS`), the
+  distractors (0). torchreid's `_junk_pids`, left out of training under combineall."""
+  builder = get_builder(name, data_dir)
+  if getattr(builder, "HAS_JUNK_AND_DISTRACTORS", False):
+    return (reid_builder.JUNK_PID, reid_builder.DISTRACTOR_PID)
+  return (reid_builder.JUNK_PID,)

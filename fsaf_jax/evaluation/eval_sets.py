@@ -31,10 +31,9 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from data_pipelines.dataset_list import FOLDER_SEPARATOR, own_data_dir
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import errors
-
-FOLDER_SEPARATOR = "@"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,17 +144,11 @@ def eval_sets(config: ml_collections.ConfigDict) -> list[EvalSet]:
       continue
     here = data_dir
     if name in owner and owner[name] != folder:
-      here = os.path.join(data_dir, _own_data_dir(name, folder))
+      here = os.path.join(data_dir, own_data_dir(name, folder))
     else:
       owner[name] = folder
     sets.append(EvalSet(name, label, here, folder, folder=label, build=True))
   return sets
-
-
-def _own_data_dir(name: str, folder: str | None) -> str:
-  """'<name>@<folder's base name>': the data dir (under `input.data_dir`) of a copy of a
-  dataset built there from another folder; the same whatever the rest of the list."""
-  return _label(name) + FOLDER_SEPARATOR + os.path.basename((folder or "default").rstrip(os.sep))
 
 
 def prepare_eval_set(eval_set: EvalSet) -> None:

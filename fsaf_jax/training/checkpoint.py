@@ -23,7 +23,8 @@ A run resumes only from a checkpoint of a compatible config: every field may cha
 the meaning or the shapes of the saved state except those in `RESUMABLE_FIELDS` (how
 long to train, how often to log / save / evaluate, where the data lives, how it is
 loaded, evaluation settings). Anything else differing is refused with
-`IncompatibleCheckpointError` naming each field and both values.
+`IncompatibleCheckpointError` naming each field and both values; the training sets
+(`input.datasets`) are compared by name, not by the folder their downloads are in.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from data_pipelines.dataset_list import FOLDER_SEPARATOR
 from fsaf_jax.core import checkpoint_integrity as integrity
 from fsaf_jax.core.checkpoint_restore import (
   CHECKPOINT_DIR,
@@ -76,12 +78,30 @@ RESUMABLE_FIELDS = (
 RESOLVED_FIELDS = ("model.num_classes", "train.steps_per_epoch")
 
 
+def _sets_by_name(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  """The config as JSON with the entries of `input.datasets` ('name@folder') reduced to
+  their names: where a set's download lies may change (as `input.manual_dir` may),
+  which sets are trained on may not."""
+  if isinstance(config, ml_collections.ConfigDict):
+    tree = config_to_json(config)
+  else:
+    tree = json.loads(json.dumps(dict(config)))  # a copy
+  if tree.get("input", {}).get("datasets"):
+    tree["input"]["datasets"] = [
+      str(entry).partition(FOLDER_SEPARATOR)[0] for entry in tree["input"]["datasets"]
+    ]
+  return tree
+
+
 def resume_differences(
   saved: ml_collections.ConfigDict | Mapping[str, Any], current: ml_collections.ConfigDict
 ) -> list[str]:
   """`config_differences` outside `RESUMABLE_FIELDS`: what forbids resuming (sorted
-  lines `'<field>: checkpoint <value>, this run <value>'`, empty if compatible)."""
-  return config_differences(saved, current, ignore=lambda f: field_in(f, RESUMABLE_FIELDS))
+  lines `'<field>: checkpoint <value>, this run <value>'`, empty if compatible). The
+  training sets (`input.datasets`) are compared by name."""
+  return config_differences(
+    _sets_by_name(saved), _sets_by_name(current), ignore=lambda f: field_in(f, RESUMABLE_FIELDS)
+  )
 
 
 def check_compatible(
@@ -132,8 +152,8 @@ def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
   except (OSError, ValueError):
     return  # the checkpoint's own config is checked at resume
   diffs = config_differences(
-    saved,
-    config,
+    _sets_by_name(saved),
+    _sets_by_name(config),
     ignore=lambda f: field_in(f, RESUMABLE_FIELDS) or field_in(f, RESOLVED_FIELDS),
   )
   if diffs:

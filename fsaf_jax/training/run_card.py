@@ -1,18 +1,20 @@
 """The run card: what a training run is about to do, to check it against a paper.
 
 Printed as one table when training starts and written to `WORKDIR/run_card.json`:
-dataset and split sizes, P x K and the sampler, the epoch and step counts, the learning
-rate at the start, at the end of the warmup and after every decay, the pretrained file
-with how many parameters it set and how many stayed at their initial values, the
-parameter count, the devices, the mesh and the global batch.
+dataset and split sizes, each training set's ids, images and cameras (one row per set
+when there are several or `config.input.combineall`), P x K and the sampler, the epoch
+and step counts, the learning rate at the start, at the end of the warmup and after
+every decay, the pretrained file with how many parameters it set and how many stayed at
+their initial values, the parameter count, the devices, the mesh and the global batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -21,6 +23,7 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from data_pipelines.union_source import SetCounts
 from fsaf_jax.models.pretrained import PretrainedReport
 
 FILE_NAME = "run_card.json"
@@ -80,6 +83,7 @@ def build_run_card(
   variables: Mapping[str, Any],
   pretrained_report: PretrainedReport | None,
   mesh: jax.sharding.Mesh,
+  training_sets: Sequence[SetCounts] = (),
 ) -> dict[str, Any]:
   """Collects the run card (a JSON-serialisable dict).
 
@@ -94,6 +98,7 @@ def build_run_card(
     variables: the initial {'params', 'batch_stats'}.
     pretrained_report: what the pretrained file set, or None (no file).
     mesh: the device mesh.
+    training_sets: each training set's share (`union_source.SetCounts`), in order.
   """
   p, k = int(config.input.num_identities), int(config.input.num_instances)
   steps_per_epoch = int(config.train.steps_per_epoch)
@@ -104,6 +109,8 @@ def build_run_card(
     "dataset": config.input.dataset,
     "splits": {name: int(n) for name, n in split_sizes.items()},
     "train_identities": int(num_train_ids),
+    "combineall": bool(config.input.combineall),
+    "training_sets": [dataclasses.asdict(s) for s in training_sets],
     "P": p,
     "K": k,
     "global_batch": p * k,
@@ -138,9 +145,44 @@ def build_run_card(
   }
 
 
+def _dataset_text(card: Mapping[str, Any]) -> str:
+  """'market1501: train 12,936, query 3,368, gallery 15,913; 751 train identities', or
+  for several sets / combineall the union's training images and the evaluated set."""
+  sets = card["training_sets"]
+  if len(sets) < 2 and not card["combineall"]:
+    splits = ", ".join(f"{name} {n:,}" for name, n in card["splits"].items())
+    return f"{card['dataset']}: {splits}; {card['train_identities']:,} train identities"
+  union = sets[0]["name"] if len(sets) == 1 else f"{len(sets)} training sets"
+  union += " (combineall)" if card["combineall"] else ""
+  evaluated = ", ".join(f"{name} {n:,}" for name, n in card["splits"].items() if name != "train")
+  return (
+    f"{union}: {card['splits']['train']:,} training images, {card['train_identities']:,} "
+    f"train identities; evaluated on {card['dataset']}: {evaluated}"
+  )
+
+
+def _training_set_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
+  """One row per training set when there are several or combineall (else none)."""
+  sets = card["training_sets"]
+  if len(sets) < 2 and not card["combineall"]:
+    return []
+  rows = []
+  for i, s in enumerate(sets):
+    text = (
+      f"{s['name']}: {s['ids']:,} ids, {s['images']:,} images, {s['cameras']} cameras "
+      f"(labels from {s['label_offset']:,}, cameras from {s['camera_offset']})"
+    )
+    if card["combineall"]:
+      text += (
+        f"; query + gallery joined: {s['joined_ids']:,} ids, {s['joined_images']:,} images "
+        f"({s['left_out_images']:,} junk / distractor images left out)"
+      )
+    rows.append((f"train set {i + 1}", text))
+  return rows
+
+
 def format_run_card(card: Mapping[str, Any]) -> str:
   """The run card as an aligned two-column table (one string, no trailing newline)."""
-  splits = ", ".join(f"{name} {n:,}" for name, n in card["splits"].items())
   lr = "; ".join(
     f"{row['what']} {row['lr']:.4g} (epoch {row['epoch']}, step {row['step']:,})"
     for row in card["lr"]
@@ -148,7 +190,8 @@ def format_run_card(card: Mapping[str, Any]) -> str:
   model = card["model"]
   rows = [
     ("config", card["config"] or "-"),
-    ("dataset", f"{card['dataset']}: {splits}; {card['train_identities']:,} train identities"),
+    ("dataset", _dataset_text(card)),
+    *_training_set_rows(card),
     (
       "batch",
       f"P x K = {card['P']} x {card['K']} = {card['global_batch']}, sampler {card['sampler']}",

@@ -1,12 +1,14 @@
 """Everything a training run does before its first step.
 
 `check_settings(config)` refuses a bad value of any field (loop, initialisation, loss,
-evaluation, model) before anything is written or any data work; `setup_run(config,
-workdir)` then makes the dataset ready, builds the P x K train iterator, resolves
-`model.num_classes` and `train.steps_per_epoch` from the data (`resolve_config`),
-builds the evaluators (one per evaluation set, their data built), the model, the
-initial train state (`config.init.pretrained` or 'scratch') and the run card (printed
-by process 0; the training loop writes it to
+evaluation, model, the list of training sets) before anything is written or any data
+work; `setup_run(config, workdir)` then makes the training sets ready (one, or the
+union of `config.input.datasets`: `data_setup`), builds the P x K train iterator over
+their training images, resolves `model.num_classes` and `train.steps_per_epoch` from
+the data (`resolve_config`), builds the evaluators (one per evaluation set, their data
+built; by default the first training set), the model, the initial train state
+(`config.init.pretrained` or 'scratch') and the run card (printed by process 0; the
+training loop writes it to
 `WORKDIR/run_card.json` once a resume is accepted, so a refused run leaves the work
 dir's card as it was).
 """
@@ -115,7 +117,7 @@ def resolve_config(
   config = ml_collections.ConfigDict(config.to_dict())
   if config.model.num_classes not in (-1, num_train_ids):
     raise errors.UserError(
-      f"config.model.num_classes={config.model.num_classes} but {config.input.dataset!r} "
+      f"config.model.num_classes={config.model.num_classes} but {training_data_name(config)} "
       f"in {config.input.data_dir} has {num_train_ids} training identities: set "
       "config.model.num_classes=-1 (take it from the data) or fix it"
     )
@@ -132,7 +134,7 @@ def resolve_config(
       config.train.steps_per_epoch = num_train_images // batch
     if config.train.steps_per_epoch <= 0:
       raise errors.UserError(
-        f"{config.input.dataset!r} gives no full batch of P x K = {batch} per epoch "
+        f"{training_data_name(config)} gives no full batch of P x K = {batch} per epoch "
         f"({num_train_images} training images, {num_train_ids} identities)"
       )
   elif config.train.steps_per_epoch <= 0:
@@ -141,6 +143,12 @@ def resolve_config(
       f"positive, got {config.train.steps_per_epoch}"
     )
   return config
+
+
+def training_data_name(config: ml_collections.ConfigDict) -> str:
+  """The training data for messages: 'market1501', or 'market1501 + dukemtmc_reid'."""
+  names = " + ".join(config.input.datasets) or config.input.dataset
+  return f"{names!r}" + (" (combineall)" if config.input.combineall else "")
 
 
 def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
@@ -165,7 +173,8 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   """Refuses a bad value of any config field before anything is written or any data work.
 
   Raises:
-    errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, an
+    errors.UserError: `checkpoint_every_steps` or `keep_checkpoints` < 1, a bad list
+      of training sets (`data_setup.training_sets`), an
       `input.image_size` that is not two positive integers, a loop or loader setting
       out of range (`check_loop_and_loader`), an empty `init.pretrained` (the message
       names the IBN-Net release and the convert command), a bad `config.loss` field
@@ -175,6 +184,7 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   """
   checkpoint_interval(config)
   checkpoint_lib.check_keep(config.train.keep_checkpoints)
+  data_setup.training_sets(config)
   check_image_size(config.input.image_size)
   check_loop_and_loader(config)
   check_initialisation(config.init)
@@ -246,22 +256,21 @@ def initial_variables(
   return model, variables, report
 
 
-def _train_input(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any, int]:
-  """The ready dataset's training split: (its source, the P x K train iterator over
-  `mesh`, its number of identities)."""
-  dataset, data_dir = config.input.dataset, config.input.data_dir
-  num_train_ids = source_lib.num_train_identities(dataset, data_dir)
-  train_source = source_lib.load_source(dataset, "train", data_dir)
-  person_ids, _ = train_pipeline.read_labels(train_source)
+def _train_input(
+  config: ml_collections.ConfigDict, mesh: Mesh
+) -> tuple[data_setup.TrainingData, Any]:
+  """The ready training sets' images (`data_setup.load_training_data`: one set, or the
+  union of several) and the P x K train iterator over them on `mesh`."""
+  data = data_setup.load_training_data(config)
   train_iter = train_pipeline.create_train_iterator(
-    train_source,
+    data.source,
     config,
     mesh,
     seed=int(config.seed),
-    num_train_ids=num_train_ids,
-    person_ids=person_ids,
+    num_train_ids=data.num_classes,
+    person_ids=data.person_ids,
   )
-  return train_source, train_iter, num_train_ids
+  return data, train_iter
 
 
 def setup_run(
@@ -292,9 +301,9 @@ def setup_run(
   if prepare_data is not None:
     config = prepare_data(config, workdir)
   config = data_setup.prepare_dataset(config, workdir)
-  data_dir = config.input.data_dir
   mesh = make_mesh()
-  train_source, train_iter, num_train_ids = _train_input(config, mesh)
+  data, train_iter = _train_input(config, mesh)
+  num_train_ids, train_source = data.num_classes, data.source
   config = resolve_config(
     config,
     num_train_ids,
@@ -329,7 +338,7 @@ def setup_run(
       "train": len(train_source),
       # The training set's own test splits (the evaluation sets may be others).
       **{
-        split: len(source_lib.load_source(config.input.dataset, split, data_dir))
+        split: len(source_lib.load_source(config.input.dataset, split, config.input.data_dir))
         for split in EVAL_SPLITS
       },
     },
@@ -340,6 +349,7 @@ def setup_run(
     variables=variables,
     pretrained_report=pretrained_report,
     mesh=mesh,
+    training_sets=data.sets,
   )
   if is_main:  # written to WORKDIR/run_card.json once the run is accepted (`train_loop`)
     console_line(run_card.format_run_card(card))
