@@ -354,6 +354,14 @@ def extract_folder(
   logging.info("%d of %d names follow a known dataset scheme", (camids != -1).sum(), len(pids))
   result = {"feats": feats, "file_names": names, "pids": pids, "camids": camids}
   write_npz(result, out)
+  _write_extractors(model, variables, config, export=export, onnx=onnx)
+  return result
+
+
+def _write_extractors(model, variables, config, *, export: str | None, onnx: str | None) -> None:
+  """Writes the extractor as `jax.export` bytes to `export` and as ONNX to `onnx` (each
+  when given), at the config's image size and flip setting."""
+  image_size = tuple(config.input.image_size)
   if export:
     export_lib.export_extractor(
       model, variables, export, image_size=image_size, flip=config.eval.flip
@@ -362,7 +370,6 @@ def extract_folder(
   if onnx:
     onnx_export.export_onnx(model, variables, onnx, image_size=image_size, flip=config.eval.flip)
     logging.info("Wrote the ONNX extractor to %s", onnx)
-  return result
 
 
 def _embed(

@@ -273,6 +273,18 @@ def _train_input(
   return data, train_iter
 
 
+def _split_sizes(config: ml_collections.ConfigDict, num_train_images: int) -> dict[str, int]:
+  """{'train': images trained on, 'query' / 'gallery': the training set's own test splits}
+  (the evaluation sets may be others)."""
+  return {
+    "train": num_train_images,
+    **{
+      split: len(source_lib.load_source(config.input.dataset, split, config.input.data_dir))
+      for split in EVAL_SPLITS
+    },
+  }
+
+
 def setup_run(
   config: ml_collections.ConfigDict,
   workdir: epath.Path,
@@ -310,17 +322,12 @@ def setup_run(
     sampler_steps_per_epoch=train_iter.batches_per_epoch,
     num_train_images=len(train_source),
   )
-  # Built before any training step: bad eval settings fail here, not at the first eval.
-  evaluators = build_evaluators(
-    registry.create_model(config.model, num_train_ids),
-    config,
-    mesh=mesh,
-    config_name=config_name,
-  )
+  model, variables, pretrained_report = initial_variables(config, num_train_ids, mesh)
+  # Built before any training step, on the run's model: a set without positives fails
+  # here, not at the first evaluation.
+  evaluators = build_evaluators(model, config, mesh=mesh, config_name=config_name)
   steps_per_epoch = int(config.train.steps_per_epoch)
   image_size = tuple(int(s) for s in config.input.image_size)
-
-  model, variables, pretrained_report = initial_variables(config, num_train_ids, mesh)
   state = create_train_state(
     config,
     model,
@@ -334,14 +341,7 @@ def setup_run(
   card = run_card.build_run_card(
     config,
     config_name=config_name,
-    split_sizes={
-      "train": len(train_source),
-      # The training set's own test splits (the evaluation sets may be others).
-      **{
-        split: len(source_lib.load_source(config.input.dataset, split, config.input.data_dir))
-        for split in EVAL_SPLITS
-      },
-    },
+    split_sizes=_split_sizes(config, len(train_source)),
     num_train_ids=num_train_ids,
     sampler_mode=train_iter.sampler.mode,
     sampler_steps_per_epoch=train_iter.batches_per_epoch,
