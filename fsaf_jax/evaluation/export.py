@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from fsaf_jax.evaluation.extractor import make_embed_fn
+from fsaf_jax.evaluation.extractor import make_host_embed_fn
 
 
 def export_embed_fn(
@@ -47,11 +47,9 @@ def export_embed_fn(
   Returns:
     The `jax.export.Exported`, batch dimension symbolic ('b').
   """
-  embed = make_embed_fn(model, flip=flip, dtype=dtype)
-  host_vars = jax.device_get({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
   h, w = image_size
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {h}, {w}, 3"), np.uint8)
-  fn = jax.jit(lambda images: embed(host_vars, images))
+  fn = jax.jit(make_host_embed_fn(model, variables, flip=flip, dtype=dtype))
   return jax.export.export(fn, platforms=platforms)(spec)
 
 

@@ -227,6 +227,16 @@ class Extractor:
     return self.fetch(self.dispatch(images), images.shape[0])
 
 
+def make_host_embed_fn(
+  model: Any, variables: Mapping[str, Any], *, flip: bool = False, dtype: Any = None
+) -> Callable[[jax.Array], jax.Array]:
+  """`make_embed_fn` closed over a host copy of `variables`' params and batch_stats, the
+  form a serialised extractor embeds: images uint8 [b, H, W, 3] -> embeddings [b, C]."""
+  embed = make_embed_fn(model, flip=flip, dtype=dtype)
+  host_vars = jax.device_get({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
+  return lambda images: embed(host_vars, images)
+
+
 def make_extractor(
   model: nn.Module,
   variables: Mapping[str, Any] | None,

@@ -27,7 +27,7 @@ import numpy as np
 
 from fsaf_jax.core import errors
 from fsaf_jax.core.whole_file import write_whole
-from fsaf_jax.evaluation.extractor import make_embed_fn
+from fsaf_jax.evaluation.extractor import make_host_embed_fn
 
 ONNX_INSTALL = "pip install -r requirements-onnx.txt"
 INPUT_NAME = "images"
@@ -77,15 +77,14 @@ def export_onnx(
       (the message names jax2onnx's reason).
   """
   jax2onnx = import_jax2onnx()
-  embed = make_embed_fn(model, flip=flip, dtype=dtype)
-  host_vars = jax.device_get({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
+  embed = make_host_embed_fn(model, variables, flip=flip, dtype=dtype)
   h, w = image_size
   spec = jax.ShapeDtypeStruct(("b", h, w, 3), np.uint8)
   try:
     # jax2onnx prints debugging lines of its own on stdout: kept off the console.
     with contextlib.redirect_stdout(io.StringIO()):
       proto = jax2onnx.to_onnx(
-        lambda images: embed(host_vars, images),
+        embed,
         [spec],
         model_name="fsaf_extractor",
         input_names=[INPUT_NAME],
