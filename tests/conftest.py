@@ -6,6 +6,7 @@ the conftest, before any test module imports jax.
 
 import os
 import pathlib
+import time
 
 NUM_SIMULATED_DEVICES = 4
 
@@ -28,7 +29,17 @@ _CACHE_SETTINGS = {
   "jax_compilation_cache_dir": str(_CACHE_DIR),
   "jax_persistent_cache_min_compile_time_secs": 0.5,
   "jax_persistent_cache_min_entry_size_bytes": 0,
+  # A size limit turns on the cache's file lock: the xdist workers and the subprocesses
+  # the tests start read and write the one folder at once, and read whole entries.
+  "jax_compilation_cache_max_size": 4 << 30,
 }
+# Entries written before the limit was set have no access-time file, which the limited
+# cache needs for each entry: give them one (now) rather than fail to write new ones.
+if _CACHE_DIR.is_dir():
+  for _entry in _CACHE_DIR.glob("*-cache"):
+    _atime = _entry.with_name(_entry.name.removesuffix("-cache") + "-atime")
+    if not _atime.exists():
+      _atime.write_bytes(time.time_ns().to_bytes(8, "little"))
 for _name, _value in _CACHE_SETTINGS.items():
   jax.config.update(_name, _value)
   # The same cache for the subprocesses the tests start (train.py, eval.py, the CLIs).
@@ -69,3 +80,9 @@ def tiny_run(data_root, tmp_path_factory):
     on_step=BatchIndexLog(workdir),
   )
   return workdir, result
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+  """`-n auto` (pyproject.toml): one test process per CPU this process may run on, at most
+  4 (each holds a few GiB: the tiny runs, compiled steps and PyTorch)."""
+  return max(1, min(len(os.sched_getaffinity(0)), 4))

@@ -137,7 +137,9 @@ def _eval_py(*flags, cwd=REPO):
   return ceiling.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, ceiling=ceiling.LONG)
 
 
-def test_cli_end_to_end_with_rerank(run, expected, tmp_path):
+def test_cli_end_to_end_with_rerank_prints_only_our_lines(run, expected, tmp_path):
+  """A plain run with re-ranking: the results, and only the log lines, warnings and table of
+  the project, nothing of orbax, tensorflow_datasets, jax, absl..."""
   workdir, _, _, _ = run
   proc = _eval_py(
     f"--workdir={workdir}",
@@ -153,23 +155,20 @@ def test_cli_end_to_end_with_rerank(run, expected, tmp_path):
   assert_same_metrics(saved["metrics"], expected[STEPS[-1]]["metrics"])
   assert saved["eval"]["rerank"] and set(saved["metrics_rerank"]) == set(saved["metrics"])
   assert (tmp_path / "eval" / f"step_{STEPS[-1]}" / "ranked_list.png").stat().st_size > 0
-  assert "mAP" in proc.stdout  # the metrics table is printed
+  assert "mAP" in proc.stdout and "Wrote" in proc.stderr  # the table, the written paths
+  assert third_party_lines(proc.stdout + proc.stderr) == []
 
 
-def test_cli_prints_only_our_lines(run, tmp_path):
-  """A plain run: the log lines, warnings and table of the project, nothing of orbax,
-  tensorflow_datasets, jax, absl...; `--verbosity=1` brings those back."""
+def test_cli_verbosity_brings_third_party_lines_back(run, tmp_path):
+  """`--verbosity=1` shows the third-party log lines a plain run hides (above)."""
   workdir, _, _, _ = run
-  common = (
+  verbose = _eval_py(
     f"--workdir={workdir}",
     "--config.input.data_dir=",
     f"--config.eval.max_rank={MAX_RANK}",
+    f"--outdir={tmp_path / 'verbose'}",
+    "--verbosity=1",
   )
-  proc = _eval_py(*common, f"--outdir={tmp_path / 'plain'}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "mAP" in proc.stdout and "Wrote" in proc.stderr  # the table, the written paths
-  assert third_party_lines(proc.stdout + proc.stderr) == []
-  verbose = _eval_py(*common, f"--outdir={tmp_path / 'verbose'}", "--verbosity=1")
   assert verbose.returncode == 0, verbose.stderr[-3000:]
   assert "mAP" in verbose.stdout
   assert any("checkpoint_manager.py" in line for line in third_party_lines(verbose.stderr))

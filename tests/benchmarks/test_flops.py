@@ -87,7 +87,7 @@ def test_tiny_fsaf_against_xla_cost_analysis():
   config = tiny.get_config()
   model = create_model(config.model, num_classes=10)
   x = jnp.zeros((4, *config.input.image_size, 3))
-  variables = model.init(jax.random.key(0), x[:1])
+  variables = jax.jit(model.init)(jax.random.key(0), x[:1])
   xla = _xla_flops(lambda v, x: model.apply(v, x, train=False)["bn_feat"], variables, x)
   ours = count_flops(model, x.shape, variables=variables).forward_flops
   assert 0.85 * xla <= ours <= xla, (ours, xla, ours / xla)

@@ -89,6 +89,7 @@ def test_onnx_export_tiny_defaults(tmp_path):
   _check_against_jax(tiny.get_config(), tmp_path, num_images=2)
 
 
+@pytest.mark.slow  # the tiny exports above take the same path in the default set
 def test_onnx_export_baseline_full_size(tmp_path):
   """`configs/baseline.py` (ResNet50-IBN-a, 256x128): two images."""
   _check_against_jax(baseline.get_config(), tmp_path, num_images=2)

@@ -201,6 +201,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
   assert steps == [2]
 
 
+@pytest.mark.slow  # its train.py twin (tests/test_train.py) is in the default set
 def test_huge_learning_rate_stops_at_the_first_step(data_root, tmp_path):
   c = run.config(data_root)
   c.optim.base_lr = 1e30
