@@ -82,14 +82,15 @@ def test_extract_onnx_flag_matches_the_jax_extractor_tiny(tmp_path):
   assert diff < ATOL
 
 
-# The ops of the tests here in their other settings (`-m slow`).
+# The same export in other settings (`-m slow`); the default set exports the tiny model
+# through `extract --onnx` above.
 @pytest.mark.slow
 def test_onnx_export_tiny_defaults(tmp_path):
   """The tiny config as it is: ECA per stage, average pooling, last stride 2."""
   _check_against_jax(tiny.get_config(), tmp_path, num_images=2)
 
 
-@pytest.mark.slow  # the tiny exports above take the same path in the default set
+@pytest.mark.slow
 def test_onnx_export_baseline_full_size(tmp_path):
   """`configs/baseline.py` (ResNet50-IBN-a, 256x128): two images."""
   _check_against_jax(baseline.get_config(), tmp_path, num_images=2)
