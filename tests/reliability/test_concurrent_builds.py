@@ -14,7 +14,6 @@ The waits are on events (a log line, a call), each under a generous ceiling.
 import logging
 import os
 import pathlib
-import subprocess
 import sys
 import threading
 
@@ -22,7 +21,7 @@ import pytest
 from absl import logging as absl_logging
 
 from data_pipelines.datasets import reid_builder, source
-from tests.reference import reid_layouts, tiny_market
+from tests.reference import ceiling, reid_layouts, tiny_market
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -177,7 +176,7 @@ def test_the_build_command_out_of_room_is_one_error_line(tmp_path):
   tiny_market.write_market(tmp_path / "download")
   data_dir = tmp_path / "data"
 
-  proc = subprocess.run(
+  proc = ceiling.run(
     [  # bash's `ulimit -f` counts 1 KB blocks
       "bash",
       "-c",
@@ -191,9 +190,7 @@ def test_the_build_command_out_of_room_is_one_error_line(tmp_path):
     ],
     cwd=REPO,
     env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
-    capture_output=True,
-    text=True,
-    timeout=600,
+    ceiling=ceiling.LONG,
   )
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -22,7 +22,7 @@ from data_pipelines.datasets import source
 from fsaf_jax.core import cli, errors
 from fsaf_jax.evaluation import evaluator
 from fsaf_jax.training import train_loop
-from tests.reference import reid_layouts
+from tests.reference import ceiling, reid_layouts
 from tests.reference import tiny_synthetic_run as run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -67,12 +67,9 @@ def test_a_refused_fresh_run_leaves_no_work_dir(no_positive_data, tmp_path):
 
 def _program(body: str, *args: str) -> subprocess.CompletedProcess:
   """Runs `body` (which calls cli.run) as a small program from the repository root."""
-  return subprocess.run(
+  return ceiling.run(
     [sys.executable, "-c", textwrap.dedent(body), *args],
     cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
     env={**os.environ, "PYTHONPATH": str(REPO)},
   )
 

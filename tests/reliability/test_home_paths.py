@@ -22,7 +22,7 @@ import pytest
 
 from data_pipelines.datasets import source
 from fsaf_jax.core import paths
-from tests.reference import reid_layouts, saved_run, tiny_market
+from tests.reference import ceiling, reid_layouts, saved_run, tiny_market
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEP = 3
@@ -63,9 +63,7 @@ def run_command(home: pathlib.Path, cwd: pathlib.Path, *args: str) -> subprocess
     "PYTHONPATH": str(ROOT),
     "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
   }
-  proc = subprocess.run(
-    [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-  )
+  proc = ceiling.run([sys.executable, *args], cwd=cwd, env=env, ceiling=ceiling.LONG)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not (cwd / "~").exists(), sorted(os.listdir(cwd))
   return proc

@@ -11,16 +11,15 @@ import textwrap
 
 import numpy as np
 
+from tests.reference import ceiling
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
+  return ceiling.run(
     [sys.executable, *args],
     cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
     env={**os.environ, "PYTHONPATH": str(REPO)},
   )
 
