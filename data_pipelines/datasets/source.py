@@ -41,6 +41,11 @@ DATASETS = (
 
 
 # TFDS's prefix of the temporary folder a build writes before renaming it into place.
+# A run builds its datasets here, under its work dir, when `input.data_dir` is empty
+# (train.py: `training.data_setup`); eval.py follows a moved work dir there
+# (`evaluation.eval_data`).
+WORKDIR_DATA_SUBDIR = "data"
+WORKDIR_DATA_DIR = os.path.join(WORKDIR_DATA_SUBDIR, "tfds")
 INCOMPLETE_PREFIX = "incomplete."
 
 

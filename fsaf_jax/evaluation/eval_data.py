@@ -28,9 +28,6 @@ from absl import logging
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import paths
 
-# A run's default data_dir under its work dir: what `training.data_setup` (a layer above
-# this one, hence not imported) makes of an empty `input.data_dir`.
-WORKDIR_DATA_DIR = os.path.join("data", "tfds")
 DATA_PATH_FIELDS = ("input.data_dir", "input.manual_dir")
 
 
@@ -73,8 +70,9 @@ def eval_data_config(
   named = paths.absolute(config.input.data_dir)
   recorded = paths.absolute(saved.input.data_dir)
   data_dir = named or recorded
-  if not named and not _is_built(dataset, recorded) and recorded.endswith(WORKDIR_DATA_DIR):
-    moved = os.path.join(paths.absolute(workdir), WORKDIR_DATA_DIR)
+  run_default = recorded.endswith(source_lib.WORKDIR_DATA_DIR)
+  if not named and run_default and not _is_built(dataset, recorded):
+    moved = os.path.join(paths.absolute(workdir), source_lib.WORKDIR_DATA_DIR)
     if moved != recorded and _is_built(dataset, moved):
       logging.info(
         "The work dir has moved: reading %s from %s (the run recorded %s)", dataset, moved, recorded

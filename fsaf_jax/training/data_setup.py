@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pathlib
 
 import jax
 import ml_collections
@@ -42,7 +41,7 @@ from data_pipelines.dataset_list import DatasetRef
 from data_pipelines.datasets import source as source_lib
 from fsaf_jax.core import errors, paths
 
-DATA_SUBDIR = "data"
+DATA_SUBDIR = source_lib.WORKDIR_DATA_SUBDIR
 FIELD = "config.input"
 
 
@@ -85,8 +84,8 @@ def resolve_data_paths(
 ) -> ml_collections.ConfigDict:
   """A copy of `config` with absolute data paths (module doc, step 1)."""
   config = ml_collections.ConfigDict(config.to_dict())
-  data_root = pathlib.Path(paths.absolute(os.fspath(workdir))) / DATA_SUBDIR
-  config.input.data_dir = paths.absolute(config.input.data_dir or str(data_root / "tfds"))
+  default = os.path.join(os.fspath(workdir), source_lib.WORKDIR_DATA_DIR)
+  config.input.data_dir = paths.absolute(config.input.data_dir or default)
   if config.input.manual_dir:
     config.input.manual_dir = paths.absolute(config.input.manual_dir)
   if config.input.datasets:
