@@ -15,12 +15,23 @@ contain them) as forward, input-gradient (dX) or weight-gradient (dW) by their
 fusions, reductions, copies/transposes, ...). Prints the per-class totals with the
 GFLOP/s the convolutions reach (FLOPs from `benchmarks.flops`, one forward's
 worth per class), then the `--top` most expensive instructions.
+
+With fast-reid installed (`python benchmarks/setup_peers.py`; `--peer=none` skips it),
+fast-reid 1.4.0's own `Baseline` (the R50-IBN-a of its bagtricks config, at the same
+last stride, batch and threads, in its own process with this process's malloc settings
+unless `--peer_malloc=default`) then runs one step under `torch.profiler`, and a second
+table puts the two side by side: forward convolutions / matmuls, their input and
+weight gradients (`aten::convolution_backward` does both), dense matmuls, and
+everything else (norms, activations, pooling, optimiser), with GFLOP/s. One thread
+(`taskset -c 1`) makes the seconds comparable: with several, JAX's op time is summed
+over threads and PyTorch's is wall time.
 """
 
 import collections
 import glob
+import importlib.util
+import os
 import pathlib
-import re
 import sys
 import tempfile
 import time
@@ -29,6 +40,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run a
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks.profile_classes import (  # noqa: E402
+  COMPARED,
+  TORCH_CLASSES,
+  classify,
+  compared_class,
+  parse_entry,
+  torch_by_class,
+)
 from fsaf_jax.core import cli  # noqa: E402
 
 _CONFIG = flags.DEFINE_string(
@@ -43,82 +62,19 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
 _STEPS = flags.DEFINE_integer("steps", 2, "Traced steps (after one warm-up step).")
 _TOP = flags.DEFINE_integer("top", 25, "Most expensive instructions listed.")
-
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?) ([a-z][\w-]*)\(")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-_MATMUL = ("convolution", "dot")
-_LIBRARY = ("__ynn_fusion", "__xnn_fusion", "__onednn_fusion")
-
-
-def parse_entry(hlo_text: str) -> dict[str, dict]:
-  """Instructions of the ENTRY computation (+ the opcodes inside each fusion).
-
-  Returns:
-    {name: {'shape', 'opcode', 'op_name', 'library', 'body_ops'}}.
-  """
-  computations, current, entry = {}, None, None
-  for line in hlo_text.splitlines():
-    if line and not line.startswith(" ") and "{" in line and not line.startswith("}"):
-      current = line.split()[1] if line.startswith("ENTRY") else line.split()[0]
-      current = current.lstrip("%")
-      if line.startswith("ENTRY"):
-        entry = current
-      computations[current] = []
-    elif current is not None and (m := _INSTRUCTION.match(line)):
-      computations[current].append((m.group(1), m.group(2), m.group(3), line))
-  body_ops = {name: {op for _, _, op, _ in insts} for name, insts in computations.items()}
-  result = {}
-  for name, shape, opcode, line in computations.get(entry, []):
-    calls = re.search(r"calls=%([\w.-]+)", line)
-    m = _OP_NAME.search(line)
-    result[name] = {
-      "shape": shape,
-      "opcode": opcode,
-      "op_name": m.group(1) if m else "",
-      "library": next((lib for lib in _LIBRARY if lib in line), ""),
-      "body_ops": body_ops.get(calls.group(1), set()) if calls else set(),
-    }
-  return result
-
-
-def _dims(shape: str) -> list[int]:
-  m = re.search(r"\[([\d,]*)\]", shape)
-  return [int(d) for d in m.group(1).split(",") if d] if m else []
-
-
-def classify(info: dict, kernel_shapes: set[tuple[int, ...]]) -> str:
-  """Class of one instruction: 'matmul fwd' / 'matmul dX' / 'matmul dW', ... .
-
-  Args:
-    info: an entry of `parse_entry`.
-    kernel_shapes: sorted dims of every parameter (and of its [prod(dims[:-1]),
-      dims[-1]] matrix): a matmul whose result has such a shape (in any dimension
-      order) is a weight gradient.
-  """
-  ops = info["body_ops"] | {info["opcode"]}
-  op_name = info["op_name"]
-  if ops & set(_MATMUL):
-    if tuple(sorted(_dims(info["shape"]))) in kernel_shapes:
-      return "matmul dW"
-    if "transpose(" in op_name:
-      return "matmul dX"
-    if "/mhsa/" in op_name and "conv_general" not in op_name:
-      return "attention matmul fwd"
-    return "matmul fwd" if op_name else "matmul (no op_name)"
-  if info["library"]:
-    return "library fusion (no matmul)"
-  if ops & {"reduce", "reduce-window"}:
-    return "reduce / pool"
-  if info["opcode"] in ("copy", "transpose") or ops <= {
-    "copy",
-    "transpose",
-    "bitcast",
-    "parameter",
-  }:
-    return "copy / transpose"
-  if info["opcode"] == "fusion":
-    return "elementwise fusion"
-  return f"other ({info['opcode']})"
+_PEER = flags.DEFINE_enum(
+  "peer",
+  "auto",
+  ["auto", "fastreid", "none"],
+  "Also profile fast-reid's Baseline (same batch, last stride, threads) with torch.profiler "
+  "and compare per class; auto: if fast-reid is installed (benchmarks/setup_peers.py).",
+)
+_PEER_MALLOC = flags.DEFINE_enum(
+  "peer_malloc",
+  "mallopt",
+  ["mallopt", "default"],
+  "C allocator of the PyTorch peer: this process's settings (mallopt) or glibc's default.",
+)
 
 
 def profile(fn, args, steps: int) -> dict[str, float]:
@@ -232,6 +188,66 @@ def main(argv):
     cls = classify(info, kernel_shapes) if name in insts else "?"
     op_name = info["op_name"].replace("jit(train_step)/", "").replace("jit(embed)/", "")
     print(f"  {seconds / _STEPS.value:7.3f}  {cls:<22} {info['shape']:<26} {op_name[-90:]}")
+  peer = _PEER.value
+  if peer == "auto":
+    peer = "fastreid" if importlib.util.find_spec("fastreid") else "none"
+    if peer == "none":
+      print("\nPyTorch side skipped: fast-reid is not installed (python benchmarks/setup_peers.py)")
+  if peer == "fastreid":
+    if _DTYPE.value != "float32":
+      print(f"\nPyTorch side skipped: fast-reid's Baseline runs in float32, not {_DTYPE.value}")
+      return
+    jax_rows = collections.defaultdict(float)
+    for cls, seconds in by_class.items():
+      jax_rows[compared_class(cls)] += seconds
+    jax_rows["everything else"] += unknown
+    compare_with_fastreid(jax_rows, fwd_matmul, config.model.last_stride, image_size, images)
+
+
+def compare_with_fastreid(jax_rows, jax_fwd_flops, last_stride, image_size, images):
+  """Profiles fast-reid's `Baseline` (its own process, same batch, last stride and threads)
+  and prints the per-class table beside the JAX rows, then its most expensive ops."""
+  from benchmarks.flops import count_flops
+  from benchmarks.harness import NUM_CLASSES, load_config
+  from benchmarks.torch_reference import Worker
+  from fsaf_jax.models.registry import create_model
+
+  plain = load_config("baseline", "float32", last_stride)  # fast-reid's network: R50-IBN-a
+  counts = count_flops(create_model(plain.model, NUM_CLASSES), images.shape[:3] + (3,))
+  worker = Worker(
+    _WHAT.value,
+    "float32",
+    _BATCH.value,
+    host_allocator=_PEER_MALLOC.value == "mallopt",
+    model="fastreid",
+    last_stride=last_stride,
+    image_size=image_size,
+  )
+  try:
+    worker()  # warm-up, as the JAX side
+    self_times = worker.profile()
+  finally:
+    worker.close()
+  torch_rows = torch_by_class(self_times)
+  threads = len(os.sched_getaffinity(0))
+  print(
+    f"\nbeside fast-reid 1.4.0's Baseline (bagtricks R50-ibn, NCHW, last stride {last_stride}; "
+    f"torch.profiler self times of one step; {threads} thread(s); malloc: {_PEER_MALLOC.value}):"
+  )
+  if threads > 1:
+    print("  with several threads JAX's op time is summed over threads, PyTorch's is wall time")
+  print(f"{'class':<28} {'JAX s':>8} {'GFLOP/s':>8} {'PyTorch s':>10} {'GFLOP/s':>8} {'JAX/PT':>7}")
+  for row in (*COMPARED, "total"):
+    j = sum(jax_rows.values()) if row == "total" else jax_rows.get(row, 0.0)
+    t = sum(torch_rows.values()) if row == "total" else torch_rows[row]
+    per = {"matmul fwd": 1, "matmul dX + dW": 2}.get(row)  # forwards' worth of FLOPs
+    jr = f"{per * jax_fwd_flops / j / 1e9:8.1f}" if per and j else f"{'':>8}"
+    tr = f"{per * counts.forward_flops / t / 1e9:8.1f}" if per and t else f"{'':>8}"
+    ratio = f"{j / t:6.2f}x" if j and t else f"{'-':>7}"
+    print(f"{row:<28} {j:8.3f} {jr} {t:10.3f} {tr} {ratio}")
+  print(f"\nPyTorch top {_TOP.value} ops (self s/step, class):")
+  for op, seconds in sorted(self_times.items(), key=lambda kv: -kv[1])[: _TOP.value]:
+    print(f"  {seconds:7.3f}  {TORCH_CLASSES.get(op, 'other'):<28} {op}")
 
 
 if __name__ == "__main__":

@@ -43,14 +43,16 @@ and the extractor are slower, page-faulting their buffers in every call);
 default malloc (as PyTorch users run it) and with the same settings ('+m'), so both
 ratios are printed (`--peer_malloc` selects).
 
-XLA options: no XLA_FLAGS are set (XLA_FLAGS is printed as found). The extractor is
-compiled with `fsaf_jax.evaluation.compiler_options` (CPU only:
-`xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`, YNNPACK fuses each conv
-with its BN / ReLU epilogue: a faster extractor), as in eval.py / extract.py. The train
-step gets no options: the same one makes it slower, and `xla_cpu_use_onednn`,
-`..._onednn_fusion_type=..._DOT`, `xla_cpu_use_xnnpack`, the concurrency-optimised
-scheduler and `--xla_cpu_prefer_vector_width=512` were no faster there (each can be
-tried as `XLA_FLAGS=--<option> python benchmarks/run.py --quick
+XLA options: no XLA_FLAGS are set (XLA_FLAGS is printed as found). The steps are
+compiled with the options of `fsaf_jax.core.compiler_options`, as in train.py / eval.py /
+extract.py (CPU only): the train step with YNNPACK's individual convolutions turned off
+(XLA's own convolution kernel, which uses every thread where YNNPACK's leaves the
+64-channel convolutions on one), the extractor with
+`xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT` (YNNPACK fuses each dot
+with its epilogue). `xla_cpu_use_onednn`, `..._onednn_fusion_type=..._DOT`,
+`xla_cpu_use_xnnpack`, the concurrency-optimised scheduler and
+`--xla_cpu_prefer_vector_width=512` were no faster for the train step (each can be tried
+as `XLA_FLAGS=--<option> python benchmarks/run.py --quick
 --skip_sections=extract,torch,evaluation,pipeline`).
 """
 

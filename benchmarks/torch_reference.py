@@ -23,6 +23,7 @@ benchmarks import this file (torch is a test / benchmark dependency).
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import subprocess
 import sys
@@ -266,6 +267,17 @@ class Worker:
     self._proc.stdin.flush()
     self._expect("done")
 
+  def profile(self) -> dict[str, float]:
+    """Runs one step under `torch.profiler` (CPU activity).
+
+    Returns:
+      {aten op name: self time in seconds}, summed over the op's calls in the step (an
+      op's self time is its wall time on the calling thread, without its child ops).
+    """
+    self._proc.stdin.write("profile\n")
+    self._proc.stdin.flush()
+    return json.loads(self._expect("profile ")[len("profile ") :])
+
   def close(self) -> None:
     if self._proc.poll() is None:
       self._proc.stdin.close()
@@ -298,6 +310,17 @@ def _worker_main(argv: list[str]) -> None:
     if line.strip() == "step":
       call()
       print("done", flush=True)
+    elif line.strip() == "profile":
+      print("profile " + json.dumps(op_self_times(call)), flush=True)
+
+
+def op_self_times(call: Callable[[], object]) -> dict[str, float]:
+  """{op name: self CPU seconds} of one `call()` under `torch.profiler`."""
+  from torch.profiler import ProfilerActivity, profile
+
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    call()
+  return {e.key: e.self_cpu_time_total * 1e-6 for e in prof.key_averages()}
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ The CPU-only choices are made per platform, not per host: the max-pool gradient
 (`lax.platform_dependent` in `fsaf_jax/models/max_pool.py`), the im2col form of the 3x3
 conv at small maps (`fsaf_jax/models/conv.py`; its export for TPU / CUDA is checked in
 tests/fsaf_jax/models/test_conv.py: the 256x128 step here has no such map), the
-extractor's XLA options
-(`inference_compiler_options(platform)`) and the host allocator (CPU backend only).
+XLA options of
+the train step and the extractor (`train_compiler_options(platform)`,
+`inference_compiler_options(platform)`) and the host allocator (CPU backend only).
 """
 
 import re
@@ -17,9 +18,8 @@ import numpy as np
 import pytest
 
 from configs import fsaf_market
-from fsaf_jax.core import host_allocator
+from fsaf_jax.core import compiler_options, host_allocator
 from fsaf_jax.core.mesh import batch_sharding, make_mesh, replicated
-from fsaf_jax.evaluation import compiler_options
 from fsaf_jax.evaluation.extractor import make_embed_fn
 from fsaf_jax.models import registry
 from fsaf_jax.training.train_state import create_train_state
@@ -88,6 +88,7 @@ def test_extractor_lowers_for_accelerators_without_cpu_only_code(setup):
 def test_cpu_only_settings_are_chosen_per_platform(monkeypatch):
   for platform in ("tpu", "gpu", "cuda"):
     assert compiler_options.inference_compiler_options(platform) is None
+    assert compiler_options.train_compiler_options(platform) is None
   # The host allocator follows the backend a process is going to start.
   from jax._src import xla_bridge
 

@@ -33,7 +33,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fsaf_jax.evaluation.compiler_options import inference_compiler_options
+from fsaf_jax.core.compiler_options import inference_compiler_options
 from fsaf_jax.models.preprocessing import normalize_images
 
 DATA_AXIS = "data"

@@ -25,6 +25,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from fsaf_jax.core.compiler_options import train_compiler_options
 from fsaf_jax.core.mesh import batch_sharding, check_batch_divisible, replicated
 from fsaf_jax.losses.reid_loss import reid_loss
 from fsaf_jax.models.preprocessing import normalize_images
@@ -85,7 +86,9 @@ def make_train_step(
   loss_config: ml_collections.ConfigDict,
   mesh: Mesh,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """`train_step` jitted over `mesh`: state replicated, batch sharded on 'data'.
+  """`train_step` jitted over `mesh`: state replicated, batch sharded on 'data', with
+  the mesh platform's compiler options (`fsaf_jax.core.compiler_options`: on the CPU,
+  XLA's own convolution kernel; none on GPU / TPU).
 
   Args:
     model: the FSAF module.
@@ -98,11 +101,13 @@ def make_train_step(
     process, host arrays of the global batch); its batch size must be a multiple of
     the mesh size, else ValueError naming both. Metrics are replicated scalars.
   """
+  options = train_compiler_options(mesh.devices.flat[0].platform)
   jitted = jax.jit(
     functools.partial(train_step, model=model, loss_config=loss_config),
     in_shardings=(replicated(mesh), batch_sharding(mesh)),
     out_shardings=(replicated(mesh), replicated(mesh)),
     donate_argnums=0,
+    compiler_options=options,
   )
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -110,6 +115,7 @@ def make_train_step(
     return jitted(state, {"image": batch["image"], "label": batch["label"]})
 
   step.jitted = jitted  # for .lower() / cost analysis
+  step.compiler_options = options
   return step
 
 
