@@ -111,7 +111,7 @@ class Extractor:
     num_traces: how many times the step was traced (1 after any number of calls).
     embed_fn: the pure `(variables, images) -> embeddings` function (for export).
     compiler_options: the XLA options the step is compiled with (see
-      `fsaf_jax.evaluation.compiler_options`; None off the CPU).
+      `fsaf_jax.core.compiler_options`; None off the CPU).
     variables: the variables (replicated over the mesh when there is one), or None
       until `set_variables` is called.
   """
