@@ -19,13 +19,12 @@ when the input has 64 channels or fewer (the stem and Conv2_x), XLA's kernel doe
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.harness import machine_lines  # noqa: E402
+from benchmarks.harness import best_time, machine_lines  # noqa: E402
 from fsaf_jax.core import cli, host_allocator  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed calls per runner (best is printed).")
@@ -38,16 +37,6 @@ SHAPES = [
   ((32, 16, 8, 256), 3, 256, 1),
   ((32, 16, 8, 512), 3, 512, 1),
 ]
-
-
-def _best(fn, rounds: int) -> float:
-  fn()
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def time_shape(shape, k: int, cout: int, s: int, rounds: int) -> str:
@@ -79,14 +68,14 @@ def time_shape(shape, k: int, cout: int, s: int, rounds: int) -> str:
     )
     for fn in fns:
       compiled = jax.jit(fn, compiler_options=options).lower(xj, wj, g).compile()
-      ms.append(_best(lambda c=compiled: jax.block_until_ready(c(xj, wj, g)), rounds))
+      ms.append(best_time(lambda c=compiled: jax.block_until_ready(c(xj, wj, g)), rounds))
   xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
   wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
   gt = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
   args = (gt, xt, wt, None, [s, s], [k // 2] * 2, [1, 1], False, [0, 0], 1)
-  ms.append(_best(lambda: torch.nn.functional.conv2d(xt, wt, None, s, k // 2), rounds))
+  ms.append(best_time(lambda: torch.nn.functional.conv2d(xt, wt, None, s, k // 2), rounds))
   for mask in ([True, False, False], [False, True, False]):
-    ms.append(_best(lambda m=mask: torch.ops.aten.convolution_backward(*args, m), rounds))
+    ms.append(best_time(lambda m=mask: torch.ops.aten.convolution_backward(*args, m), rounds))
   gflop = 2 * np.prod(y.shape) * k * k * shape[-1] / 1e9
   cells = [f"{t * 1e3:7.1f}" for t in ms]
   return (

@@ -78,6 +78,17 @@ def interleave(runners: list[Runner], rounds: int) -> None:
       runner.times.append(time.perf_counter() - start)
 
 
+def best_time(fn, rounds: int) -> float:
+  """Best wall time in seconds of `rounds` calls of `fn()`, after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
 def pk_batch(batch_size: int, seed: int = 0, image_size: tuple[int, int] = IMAGE_SIZE):
   """uint8 images [B, H, W, 3] ((H, W) = image_size, default 256x128) and P x K labels
   (K = 4) over NUM_CLASSES ids."""

@@ -17,13 +17,12 @@ Torch uses as many threads as the process may run on (its CPU affinity).
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.harness import machine_lines  # noqa: E402
+from benchmarks.harness import best_time, machine_lines  # noqa: E402
 from fsaf_jax.core import cli  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed calls per runner (best is printed).")
@@ -38,16 +37,6 @@ SHAPES = [
   ((32, 16, 8, 256), 256, 1),
 ]
 PAD = ((1, 1), (1, 1))
-
-
-def _best(fn, rounds: int) -> float:
-  fn()
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def time_shape(shape, cout: int, s: int, rounds: int) -> str:
@@ -78,12 +67,12 @@ def time_shape(shape, cout: int, s: int, rounds: int) -> str:
     grads = jax.jit(lambda a, b, g, f=f: jax.vjp(f, a, b)[1](g))
     dx = jax.jit(lambda a, b, g, f=f: jax.vjp(f, a, b)[1](g)[0])
     dw = jax.jit(lambda a, b, g, f=f: jax.vjp(f, a, b)[1](g)[1])
-    timings.append(_best(lambda fwd=fwd: jax.block_until_ready(fwd(xj, kj)), rounds))
+    timings.append(best_time(lambda fwd=fwd: jax.block_until_ready(fwd(xj, kj)), rounds))
     if f is conv:
       for fn in (dx, dw):
-        timings.append(_best(lambda fn=fn: jax.block_until_ready(fn(xj, kj, g)), rounds))
+        timings.append(best_time(lambda fn=fn: jax.block_until_ready(fn(xj, kj, g)), rounds))
     else:
-      timings.append(_best(lambda gr=grads: jax.block_until_ready(gr(xj, kj, g)), rounds))
+      timings.append(best_time(lambda gr=grads: jax.block_until_ready(gr(xj, kj, g)), rounds))
   xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
   kt = torch.from_numpy(k).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
   xt.requires_grad_(True)
@@ -98,7 +87,7 @@ def time_shape(shape, cout: int, s: int, rounds: int) -> str:
     out = torch.nn.functional.conv2d(xt, kt, stride=s, padding=1)
     torch.autograd.grad(out, (xt, kt), gt)
 
-  timings += [_best(pt_fwd, rounds), _best(pt_both, rounds)]
+  timings += [best_time(pt_fwd, rounds), best_time(pt_both, rounds)]
   gflop = 2 * np.prod(y.shape) * 9 * shape[-1] / 1e9
   small = "yes" if is_small_map(shape[1:3], (3, 3), (s, s), PAD) else "no"
   ms = [f"{t * 1e3:8.1f}" for t in timings]
