@@ -12,8 +12,8 @@ still in YNNPACK. YNNPACK's convolution does not use a second thread when the in
 has 64 channels or fewer (ResNet-50's stem and Conv2_x, their gradients included),
 which on all cores left a fixed part of the step single-threaded; XLA's own kernel
 splits those too and is as fast on one thread. The train step is then faster on all
-cores and no slower on one (docs/performance.md has the shapes and the step times;
-with the timings per convolution).
+cores and no slower on one (docs/performance.md has the timings per convolution and the
+step times; `benchmarks/conv_kernels.py`, `benchmarks/train_options.py` measure them).
 
 **Inference** (`inference_compiler_options`): `LIBRARY_FUSION_TYPE_DOT` lets YNNPACK
 take a dot together with its elementwise neighbours (and, as above, leaves the

@@ -64,7 +64,7 @@ def test_cpu_train_options_take_convolutions_off_ynnpack_and_keep_the_values():
   are XLA convolutions (by default YNNPACK fusions take some), and loss and gradients
   equal the default compile's and a float64 NumPy reference's."""
   if jax.default_backend() != "cpu":
-    return
+    pytest.skip("the options are the CPU backend's")
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 8, 4, 64)).astype(np.float32)
   w = rng.standard_normal((3, 3, 64, 16)).astype(np.float32) * 0.05
