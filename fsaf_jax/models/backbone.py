@@ -16,6 +16,7 @@ from fsaf_jax.core.errors import UserError
 from fsaf_jax.models.bottleneck import Bottleneck, conv_kernel_init
 from fsaf_jax.models.eca import ECA
 from fsaf_jax.models.max_pool import max_pool_fn
+from fsaf_jax.models.norm import BatchNorm
 
 ECA_PLACEMENTS = ("stage", "block", "none")
 STAGES = (2, 3, 4, 5)  # Conv{n}_x built from bottlenecks
@@ -113,7 +114,7 @@ class Backbone(nn.Module):
       param_dtype=self.param_dtype,
       name="conv1",
     )(x)
-    x = nn.BatchNorm(
+    x = BatchNorm(
       use_running_average=not train,
       momentum=0.9,
       epsilon=1e-5,

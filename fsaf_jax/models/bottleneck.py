@@ -22,6 +22,7 @@ from fsaf_jax.models.conv import conv_general_dilated
 from fsaf_jax.models.conv1x1 import Conv1x1
 from fsaf_jax.models.eca import ECA
 from fsaf_jax.models.ibn import IBN
+from fsaf_jax.models.norm import BatchNorm
 
 ModuleDef = Any
 EXPANSION = 4
@@ -76,7 +77,7 @@ class Bottleneck(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
-    norm = functools.partial(nn.BatchNorm, **norm_kwargs)
+    norm = functools.partial(BatchNorm, **norm_kwargs)
     norm1 = functools.partial(IBN, **norm_kwargs) if self.use_ibn else norm
     out_features = self.planes * EXPANSION
 

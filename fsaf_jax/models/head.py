@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fsaf_jax.core.errors import UserError
+from fsaf_jax.models.norm import BatchNorm
 from fsaf_jax.models.pooling import POOLINGS, gem_pool, global_avg_pool
 
 
@@ -46,7 +47,7 @@ class BNNeckHead(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
     """Maps a feature map [N, H, W, C] to float32 'feat' [N, C], 'bn_feat' [N, C], 'logits'."""
     feat = gem_pool(x, self.gem_p) if self.pooling == "gem" else global_avg_pool(x)
-    bn_feat = nn.BatchNorm(
+    bn_feat = BatchNorm(
       use_running_average=not train,
       momentum=0.9,
       epsilon=1e-5,

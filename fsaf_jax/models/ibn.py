@@ -11,11 +11,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fsaf_jax.models.norm import BatchNorm, InstanceNorm
+
 
 class IBN(nn.Module):
   """Instance-Batch normalisation over the last (channel) axis.
 
-  Same call convention as `nn.BatchNorm`, so the two are interchangeable as a
+  Same call convention as `BatchNorm`, so the two are interchangeable as a
   bottleneck's `bn1`.
 
   Attributes:
@@ -58,10 +60,10 @@ class IBN(nn.Module):
         f"IBN ratio={self.ratio} leaves no channel for one of the two norms "
         f"(C={channels}, instance-normalised channels={half})"
       )
-    x_in = nn.InstanceNorm(
+    x_in = InstanceNorm(
       epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="IN"
     )(x[..., :half])
-    x_bn = nn.BatchNorm(
+    x_bn = BatchNorm(
       use_running_average=use_running_average,
       momentum=self.momentum,
       epsilon=self.epsilon,

@@ -1,5 +1,6 @@
 """IBN-a against a NumPy reference: instance stats on the first half, batch stats on the rest."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,3 +103,34 @@ def test_degenerate_split_is_an_error():
   x = jnp.ones((1, 2, 2, 1))
   with pytest.raises(ValueError, match="ratio"):
     IBN().init(jax.random.key(0), x, use_running_average=True)
+
+
+def test_gradients_match_flax_norms_on_the_two_halves(setup):
+  """Values and gradients (input, all four affine params) equal those of Flax's own
+  nn.InstanceNorm on the first channels and nn.BatchNorm on the rest, concatenated, the
+  form the one-pass IBN replaces."""
+  model, variables, x, half, _, _ = setup
+
+  def flax_ibn(params, x):
+    x_in = nn.InstanceNorm(epsilon=EPS).apply({"params": params["IN"]}, x[..., :half])
+    x_bn, _ = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=EPS).apply(
+      {"params": params["BN"], "batch_stats": variables["batch_stats"]["BN"]},
+      x[..., half:],
+      mutable=["batch_stats"],
+    )
+    return jnp.concatenate([x_in, x_bn], axis=-1)
+
+  def ours(params, x):
+    y, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      x,
+      use_running_average=False,
+      mutable=["batch_stats"],
+    )
+    return y
+
+  dy = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), jnp.float32)
+  (y, vjp), (y_ref, vjp_ref) = (jax.vjp(f, variables["params"], x) for f in (ours, flax_ibn))
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(vjp(dy)), jax.tree.leaves(vjp_ref(dy)), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
