@@ -138,11 +138,15 @@ def main(argv):
 
     args = ()
   else:
+    from fsaf_jax.core.compiler_options import inference_compiler_options
     from fsaf_jax.evaluation.extractor import make_embed_fn
 
     x = np.zeros((1, *image_size, 3), np.float32)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
-    compiled = jax.jit(make_embed_fn(model)).lower(variables, images).compile()
+    # The extractor's own compiler options (`make_extractor` compiles with them).
+    options = inference_compiler_options(jax.default_backend())
+    compiled = jax.jit(make_embed_fn(model), compiler_options=options)
+    compiled = compiled.lower(variables, images).compile()
     fn, args = compiled, (variables, jax.device_put(images))
   start = time.perf_counter()
   totals = profile(fn, args, _STEPS.value)
@@ -157,6 +161,8 @@ def main(argv):
   # as a matmul (fsaf_jax/models/conv1x1.py, conv.py).
   kernel_shapes = {tuple(sorted(k)) for k in kernels}
   kernel_shapes |= {tuple(sorted((int(np.prod(k[:-1])), k[-1]))) for k in kernels}
+  if _WHAT.value == "extract":
+    kernel_shapes = set()  # a forward pass has no weight gradients
   fwd_matmul = counts.forward_flops
 
   by_class = collections.defaultdict(float)
