@@ -123,15 +123,10 @@ def _norm_variables(
   return batch_mean, batch_var, scale, bias
 
 
-class BatchNorm(nn.Module):
-  """BatchNorm over every axis but the last (channels); drop-in for `nn.BatchNorm`.
+class _Norm(nn.Module):
+  """Fields shared by the norm layers.
 
   Attributes:
-    use_running_average: True: normalise with the running averages (eval); False:
-      with the batch statistics, and update the running averages (collection
-      'batch_stats', when it is mutable and not initialising). May instead be given to
-      `__call__`.
-    momentum: running-average decay (Flax convention: 0.9 = PyTorch's 0.1).
     epsilon: added to the variance.
     use_bias, use_scale: learn the shift / the scale ('bias' / 'scale' params).
     scale_init, bias_init: their initialisers.
@@ -139,8 +134,6 @@ class BatchNorm(nn.Module):
     param_dtype: dtype of 'scale' and 'bias'.
   """
 
-  use_running_average: bool | None = None
-  momentum: float = 0.99
   epsilon: float = 1e-5
   use_bias: bool = True
   use_scale: bool = True
@@ -148,6 +141,21 @@ class BatchNorm(nn.Module):
   bias_init: Any = nn.initializers.zeros
   dtype: Any = None
   param_dtype: Any = jnp.float32
+
+
+class BatchNorm(_Norm):
+  """BatchNorm over every axis but the last (channels); drop-in for `nn.BatchNorm`.
+
+  Attributes (and those of `_Norm`; epsilon 1e-5 as Flax's):
+    use_running_average: True: normalise with the running averages (eval); False:
+      with the batch statistics, and update the running averages (collection
+      'batch_stats', when it is mutable and not initialising). May instead be given to
+      `__call__`.
+    momentum: running-average decay (Flax convention: 0.9 = PyTorch's 0.1).
+  """
+
+  use_running_average: bool | None = None
+  momentum: float = 0.99
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, use_running_average: bool | None = None) -> jnp.ndarray:
@@ -163,25 +171,13 @@ class BatchNorm(nn.Module):
     return y.astype(_output_dtype(self.dtype, x, scale, bias))
 
 
-class InstanceNorm(nn.Module):
+class InstanceNorm(_Norm):
   """Per-sample, per-channel normalisation over the spatial axes of [N, ..., C];
-  drop-in for `nn.InstanceNorm` (no running statistics).
-
-  Attributes:
-    epsilon: added to the variance.
-    use_bias, use_scale: learn the shift / the scale ('bias' / 'scale' params).
-    scale_init, bias_init: their initialisers.
-    dtype: output dtype (None: that of the input and params); statistics are float32.
-    param_dtype: dtype of 'scale' and 'bias'.
+  drop-in for `nn.InstanceNorm` (no running statistics). Attributes: `_Norm`'s
+  (epsilon 1e-6 as Flax's).
   """
 
   epsilon: float = 1e-6
-  use_bias: bool = True
-  use_scale: bool = True
-  scale_init: Any = nn.initializers.ones
-  bias_init: Any = nn.initializers.zeros
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:

@@ -127,6 +127,13 @@ def test_instance_norm_is_a_drop_in_for_flax(data):
   assert InstanceNorm().epsilon == nn.InstanceNorm().epsilon
 
 
+def test_defaults_are_flax_defaults():
+  for name in ("epsilon", "momentum", "use_bias", "use_scale", "dtype", "param_dtype"):
+    assert getattr(BatchNorm(), name) == getattr(nn.BatchNorm(), name), name
+  for name in ("epsilon", "use_bias", "use_scale", "dtype", "param_dtype"):
+    assert getattr(InstanceNorm(), name) == getattr(nn.InstanceNorm(), name), name
+
+
 def test_init_does_not_move_running_averages(data):
   x = data[0]
   stats = BatchNorm(use_running_average=False).init(jax.random.key(0), x)["batch_stats"]
