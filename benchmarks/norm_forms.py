@@ -17,13 +17,12 @@ and the gain (Flax's form / folded; > 1: the folded form is faster).
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.harness import machine_lines  # noqa: E402
+from benchmarks.harness import Runner, interleave, machine_lines  # noqa: E402
 from fsaf_jax.core import cli, host_allocator  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list(
@@ -95,18 +94,15 @@ def build(what: str, name: str, shape: str, form):
 
 def compare(what: str, name: str, shape: str, rounds: int) -> str:
   """One table row: median s/step with Flax's form and folded, and their ratio."""
-  import numpy as np
-
   from fsaf_jax.models import norm
 
-  calls = [build(what, name, shape, form) for form in (flax_form, norm.normalize)]
-  times = [[], []]
-  for _ in range(rounds):
-    for call, ts in zip(calls, times, strict=True):
-      start = time.perf_counter()
-      call()
-      ts.append(time.perf_counter() - start)
-  flax_s, folded_s = (float(np.median(ts)) for ts in times)
+  runners = [
+    # `build` has traced, compiled and warmed up each under its form.
+    Runner(what, label, build(what, name, shape, form), 1, None, warm_up=False)
+    for label, form in (("Flax form", flax_form), ("folded", norm.normalize))
+  ]
+  interleave(runners, rounds)
+  flax_s, folded_s = (r.median for r in runners)
   return (
     f"{what:<8} {name:<22} {shape:<12} {flax_s:10.3f} {folded_s:10.3f} {flax_s / folded_s:6.2f}x"
   )

@@ -16,13 +16,12 @@ import functools
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.harness import machine_lines  # noqa: E402
+from benchmarks.harness import Runner, interleave, machine_lines  # noqa: E402
 from fsaf_jax.core import cli, host_allocator  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list(
@@ -35,7 +34,6 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds (each calls both steps
 def compare(name: str, shape: str, rounds: int) -> str:
   """One table row: median s/step without and with the options, and their ratio."""
   import jax
-  import numpy as np
 
   from benchmarks.harness import NUM_CLASSES, load_config, pk_batch
   from fsaf_jax.core.compiler_options import train_compiler_options
@@ -62,17 +60,15 @@ def compare(name: str, shape: str, rounds: int) -> str:
       donate_argnums=0,
       compiler_options=options,
     )
-    compiled = jitted.lower(state, batch).compile()
-    state, metrics = compiled(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
-    runners.append({"call": compiled, "state": state, "times": []})
-  for _ in range(rounds):
-    for r in runners:
-      start = time.perf_counter()
-      r["state"], metrics = r["call"](r["state"], batch)
+    holder = {"state": state, "step": jitted.lower(state, batch).compile()}
+
+    def call(holder=holder):
+      holder["state"], metrics = holder["step"](holder["state"], batch)
       jax.block_until_ready(metrics)
-      r["times"].append(time.perf_counter() - start)
-  plain, tuned = (float(np.median(r["times"])) for r in runners)
+
+    runners.append(Runner("train", str(options), call, batch_size, None))
+  interleave(runners, rounds)  # one warm-up call each, then the rounds
+  plain, tuned = (r.median for r in runners)
   return f"{name:<22} {shape:<12} {plain:10.3f} {tuned:12.3f} {plain / tuned:6.2f}x"
 
 

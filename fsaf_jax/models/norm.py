@@ -7,7 +7,7 @@ the statistics and the affine into two per-channel vectors first,
 
 so the [N, H, W, C] work is one multiply-add, and the gradient of the train-mode form
 (statistics of the batch) needs two per-channel sums, `sum(dy)` and `sum(dy * x)`, and
-one more pass, which XLA fuses with the neighbouring ReLU and residual add. On the CPU
+one more elementwise pass. On the CPU
 the train step is markedly faster with them, the extractor about the same
 (docs/performance.md; `benchmarks/norm_forms.py` times both forms); on GPU / TPU both
 forms are memory-bound elementwise work, fused alike.
